@@ -1,0 +1,68 @@
+"""The ``sapis`` command line.
+
+Each command group lives in its own module and keeps heavy imports (torch, PySCF, Prefect) inside the command
+functions, so ``sapis --help`` is instant. User errors (:class:`sapis.errors.SapisError`) print one line and
+exit non-zero; other exceptions are bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+import typer
+
+from sapis.errors import SapisError
+
+app = typer.Typer(
+    name="sapis",
+    help="Active learning of equivariant interatomic potentials: explore with MD, rank by ensemble "
+    "disagreement, label with PySCF, and let a scaling controller decide between more data and more capacity.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from sapis.cli import campaign, controller, data, db, label, md, model, pool
+
+    app.add_typer(db.app, name="db")
+    app.add_typer(pool.app, name="pool")
+    app.add_typer(data.app, name="data")
+    app.add_typer(model.app, name="model")
+    app.add_typer(controller.app, name="controller")
+    app.add_typer(campaign.app, name="campaign")
+    label.register(app)
+    md.register(app)
+    campaign.register_top_level(app)
+
+
+_register()
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` and return the exit status (what :func:`main` exits with)."""
+    command = typer.main.get_command(app)
+    try:
+        rv = command.main(args=list(argv) if argv is not None else None, prog_name="sapis",
+                          standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        return 1
+    except SapisError as exc:
+        click.echo(f"sapis: error: {exc}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        click.echo("Interrupted.", err=True)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())
