@@ -26,7 +26,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from sapis.cli import campaign, controller, data, db, label, md, model, pool
+    from sapis.cli import campaign, controller, data, db, deploy, label, md, model, pool
 
     app.add_typer(db.app, name="db")
     app.add_typer(pool.app, name="pool")
@@ -37,6 +37,7 @@ def _register() -> None:
     label.register(app)
     md.register(app)
     campaign.register_top_level(app)
+    deploy.register(app)
 
 
 _register()
