@@ -25,7 +25,8 @@ class ExploreSection(_Section):
     """Coarse MD that proposes candidates each round."""
 
     explorers: list[Literal["xtb", "committee", "perturb"]] = Field(
-        default=["xtb", "perturb"], description="Explorers used; 'committee' runs from the first trained model on."
+        default=["xtb", "perturb"],
+        description="Explorers used; 'committee' runs from the first trained model on.",
     )
     temperatures: list[float] = Field(default=[300.0, 600.0, 1000.0], description="Langevin ladder, K.")
     steps: int = Field(default=200, ge=1, description="MD steps per trajectory.")
@@ -100,9 +101,7 @@ class CampaignConfig(_Section):
     select: SelectSection = Field(default_factory=SelectSection)
     label: LabelSection = Field(default_factory=LabelSection)
     targets: TargetsSection = Field(default_factory=TargetsSection)
-    controller: dict[str, Any] = Field(
-        default_factory=dict, description="sapis.tasks.scaling.ControllerConfig fields."
-    )
+    controller: dict[str, Any] = Field(default_factory=dict, description="sapis.tasks.scaling.ControllerConfig fields.")
     work_pools: dict[str, str] = Field(default_factory=lambda: {"dft": "sapis-dft", "train": "sapis-gpu"})
 
     @field_validator("level")

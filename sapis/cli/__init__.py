@@ -47,8 +47,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit status (what :func:`main` exits with)."""
     command = typer.main.get_command(app)
     try:
-        rv = command.main(args=list(argv) if argv is not None else None, prog_name="sapis",
-                          standalone_mode=False)
+        rv = command.main(args=list(argv) if argv is not None else None, prog_name="sapis", standalone_mode=False)
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code

@@ -1,11 +1,201 @@
-"""`sapis campaign` commands."""
+"""`sapis campaign ...` and `sapis demo`: start, resume, watch and export active-learning campaigns."""
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-app = typer.Typer(help="campaign commands.", no_args_is_help=True)
+app = typer.Typer(help="Start, resume, watch and export active-learning campaigns.", no_args_is_help=True)
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", help="Store URL (default: SAPIS_DATABASE_URL or the SQLite file in SAPIS_HOME)."),
+]
+
+
+@app.command("start")
+def start(
+    config: Annotated[Path, typer.Argument(help="Campaign TOML file (see flows/demo.toml).")],
+    database_url: DbOpt = None,
+) -> None:
+    """Create a campaign from CONFIG and run it to its end (target error, budget, round limit or stop)."""
+    from sapis.flows.campaign import campaign
+    from sapis.flows.config import CampaignConfig
+
+    CampaignConfig.load(config)  # fail fast, before Prefect starts
+    result = campaign(config_path=str(config), database_url=database_url)
+    _print_result(result)
+
+
+@app.command("resume")
+def resume(
+    campaign_id: Annotated[int, typer.Argument(help="Campaign id (see `sapis campaign status`).")],
+    database_url: DbOpt = None,
+) -> None:
+    """Continue a campaign from the store: finished labels and trained members are not recomputed."""
+    from sapis.flows.campaign import campaign
+    from sapis.storage import Store
+
+    Store(database_url).campaign(campaign_id)  # NotFoundError before Prefect starts
+    _print_result(campaign(campaign_id=campaign_id, database_url=database_url))
+
+
+@app.command("add-pool")
+def add_pool(campaign_id: int, pool: str, database_url: DbOpt = None) -> None:
+    """Attach a submitted POOL to a campaign; its structures join the next round's exploration."""
+    from sapis.storage import Store
+
+    Store(database_url).attach_pool(campaign_id, pool)
+    typer.echo(f"pool {pool} joins campaign {campaign_id} from its next round")
+
+
+def campaign_status(store: Any, campaign_id: int) -> dict[str, Any]:
+    """The campaign and its rounds as plain data (what `status --json` prints)."""
+    info = store.campaign(campaign_id)
+    rounds = []
+    for r in store.rounds(campaign_id):
+        m = r.metrics or {}
+        rounds.append(
+            {
+                "round": r.index,
+                "status": r.status,
+                "step": r.step,
+                "labels": m.get("n_labels_total"),
+                "added": m.get("n_labels_added"),
+                "failed": m.get("n_labels_failed"),
+                "test_f_mae_meV_A": m.get("test_f_mae"),
+                "test_e_mae_meV": m.get("test_e_mae"),
+                "n_params": m.get("n_params"),
+                "train_flops": m.get("train_flops"),
+                "dft_cpu_s": m.get("dft_cpu_s"),
+                "decision": r.decision,
+                "reason": (r.evidence or {}).get("reason"),
+                "plots": {k: v for k, v in m.items() if k.endswith("_png")},
+            }
+        )
+    return {
+        "id": info.id,
+        "name": info.name,
+        "status": info.status,
+        "pools": [p.name for p in store.campaign_pools(campaign_id)],
+        "rounds": rounds,
+    }
+
+
+@app.command("status")
+def status(
+    campaign_id: Annotated[int | None, typer.Argument(help="Campaign id; all campaigns if omitted.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+    database_url: DbOpt = None,
+) -> None:
+    """Show campaigns, their rounds, errors and the controller's decisions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from sapis.storage import Store
+
+    store = Store(database_url)
+    ids = [campaign_id] if campaign_id is not None else [c.id for c in store.campaigns()]
+    data = [campaign_status(store, i) for i in ids]
+    if as_json:
+        typer.echo(json.dumps(data if campaign_id is None else data[0], indent=2, default=str))
+        return
+    console = Console()
+    if not data:
+        console.print("no campaigns yet: `sapis demo`, or `sapis campaign start CONFIG.toml`")
+    for c in data:
+        table = Table(title=f"campaign {c['id']}: {c['name']} ({c['status']}; pools {', '.join(c['pools'])})")
+        for col in (
+            "round",
+            "status",
+            "labels",
+            "+/failed",
+            "test F MAE meV/Å",
+            "test E MAE meV",
+            "params",
+            "decision",
+        ):
+            table.add_column(col)
+        for r in c["rounds"]:
+            f = r["test_f_mae_meV_A"]
+            e = r["test_e_mae_meV"]
+            table.add_row(
+                str(r["round"]),
+                f"{r['status']}" + (f" ({r['step']})" if r["status"] != "done" else ""),
+                str(r["labels"] or ""),
+                f"{r['added'] or 0}/{r['failed'] or 0}",
+                f"{f:.1f}" if f is not None else "",
+                f"{e:.1f}" if e is not None else "",
+                str(r["n_params"] or ""),
+                f"{r['decision'] or ''}",
+            )
+        console.print(table)
+        if c["rounds"] and c["rounds"][-1]["reason"]:
+            console.print(f"last decision: {c['rounds'][-1]['decision']}: {c['rounds'][-1]['reason']}")
+
+
+@app.command("export")
+def export(
+    campaign_id: int,
+    out: Annotated[Path, typer.Option("--out", help="Directory for labels.extxyz and the model.")],
+    database_url: DbOpt = None,
+) -> None:
+    """Export a campaign's labelled data (extxyz) and its latest ensemble (an ASE-calculator checkpoint)."""
+    from sapis.flows.campaign import export_campaign
+    from sapis.storage import Store
+
+    res = export_campaign(Store(database_url), campaign_id, out)
+    if res["model"]:
+        shutil.copytree(res["model"], out / "model", dirs_exist_ok=True)
+        res["model"] = str(out / "model")
+    typer.echo(f"{res['n_labels']} labels -> {res['data']}; model -> {res['model']}")
+    typer.echo("use it: SapisCalculator.from_checkpoint(model_dir) (from sapis.models)")
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    typer.echo(f"campaign {result['campaign_id']} finished: {result['reason']}")
+    typer.echo(f"  data:  {result['data']} ({result['n_labels']} labels)")
+    typer.echo(f"  model: {result['model']}")
+
+
+def demo(rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 3, database_url: DbOpt = None) -> None:
+    """Run a small real campaign: water and ethanol, GFN2-xTB MD, a 2-member ensemble, PySCF PBE labels."""
+    from importlib.resources import files
+
+    from sapis.flows.campaign import campaign, create_campaign
+    from sapis.flows.config import CampaignConfig
+    from sapis.settings import get_settings
+    from sapis.storage import Store
+
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    store = Store(database_url)
+    pool_file = files("sapis.flows") / "demo_molecules.xyz"
+    report = store.submit_pool([str(pool_file)], name="demo-molecules")
+    typer.echo(f"pool demo-molecules: {report.n_new} new of {report.n_read} structures")
+    cfg = CampaignConfig.load(str(files("sapis.flows") / "demo.toml"))
+    existing = {c.name for c in store.campaigns()}
+    name, i = cfg.name, 1
+    while name in existing:
+        i += 1
+        name = f"{cfg.name}-{i}"
+    cfg = cfg.model_copy(update={"name": name, "targets": cfg.targets.model_copy(update={"max_rounds": rounds})})
+    cid = create_campaign(store, cfg)
+    typer.echo(f"campaign {name} (id {cid}); store {store.url}")
+    result = campaign(campaign_id=cid, database_url=database_url)
+    _print_result(result)
+    typer.echo(f"  plots: {settings.artifacts / 'campaigns' / f'{cid:04d}'}/round-*/*.png")
+    typer.echo(f"  status: sapis campaign status {cid}")
+    typer.echo(
+        "  Prefect UI: `.venv/bin/prefect server start`, then open http://127.0.0.1:4200 "
+        "(flow runs 'campaign' and 'active-learning-round'; each round's summary is under Artifacts)"
+    )
 
 
 def register_top_level(root: typer.Typer) -> None:
-    """Top-level commands owned by the orchestration layer (``sapis demo``, ``sapis deploy``)."""
+    """Top-level commands owned by the orchestration layer (``sapis demo``)."""
+    root.command("demo")(demo)

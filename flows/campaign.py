@@ -1,0 +1,93 @@
+"""The ``campaign`` flow: rounds until a target error, a DFT budget, a round limit, or the controller says stop.
+
+``campaign(config_path=...)`` starts a campaign from a TOML file; ``campaign(campaign_id=...)`` resumes one
+from the store (finished labels and trained members are not recomputed). Pools attached to a running
+campaign join its next round.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+
+from sapis.errors import ConfigError
+from sapis.flows.config import CampaignConfig
+from sapis.flows.round import active_learning_round, store_for
+from sapis.storage import Store
+
+
+def create_campaign(store: Store, cfg: CampaignConfig) -> int:
+    """Create the campaign row and attach its pools (which must exist)."""
+    known = {p.name for p in store.pools()}
+    missing = [p for p in cfg.pools if p not in known]
+    if missing:
+        raise ConfigError(
+            f"campaign {cfg.name!r}: unknown pool(s) {', '.join(missing)}; submit them first with `sapis pool submit`"
+        )
+    cid = store.create_campaign(cfg.name, cfg.model_dump(mode="json"))
+    for p in cfg.pools:
+        store.attach_pool(cid, p)
+    return cid
+
+
+def stop_reason(store: Store, campaign_id: int, cfg: CampaignConfig) -> str | None:
+    """Why the campaign should not run another round, or None to go on."""
+    rounds = [r for r in store.rounds(campaign_id) if r.status == "done"]
+    if not rounds:
+        return None
+    last = rounds[-1]
+    m = last.metrics or {}
+    if last.decision == "stop":
+        return f"the controller decided to stop: {(last.evidence or {}).get('reason', '')}"
+    if m.get("test_f_mae") is not None and m["test_f_mae"] <= cfg.targets.force_mae:
+        return f"target reached: test force MAE {m['test_f_mae']:.1f} <= {cfg.targets.force_mae} meV/Å"
+    if (m.get("n_labels_total") or 0) >= cfg.targets.max_labels:
+        return f"label budget spent: {m['n_labels_total']} >= {cfg.targets.max_labels}"
+    if (m.get("dft_cpu_s_cum") or 0.0) / 3600 >= cfg.targets.max_cpu_hours:
+        return f"DFT budget spent: {m['dft_cpu_s_cum'] / 3600:.2f} >= {cfg.targets.max_cpu_hours} CPU hours"
+    if len(rounds) >= cfg.targets.max_rounds:
+        return f"round limit reached: {len(rounds)} rounds"
+    return None
+
+
+@flow(name="campaign", log_prints=True)
+def campaign(
+    campaign_id: int | None = None, config_path: str | None = None, database_url: str | None = None
+) -> dict[str, Any]:
+    """Run a campaign to its end; returns its id, rounds and why it stopped."""
+    log = get_run_logger()
+    store = store_for(database_url)
+    if campaign_id is None:
+        if config_path is None:
+            raise ConfigError("campaign: give a campaign id to resume or a config file to start")
+        cfg = CampaignConfig.load(config_path)
+        campaign_id = create_campaign(store, cfg)
+        log.info("created campaign %s (id %d)", cfg.name, campaign_id)
+    info = store.campaign(campaign_id)
+    cfg = CampaignConfig.parse(info.config, source=f"campaign {campaign_id}")
+    store.set_campaign_status(campaign_id, "running")
+    try:
+        while (reason := stop_reason(store, campaign_id, cfg)) is None:
+            active_learning_round(campaign_id=campaign_id, database_url=database_url)
+    except BaseException:
+        store.set_campaign_status(campaign_id, "failed")
+        raise
+    store.set_campaign_status(campaign_id, "done")
+    final = export_campaign(store, campaign_id)
+    print(f"campaign {info.name} (id {campaign_id}) stopped: {reason}")
+    return {"campaign_id": campaign_id, "reason": reason, **final}
+
+
+def export_campaign(store: Store, campaign_id: int, out: Path | None = None) -> dict[str, Any]:
+    """Write the campaign's data (extxyz) and point at its final model (the last round's ensemble)."""
+    from sapis.tasks.plan import campaign_dir
+
+    rounds = [r for r in store.rounds(campaign_id) if r.status == "done"]
+    out = out or campaign_dir(campaign_id)
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "labels.extxyz"
+    n = store.export_extxyz(data, campaign_id=campaign_id)
+    model = campaign_dir(campaign_id) / f"round-{rounds[-1].index:03d}" / "ensemble" if rounds else None
+    return {"data": str(data), "n_labels": n, "model": str(model) if model else None}

@@ -1,0 +1,156 @@
+"""The ``active-learning-round`` flow: explore -> select -> label -> train -> evaluate -> controller.
+
+A round's model is trained on every label up to and including that round's, so the model a round reports
+on is the model the next round ranks with. Every step reads the store first and skips work already recorded,
+so a round killed at any point resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NONE
+
+from sapis.flows.config import CampaignConfig
+from sapis.storage import Store
+from sapis.tasks.plan import RoundPlan, campaign_label_ids, plan_round
+
+
+@lru_cache(maxsize=8)
+def store_for(url: str | None) -> Store:
+    """One Store (engine, connection pool) per database URL in this process."""
+    return Store(url)
+
+
+@task(name="explore", retries=1, cache_policy=NONE, tags=["md"])
+def explore_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[str, Any]:
+    from sapis.tasks.select_step import explore_round
+
+    return explore_round(store_for(url), plan, cfg)
+
+
+@task(name="select", retries=1, cache_policy=NONE)
+def select_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[str, Any]:
+    from sapis.tasks.select_step import select_round
+
+    return select_round(store_for(url), plan, cfg)
+
+
+@task(name="label", cache_policy=NONE, tags=["dft"])
+def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[str, Any]:
+    """Label the round's chosen configurations; progress shows in the UI while workers run."""
+    from sapis.tasks.label_step import label_and_wait
+
+    store = store_for(url)
+    rows = store.selections(plan.campaign_id, round_index=plan.index)
+    ids = sorted({r["config_id"] for r in rows if r["role"] in ("seed", "selected", "test")})
+    if not ids:
+        return {"counts": {}, "seconds": 0.0}
+    progress_id = create_progress_artifact(0.0, description=f"DFT labels of round {plan.index}")
+
+    def on_progress(counts: dict[str, int]) -> None:
+        finished = counts.get("done", 0) + counts.get("failed", 0)
+        update_progress_artifact(progress_id, 100.0 * finished / max(1, len(ids)))
+
+    out = label_and_wait(
+        store,
+        ids,
+        plan.level,
+        mode=cfg.label.mode,
+        workers=cfg.label.workers,
+        threads=cfg.label.threads,
+        max_memory_mb=cfg.label.max_memory_mb,
+        work_pool=cfg.label.work_pool,
+        timeout_s=60 * cfg.label.timeout_minutes,
+        on_progress=on_progress,
+    )
+    if not out.finished:
+        raise RuntimeError(f"round {plan.index}: labels not finished after {out.seconds:.0f} s: {out.counts}")
+    return {"counts": out.counts, "seconds": out.seconds, "workers": out.workers_started}
+
+
+@task(name="train-ensemble", cache_policy=NONE, tags=["train"])
+def train_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[str, Any]:
+    from sapis.tasks.train_step import train_round
+
+    return train_round(store_for(url), plan, cfg)
+
+
+@task(name="evaluate", retries=1, cache_policy=NONE)
+def evaluate_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[str, Any]:
+    from sapis.tasks.evaluate_step import evaluate_round
+
+    return evaluate_round(store_for(url), plan, cfg)
+
+
+def _round(store: Store, campaign_id: int, index: int) -> Any:
+    return next(r for r in store.rounds(campaign_id) if r.index == index)
+
+
+def next_round_index(store: Store, campaign_id: int) -> int:
+    """The first round not done (a crashed round is resumed, not restarted)."""
+    rounds = store.rounds(campaign_id)
+    for r in rounds:
+        if r.status != "done":
+            return r.index
+    return len(rounds)
+
+
+@flow(name="active-learning-round", log_prints=True)
+def active_learning_round(
+    campaign_id: int, round_index: int | None = None, database_url: str | None = None
+) -> dict[str, Any]:
+    """Run (or resume) one round of a campaign; returns the round's metrics and the controller's decision."""
+    from sapis.flows.artifacts import publish_round
+    from sapis.flows.controller import scaling_controller
+
+    log = get_run_logger()
+    store = store_for(database_url)
+    info = store.campaign(campaign_id)
+    cfg = CampaignConfig.parse(info.config, source=f"campaign {campaign_id}")
+    index = next_round_index(store, campaign_id) if round_index is None else round_index
+    plan = plan_round(store, campaign_id, index, cfg)
+    done = {r.index: r for r in store.rounds(campaign_id)}.get(index)
+    metrics: dict[str, Any] = dict(done.metrics or {}) if done else {}
+    log.info("campaign %s round %d: k=%d capacity=%s", info.name, index, plan.k, plan.capacity)
+
+    def step(name: str, fn: Any) -> None:
+        if metrics.get("steps", {}).get(name):
+            return  # finished before an interruption
+        store.update_round(plan.round_id, status="running", step=name)
+        result = fn(database_url, plan, cfg)
+        metrics.update({k: v for k, v in result.items() if k not in ("resumed",)})
+        metrics.setdefault("steps", {})[name] = True
+        store.update_round(plan.round_id, metrics=metrics)
+
+    step("explore", explore_task)
+    step("select", select_task)
+    step("label", lambda *a: {"label": label_task(*a)})
+    step("train", train_task)
+    step("evaluate", evaluate_task)
+    if not _round(store, campaign_id, index).decision:
+        store.update_round(plan.round_id, step="controller")
+        scaling_controller(campaign_id=campaign_id, round_index=index, database_url=database_url)
+    final = _round(store, campaign_id, index)
+    store.update_round(plan.round_id, status="done", step="done")
+    history = [
+        {
+            "round": r.index,
+            "labels": (r.metrics or {}).get("n_labels_total"),
+            "test_f_mae_meV_A": (r.metrics or {}).get("test_f_mae"),
+            "test_e_mae_meV": (r.metrics or {}).get("test_e_mae"),
+            "train_flops": (r.metrics or {}).get("train_flops"),
+            "decision": r.decision,
+        }
+        for r in store.rounds(campaign_id)
+    ]
+    publish_round(info.name, campaign_id, index, final.metrics or {}, final.decision, final.evidence, history)
+    ids = campaign_label_ids(store, campaign_id)
+    print(
+        f"round {index}: {len(ids['train'])} training labels, test force MAE "
+        f"{(final.metrics or {}).get('test_f_mae', float('nan')):.1f} meV/Å, decision {final.decision}"
+    )
+    return {"index": index, "metrics": final.metrics, "decision": final.decision}

@@ -1,0 +1,115 @@
+"""Evaluate a round's ensemble: test errors, calibration of the previous ensemble, NVE gate, DFT cost, plots."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from sapis.storage import Store
+from sapis.tasks import plots
+from sapis.tasks.plan import RoundPlan, campaign_label_ids
+
+
+def _round_label_ids(store: Store, plan: RoundPlan, roles: tuple[str, ...]) -> list[int]:
+    rows = store.selections(plan.campaign_id, round_index=plan.index)
+    return sorted({r["config_id"] for r in rows if r["role"] in roles})
+
+
+def label_cost(store: Store, plan: RoundPlan) -> dict[str, Any]:
+    """Labels added and failed in this round and their DFT CPU seconds."""
+    ids = _round_label_ids(store, plan, ("seed", "selected", "test"))
+    counts = store.label_counts(fingerprint=plan.fingerprint, config_ids=ids) if ids else {}
+    done = store.labelled(plan.fingerprint, config_ids=ids) if ids else []
+    cpu = sum(float((a.info.get("cost") or {}).get("cpu_s") or 0.0) for a in done)
+    return {
+        "n_labels_added": counts.get("done", 0),
+        "n_labels_failed": counts.get("failed", 0),
+        "dft_cpu_s": cpu,
+    }
+
+
+def evaluate_round(store: Store, plan: RoundPlan, cfg: Any, nve_gate: bool = True) -> dict[str, Any]:
+    """Metrics of this round (SPEC 'Round metrics'), plus plot paths; resumable."""
+    from sapis.models import evaluate, load_ensemble
+
+    out: dict[str, Any] = {}
+    ens = load_ensemble(plan.model_dir)
+    ids = campaign_label_ids(store, plan.campaign_id)
+    test = store.labelled(plan.fingerprint, config_ids=ids["test"])
+    if test:
+        m = evaluate(ens, test)
+        out.update(
+            test_f_mae=m["forces_mae_meV_A"],
+            test_f_rmse=m.get("forces_rmse_meV_A"),
+            test_e_mae=m["energy_mae_meV"],
+            test_e_mae_per_atom=m.get("energy_mae_meV_per_atom"),
+            n_test=len(test),
+            test_members=m.get("members"),
+        )
+        pred = ens.predict(test)
+        ref = np.concatenate([a.get_forces() for a in test])
+        out["parity_png"] = str(plots.parity(ref, np.concatenate(pred["forces"]), plan.out_dir / "parity.png"))
+
+    out.update(label_cost(store, plan))
+    earlier = [r for r in store.rounds(plan.campaign_id) if r.index < plan.index]
+    out["dft_cpu_s_cum"] = sum(float((r.metrics or {}).get("dft_cpu_s", 0.0)) for r in earlier) + out["dft_cpu_s"]
+    out["n_labels_total"] = len(ids["train"]) + len(ids["test"])
+
+    new = store.labelled(plan.fingerprint, config_ids=_round_label_ids(store, plan, ("selected",)))
+    if plan.previous_model is not None and len(new) >= 3:
+        out.update(_calibrate(plan, new))
+
+    scored = [r for r in store.selections(plan.campaign_id, round_index=plan.index) if r.get("score") is not None]
+    if scored:
+        dev = np.array([r["score"] for r in scored])
+        sel = np.array([r["score"] for r in scored if r["role"] == "selected"])
+        out["uncertainty_png"] = str(
+            plots.uncertainty_histogram(
+                dev, plan.out_dir / "uncertainty.png", (cfg.select.window_lo, cfg.select.window_hi), sel
+            )
+        )
+
+    if nve_gate:
+        out["nve"] = _nve_gate(store, plan)
+
+    curve = [((r.metrics or {}).get("n_labels_total"), (r.metrics or {}).get("test_f_mae")) for r in earlier]
+    curve.append((out["n_labels_total"], out.get("test_f_mae")))
+    curve = [(n, e) for n, e in curve if n and e]
+    if curve:
+        out["learning_curve_png"] = str(
+            plots.learning_curve(
+                [n for n, _ in curve],
+                [e for _, e in curve],
+                plan.out_dir / "learning_curve.png",
+                target=cfg.targets.force_mae,
+            )
+        )
+    return out
+
+
+def _calibrate(plan: RoundPlan, new: list) -> dict[str, Any]:
+    """The previous ensemble chose these labels: compare its predicted deviation with its actual error."""
+    from sapis.models import load_ensemble
+    from sapis.tasks.calibration import calibration_plot, fit_calibration
+
+    prev = load_ensemble(plan.previous_model)
+    pred = prev.predict(new)
+    dev = np.asarray(pred["forces_std_max"], dtype=float)
+    err = np.array([np.linalg.norm(f - a.get_forces(), axis=1).max() for f, a in zip(pred["forces"], new, strict=True)])
+    cal = fit_calibration(dev, err)
+    png = calibration_plot(cal, dev, err, plan.out_dir / "calibration.png")
+    return {"calibration": cal.to_dict(), "calibration_png": str(png)}
+
+
+def _nve_gate(store: Store, plan: RoundPlan) -> dict[str, Any]:
+    """Short NVE run of the ensemble from the first pool structure: drift and physicality."""
+    from sapis.models import SapisCalculator
+    from sapis.tasks.nve import nve_check
+
+    pools = store.campaign_pools(plan.campaign_id)
+    start = store.pool_atoms(pools[0].id)[0] if pools else None
+    if start is None:
+        return {"passed": None, "reason": "no structure"}
+    res = nve_check(start, SapisCalculator.from_checkpoint(plan.model_dir))
+    return res.to_dict() if hasattr(res, "to_dict") else dict(res.__dict__)

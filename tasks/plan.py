@@ -1,0 +1,115 @@
+"""What a round works with: its level of theory, capacity, labels per round and data splits.
+
+Derived from the campaign config and the decisions stored on earlier rounds, so a resumed round plans exactly
+what the interrupted one planned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ase import Atoms
+
+from sapis.settings import get_settings
+from sapis.storage import Store
+
+GROW_DATA = ("grow_data", "both")
+GROW_CAPACITY = ("grow_capacity", "both")
+
+
+@dataclass
+class RoundPlan:
+    """Everything a round needs to know before it starts."""
+
+    campaign_id: int
+    index: int
+    round_id: int
+    fingerprint: str
+    level: dict[str, Any]
+    capacity: dict[str, Any]  # model knobs (channels, layers, lmax, heads, cutoff, ...)
+    capacity_changed: bool  # True: no warm start across a capacity change
+    k: int  # labels to add this round
+    previous_model: Path | None  # ensemble trained in the previous round
+    out_dir: Path  # this round's artifacts
+    calibration: dict[str, Any] = field(default_factory=dict)  # fitted on the previous round's labels
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out_dir / "ensemble"
+
+
+def campaign_dir(campaign_id: int) -> Path:
+    return get_settings().artifacts / "campaigns" / f"{campaign_id:04d}"
+
+
+def plan_round(store: Store, campaign_id: int, index: int, cfg: Any) -> RoundPlan:
+    """Plan round ``index`` of a campaign from its config (``CampaignConfig``) and earlier decisions."""
+    from sapis.models import ModelConfig
+    from sapis.tasks.dft import LevelOfTheory
+
+    level = LevelOfTheory.from_spec(cfg.level)
+    round_id = store.start_round(campaign_id, index)
+    earlier = [r for r in store.rounds(campaign_id) if r.index < index]
+
+    capacity = ModelConfig.size(cfg.model.size).model_copy(update=cfg.model.knobs)
+    k = cfg.select.k
+    changed = False
+    calibration: dict[str, Any] = {}
+    for r in earlier:  # replay decisions in order
+        factors = (r.evidence or {}).get("factors", {})
+        if r.decision in GROW_DATA:
+            k = max(k + 1, math.ceil(k * float(factors.get("k_N", 2.0))))
+        if r.decision in GROW_CAPACITY:
+            capacity = capacity.scaled(
+                width=float(factors.get("k_W", 1.0)),
+                depth=int(factors.get("k_D", 0)),
+                lmax=factors.get("lmax"),
+            )
+        changed = r.decision in GROW_CAPACITY and r is earlier[-1]
+        calibration = (r.metrics or {}).get("calibration", calibration)
+
+    previous = campaign_dir(campaign_id) / f"round-{index - 1:03d}" / "ensemble" if index > 0 else None
+    if previous is not None and not (previous / "ensemble.json").exists():
+        previous = None
+    return RoundPlan(
+        campaign_id=campaign_id,
+        index=index,
+        round_id=round_id,
+        fingerprint=level.fingerprint,
+        level=level.spec,
+        capacity=capacity.model_dump(mode="json"),
+        capacity_changed=changed,
+        k=k,
+        previous_model=previous,
+        out_dir=campaign_dir(campaign_id) / f"round-{index:03d}",
+        calibration=calibration,
+    )
+
+
+def campaign_label_ids(store: Store, campaign_id: int) -> dict[str, list[int]]:
+    """Config ids chosen for labelling in a campaign, by role: 'test' is held out, the rest train."""
+    out: dict[str, list[int]] = {"train": [], "test": []}
+    for row in store.selections(campaign_id):
+        role = row["role"]
+        if role == "test":
+            out["test"].append(row["config_id"])
+        elif role in ("seed", "selected"):
+            out["train"].append(row["config_id"])
+    out["train"] = sorted(set(out["train"]) - set(out["test"]))
+    out["test"] = sorted(set(out["test"]))
+    return out
+
+
+def split_train_valid(atoms: list[Atoms], fraction: float) -> tuple[list[Atoms], list[Atoms]]:
+    """Deterministic split by config id (stable as data grows: a config never changes side)."""
+    if fraction <= 0 or len(atoms) < 5:
+        return atoms, []
+    threshold = int(fraction * 1000)
+    valid = [a for a in atoms if (int(a.info["config_id"]) * 2654435761) % 1000 < threshold]
+    if not valid:
+        valid = atoms[-1:]
+    ids = {int(a.info["config_id"]) for a in valid}
+    return [a for a in atoms if int(a.info["config_id"]) not in ids], valid

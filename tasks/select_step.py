@@ -1,0 +1,185 @@
+"""Explore and select: propose candidates with coarse MD, then choose which ones to label.
+
+Both steps are resumable: candidates and selections of a round are rows in the store, and a step that finds
+its rows does not run again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from sapis.storage import Store
+from sapis.tasks.plan import RoundPlan, campaign_label_ids
+
+
+def explore_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
+    """Run the configured explorers from the campaign's pool structures; store the candidates."""
+    from sapis.tasks.explore import ExploreConfig, explore
+
+    done = store.selections(plan.campaign_id, role="candidate", round_index=plan.index)
+    if done:
+        return {"n_candidates": len(done), "resumed": True}
+
+    seeds: list[Atoms] = []
+    for pool in store.campaign_pools(plan.campaign_id):
+        seeds.extend(store.pool_atoms(pool.id))
+    if not seeds:
+        raise RuntimeError(f"campaign {plan.campaign_id} has no pool structures to explore from")
+
+    explorers = [e for e in cfg.explore.explorers if e != "committee" or plan.previous_model is not None]
+    candidates: list[Atoms] = []
+    filtered: dict[str, int] = {}
+    for i, name in enumerate(explorers):
+        ecfg = ExploreConfig(
+            explorer=name,
+            temperatures=cfg.explore.temperatures,
+            steps=cfg.explore.steps,
+            timestep_fs=cfg.explore.timestep_fs,
+            interval=cfg.explore.interval,
+            seed=cfg.seed + 7919 * plan.index + i,
+            **({"n_perturb": cfg.explore.perturbations} if name == "perturb" else {}),
+        )
+        res = explore(seeds, ecfg, model_dir=plan.previous_model if name == "committee" else None)
+        candidates.extend(res.candidates)
+        for reason, n in res.filtered.items():
+            filtered[reason] = filtered.get(reason, 0) + n
+
+    rng = np.random.default_rng(cfg.seed + plan.index)
+    if len(candidates) > cfg.explore.max_candidates:
+        keep = rng.choice(len(candidates), cfg.explore.max_candidates, replace=False)
+        candidates = [candidates[j] for j in sorted(keep)]
+    provenance = []
+    for a in candidates:
+        p = dict(a.info.get("provenance", {}))
+        p.update(campaign_id=plan.campaign_id, round_index=plan.index)
+        p.setdefault("source", "perturb" if p.get("explorer") == "perturb" else "md")
+        provenance.append(p)
+    ids = store.add_configurations(candidates, provenance)
+    unique = list(dict.fromkeys(ids))
+    store.add_selections(plan.round_id, [{"config_id": c, "role": "candidate"} for c in unique])
+    return {"n_candidates": len(unique), "filtered": filtered, "explorers": explorers}
+
+
+def select_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
+    """Choose this round's labels: a diverse seed and a random test set in round 0, then by uncertainty."""
+    chosen = [
+        r
+        for r in store.selections(plan.campaign_id, round_index=plan.index)
+        if r["role"] in ("seed", "selected", "test")
+    ]
+    if chosen:
+        return {"n_selected": sum(r["role"] != "test" for r in chosen), "resumed": True}
+
+    cand_rows = store.selections(plan.campaign_id, role="candidate", round_index=plan.index)
+    labelled = campaign_label_ids(store, plan.campaign_id)
+    taken = set(labelled["train"]) | set(labelled["test"])
+    cand_ids = [r["config_id"] for r in cand_rows if r["config_id"] not in taken]
+    atoms = store.get_atoms(cand_ids)
+    rng = np.random.default_rng(cfg.seed + 104729 * (plan.index + 1))
+
+    if plan.previous_model is None:
+        rows = _cold_start(cand_ids, atoms, cfg, rng)
+        summary: dict[str, Any] = {"strategy": "cold-start: random test set, farthest-point seed"}
+    else:
+        rows, summary = _by_uncertainty(store, plan, cfg, cand_ids, atoms, taken)
+    store.add_selections(plan.round_id, rows)
+    summary["n_selected"] = sum(r["role"] != "test" for r in rows)
+    summary["n_test"] = sum(r["role"] == "test" for r in rows)
+    return summary
+
+
+def _cold_start(ids: list[int], atoms: list[Atoms], cfg: Any, rng: np.random.Generator) -> list[dict]:
+    """Round 0: a random held-out test set, then a farthest-point seed set in a cheap invariant space."""
+    order = rng.permutation(len(ids))
+    n_test = min(cfg.select.test_size, max(1, len(ids) // 4))
+    test = [int(i) for i in order[:n_test]]
+    rest = [int(i) for i in order[n_test:]]
+    seed = _farthest_point_by_molecule([atoms[i] for i in rest], cfg.select.seed_size, rng)
+    rows = [{"config_id": ids[i], "role": "test", "rank": r} for r, i in enumerate(test)]
+    rows += [{"config_id": ids[rest[j]], "role": "seed", "rank": r} for r, j in enumerate(seed)]
+    return rows
+
+
+def _cheap_descriptor(a: Atoms) -> np.ndarray:
+    """Sorted inverse interatomic distances: invariant, comparable within one molecule."""
+    d = a.get_all_distances()
+    iu = np.triu_indices(len(a), 1)
+    return np.sort(1.0 / np.maximum(d[iu], 1e-3))
+
+
+def _farthest_point_by_molecule(atoms: list[Atoms], k: int, rng: np.random.Generator) -> list[int]:
+    """Farthest-point sampling within each molecule, taking molecules in turn."""
+    groups: dict[Any, list[int]] = {}
+    for i, a in enumerate(atoms):
+        groups.setdefault(a.info.get("molecule_id"), []).append(i)
+    picks: dict[Any, list[int]] = {}
+    for key, idx in groups.items():
+        x = np.stack([_cheap_descriptor(atoms[i]) for i in idx])
+        first = int(rng.integers(len(idx)))
+        chosen, dist = [first], np.linalg.norm(x - x[first], axis=1)
+        while len(chosen) < min(k, len(idx)):
+            nxt = int(np.argmax(dist))
+            chosen.append(nxt)
+            dist = np.minimum(dist, np.linalg.norm(x - x[nxt], axis=1))
+        picks[key] = [idx[c] for c in chosen]
+    out: list[int] = []
+    while len(out) < min(k, len(atoms)):  # round-robin over molecules
+        for key in list(picks):
+            if picks[key] and len(out) < k:
+                out.append(picks[key].pop(0))
+    return out
+
+
+def _by_uncertainty(
+    store: Store, plan: RoundPlan, cfg: Any, ids: list[int], atoms: list[Atoms], taken: set[int]
+) -> tuple[list[dict], dict[str, Any]]:
+    """Rank candidates by the previous ensemble's disagreement; select K inside the window, diversely."""
+    from sapis.models import load_ensemble
+    from sapis.tasks.calibration import Calibration
+    from sapis.tasks.rank import score_candidates, select
+
+    ens = load_ensemble(plan.previous_model)
+    scores = score_candidates(ens, atoms)
+    known = store.get_atoms(sorted(taken))
+    exclude = ens.descriptors(known) if known else None
+    calibration = Calibration.from_dict(plan.calibration) if plan.calibration else None
+    picked = select(
+        scores,
+        k=plan.k,
+        window=(cfg.select.window_lo, cfg.select.window_hi),
+        calibration=calibration,
+        exclude_descriptors=exclude,
+        diversity=cfg.select.diversity,
+    )
+    dev = np.asarray(scores["forces_std_max"], dtype=float)
+    cal = calibration.apply(dev) if calibration is not None else dev
+    rows = [
+        {
+            "config_id": ids[i],
+            "role": "selected",
+            "rank": r,
+            "score": float(dev[i]),
+            "calibrated_score": float(cal[i]),
+        }
+        for r, i in enumerate(picked)
+    ]
+    picked_set = set(picked)
+    rows += [
+        {
+            "config_id": ids[i],
+            "role": "candidate_scored",
+            "score": float(dev[i]),
+            "calibrated_score": float(cal[i]),
+        }
+        for i in range(len(ids))
+        if i not in picked_set
+    ]
+    summary = {
+        "strategy": "uncertainty + diversity in a trust window",
+        "window_eV_A": [cfg.select.window_lo, cfg.select.window_hi],
+        "deviation_eV_A": {"min": float(dev.min()), "median": float(np.median(dev)), "max": float(dev.max())},
+    }
+    return rows, summary
