@@ -1,0 +1,238 @@
+"""Label work queue: enqueue, claim with a lease, heartbeat, complete, fail.
+
+Claiming is one statement: ``UPDATE labels ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)
+RETURNING id`` on PostgreSQL; on SQLite the same UPDATE runs inside ``BEGIN IMMEDIATE`` (FOR UPDATE is not
+rendered), which makes it atomic. Every later state change is a single conditional UPDATE guarded by
+``status='running' AND worker=:w AND lease_expires > now``, so a worker whose lease expired can never
+overwrite the work of the worker that took over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from sapis.errors import InputError, NotFoundError
+from sapis.storage import configs
+from sapis.storage import structures as st
+from sapis.storage.orm import Configuration, Label, LevelOfTheory, utcnow
+
+LIVE = ("pending", "running", "done")
+
+
+@dataclass
+class Claim:
+    """A label a worker holds: what to compute (atoms, level spec) and which attempt this is."""
+
+    label_id: int
+    config_id: int
+    fingerprint: str
+    spec: dict[str, Any]
+    atoms: Atoms
+    attempt: int
+
+
+def enqueue_labels(
+    session: Session,
+    config_ids: Sequence[int],
+    fingerprint: str,
+    spec: Mapping[str, Any],
+    retry_failed: bool = False,
+) -> int:
+    """Add pending labels for configurations that have no pending/running/done label at ``fingerprint``.
+
+    Configurations whose labels all failed are re-queued only with ``retry_failed``.
+    Returns how many were new.
+    """
+    configs.ensure_level(session, fingerprint, spec)
+    ids = sorted({int(i) for i in config_ids})
+    known: set[int] = set()
+    live: set[int] = set()
+    failed: dict[int, int] = {}
+    for part in configs.chunks(ids):
+        known.update(session.execute(select(Configuration.id).where(Configuration.id.in_(part))).scalars())
+        rows = session.execute(
+            select(Label.config_id, Label.status, func.count())
+            .where(Label.fingerprint == fingerprint, Label.config_id.in_(part))
+            .group_by(Label.config_id, Label.status)
+        ).all()
+        for cid, status, n in rows:
+            if status in LIVE:
+                live.add(cid)
+            else:
+                failed[cid] = failed.get(cid, 0) + n
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise NotFoundError(f"configuration(s) not found: {missing[:10]}")
+    now = utcnow()
+    rows_new = [
+        {
+            "config_id": cid,
+            "fingerprint": fingerprint,
+            "status": "pending",
+            "attempt": failed.get(cid, 0),
+            "created_at": now,
+        }
+        for cid in ids
+        if cid not in live and (retry_failed or cid not in failed)
+    ]
+    for part in configs.chunks(rows_new):
+        session.execute(configs.upsert(session, Label), list(part))
+    return len(rows_new)
+
+
+def _claimable(now: Any) -> Any:
+    return or_(Label.status == "pending", (Label.status == "running") & (Label.lease_expires < now))
+
+
+def claim_labels(
+    session: Session, worker: str, n: int, lease_seconds: float, fingerprint: str | None = None
+) -> list[Claim]:
+    """Atomically claim up to ``n`` pending (or lease-expired) labels for ``worker``."""
+    if not worker:
+        raise InputError("claim_labels", "worker id must not be empty")
+    if n < 1:
+        return []
+    now = utcnow()
+    pick = select(Label.id).where(_claimable(now))
+    if fingerprint is not None:
+        pick = pick.where(Label.fingerprint == fingerprint)
+    pick = pick.order_by(Label.id).limit(n).with_for_update(skip_locked=True)
+    stmt = (
+        update(Label)
+        .where(Label.id.in_(pick.scalar_subquery()))
+        .where(_claimable(now))
+        .values(
+            status="running",
+            worker=worker,
+            lease_expires=now + timedelta(seconds=lease_seconds),
+            attempt=Label.attempt + 1,
+            started_at=now,
+        )
+        .returning(Label.id)
+        .execution_options(synchronize_session=False)
+    )
+    ids = sorted(session.execute(stmt).scalars())
+    if not ids:
+        return []
+    q = (
+        configs.config_query()
+        .add_columns(Label.id.label("label_id"), Label.fingerprint, Label.attempt, LevelOfTheory.spec.label("spec"))
+        .join(Label, Label.config_id == Configuration.id)
+        .join(LevelOfTheory, LevelOfTheory.fingerprint == Label.fingerprint)
+        .where(Label.id.in_(ids))
+        .order_by(Label.id)
+    )
+    return [
+        Claim(r.label_id, r.id, r.fingerprint, dict(r.spec), configs.row_atoms(r), r.attempt)
+        for r in session.execute(q)
+    ]
+
+
+def _held(label_id: int, worker: str, now: Any) -> Any:
+    return (Label.id == label_id) & (Label.status == "running") & (Label.worker == worker) & (Label.lease_expires > now)
+
+
+def heartbeat(session: Session, label_id: int, worker: str, lease_seconds: float) -> bool:
+    """Extend ``worker``'s lease on ``label_id``; False if the claim was lost."""
+    now = utcnow()
+    res = session.execute(
+        update(Label)
+        .where(_held(label_id, worker, now))
+        .values(lease_expires=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(res, "rowcount", 0)) == 1
+
+
+def _cost_columns(cost: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not cost:
+        return {}
+    out: dict[str, Any] = {"cost": configs.jsonable(cost)}
+    for key in ("wall_s", "cpu_s"):
+        if cost.get(key) is not None:
+            out[key] = float(cost[key])
+    if cost.get("scf_iterations") is not None:
+        out["scf_iterations"] = int(cost["scf_iterations"])
+    return out
+
+
+def complete_label(
+    session: Session,
+    label_id: int,
+    worker: str,
+    energy: float,
+    forces: np.ndarray,
+    cost: Mapping[str, Any],
+    artifact: str | None = None,
+) -> bool:
+    """Store the result of a held claim; False (nothing written) if ``worker`` no longer holds it."""
+    n_atoms = session.execute(
+        select(Configuration.n_atoms).join(Label, Label.config_id == Configuration.id).where(Label.id == label_id)
+    ).scalar_one_or_none()
+    if n_atoms is None:
+        raise NotFoundError(f"label {label_id} not found")
+    f = np.asarray(forces, dtype=np.float64)
+    problem = st.label_problem(n_atoms, float(energy), f)
+    if problem is not None:
+        raise InputError(f"label {label_id}", problem)
+    now = utcnow()
+    stmt = (
+        update(Label)
+        .where(_held(label_id, worker, now))
+        .values(
+            status="done",
+            energy=float(energy),
+            forces=st.pack(f),
+            artifact=artifact,
+            finished_at=now,
+            lease_expires=None,
+            reason=None,
+            **_cost_columns(cost),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    try:
+        with session.begin_nested():
+            res = session.execute(stmt)
+    except IntegrityError:  # a done label for this configuration and fingerprint exists already
+        return False
+    return int(getattr(res, "rowcount", 0)) == 1
+
+
+def fail_label(
+    session: Session, label_id: int, worker: str, reason: str, cost: Mapping[str, Any] | None = None
+) -> bool:
+    """Mark a held claim failed with ``reason``; False if ``worker`` no longer holds it."""
+    now = utcnow()
+    res = session.execute(
+        update(Label)
+        .where(_held(label_id, worker, now))
+        .values(status="failed", reason=str(reason), finished_at=now, lease_expires=None, **_cost_columns(cost))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(res, "rowcount", 0)) == 1
+
+
+def label_counts(
+    session: Session, fingerprint: str | None = None, config_ids: Sequence[int] | None = None
+) -> dict[str, int]:
+    """Number of label rows per status (all four statuses present)."""
+    counts = dict.fromkeys(("pending", "running", "done", "failed"), 0)
+    base = select(Label.status, func.count()).group_by(Label.status)
+    if fingerprint is not None:
+        base = base.where(Label.fingerprint == fingerprint)
+    parts: list[Sequence[int] | None] = [None] if config_ids is None else list(configs.chunks(list(config_ids)))
+    for part in parts:
+        q = base if part is None else base.where(Label.config_id.in_(list(part)))
+        for status, n in session.execute(q).all():
+            counts[status] = counts.get(status, 0) + int(n)
+    return counts

@@ -1,0 +1,235 @@
+"""Pools: named sets of submitted structures, submitted all-or-nothing with optional imported labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from sqlalchemy import distinct, func, select
+from sqlalchemy.orm import Session
+
+from sapis.errors import InputError, NotFoundError
+from sapis.storage import configs
+from sapis.storage import structures as st
+from sapis.storage.orm import Configuration, Label, Pool, PoolMember, utcnow
+
+
+@dataclass(frozen=True)
+class SubmitReport:
+    """Outcome of a pool submission: frames read, configurations new/already stored, labels imported."""
+
+    pool_id: int
+    name: str
+    n_read: int
+    n_new: int
+    n_existing: int
+    n_labels: int
+    pool_created: bool
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    """A pool with its counts (labelled = configurations with at least one done label)."""
+
+    id: int
+    name: str
+    n_molecules: int
+    n_configurations: int
+    n_labelled: int
+    created_at: datetime
+
+
+@dataclass
+class _Frame:
+    prepared: configs.Prepared
+    energy: float | None
+    forces: np.ndarray | None
+
+
+def read_sources(
+    sources: Sequence[str | Path | Atoms],
+    charge: int,
+    multiplicity: int | None,
+    with_labels: bool,
+) -> list[_Frame]:
+    """Read and validate every frame of every source (nothing touches the database)."""
+    frames: list[_Frame] = []
+    for k, src in enumerate(sources):
+        if isinstance(src, Atoms):
+            name, items = f"<atoms {k}>", [src]
+        else:
+            name, items = str(src), st.read_structures(src)
+        for i, atoms in enumerate(items):
+            frame = None if isinstance(src, Atoms) else i
+            q = int(atoms.info.get("charge", charge))
+            m = atoms.info.get("multiplicity", multiplicity)
+            prep = configs.prepare(atoms, q, None if m is None else int(m), name, frame, {"source": "submitted"})
+            energy, forces = (None, None)
+            if with_labels:
+                try:
+                    energy, forces = st.reference(atoms)
+                except (TypeError, ValueError) as exc:
+                    raise InputError(name, f"unreadable reference energy/forces: {exc}", frame) from exc
+                if energy is None:
+                    raise InputError(name, "a label fingerprint was given but the frame has no energy", frame)
+                problem = st.label_problem(len(atoms), energy, forces)
+                if problem is not None:
+                    raise InputError(name, problem, frame)
+            frames.append(_Frame(prep, energy, forces))
+    return frames
+
+
+def submit_pool(
+    session: Session,
+    sources: Sequence[str | Path | Atoms],
+    name: str,
+    charge: int = 0,
+    multiplicity: int | None = None,
+    label_fingerprint: str | None = None,
+    label_spec: Mapping[str, Any] | None = None,
+) -> SubmitReport:
+    """Validate all sources, then store pool, configurations and imported labels in the caller's transaction.
+
+    Any bad frame raises InputError before anything is written. Re-submitting the same set under the same name
+    adds nothing; the same name for a different set is rejected.
+    """
+    name = (name or "").strip()
+    if not name:
+        raise InputError("pool name", "must not be empty")
+    if not sources:
+        raise InputError(f"pool {name!r}", "no input files given")
+    if label_fingerprint is not None and not label_fingerprint.strip():
+        raise InputError("--label-fingerprint", "must not be empty")
+    frames = read_sources(sources, charge, multiplicity, with_labels=label_fingerprint is not None)
+    hashes = [f.prepared.hash for f in frames]
+
+    pool_id = session.execute(select(Pool.id).where(Pool.name == name)).scalar_one_or_none()
+    created = pool_id is None
+    if pool_id is not None:
+        stored = set(
+            session.execute(
+                select(Configuration.content_hash)
+                .join(PoolMember, PoolMember.config_id == Configuration.id)
+                .where(PoolMember.pool_id == pool_id)
+            ).scalars()
+        )
+        if stored != set(hashes):
+            raise InputError(
+                f"pool {name!r}",
+                f"name already used for a different set of {len(stored)} structures "
+                f"(this submission has {len(set(hashes))} distinct); choose another name",
+            )
+    ids, n_new = configs.insert_prepared(session, [f.prepared for f in frames])
+    if pool_id is None:
+        pool = Pool(name=name, created_at=utcnow())
+        session.add(pool)
+        session.flush()
+        pool_id = pool.id
+        first: dict[int, int] = {}
+        for pos, cid in enumerate(ids):
+            first.setdefault(cid, pos)
+        members = [{"pool_id": pool_id, "config_id": cid, "position": pos} for cid, pos in first.items()]
+        for part in configs.chunks(members):
+            session.execute(configs.upsert(session, PoolMember), list(part))
+    n_labels = 0
+    if label_fingerprint is not None:
+        spec = dict(label_spec) if label_spec is not None else {"imported": True, "name": label_fingerprint}
+        n_labels = import_labels(session, ids, frames, label_fingerprint, spec)
+    return SubmitReport(pool_id, name, len(frames), n_new, len(set(ids)) - n_new, n_labels, created)
+
+
+def import_labels(
+    session: Session, ids: Sequence[int], frames: Sequence[_Frame], fingerprint: str, spec: Mapping[str, Any]
+) -> int:
+    """Store the frames' energies/forces as done labels under ``fingerprint``; returns how many were new."""
+    configs.ensure_level(session, fingerprint, spec)
+    have: set[int] = set()
+    for part in configs.chunks(sorted(set(ids))):
+        have.update(
+            session.execute(
+                select(Label.config_id).where(
+                    Label.fingerprint == fingerprint,
+                    Label.config_id.in_(part),
+                    Label.status.in_(("pending", "running", "done")),
+                )
+            ).scalars()
+        )
+    now = utcnow()
+    rows = []
+    for cid, fr in zip(ids, frames, strict=True):
+        if cid in have:
+            continue
+        have.add(cid)
+        rows.append(
+            {
+                "config_id": cid,
+                "fingerprint": fingerprint,
+                "status": "done",
+                "energy": fr.energy,
+                "forces": None if fr.forces is None else st.pack(fr.forces),
+                "cost": {"imported": True},
+                "attempt": 0,
+                "created_at": now,
+                "finished_at": now,
+            }
+        )
+    for part in configs.chunks(rows):
+        session.execute(configs.upsert(session, Label), list(part))
+    return len(rows)
+
+
+def pool_id(session: Session, pool: str | int) -> int:
+    """The id of a pool given by name or id; NotFoundError if there is none."""
+    cond = Pool.id == pool if isinstance(pool, int) else Pool.name == pool
+    found = session.execute(select(Pool.id).where(cond)).scalar_one_or_none()
+    if found is None:
+        raise NotFoundError(f"pool {pool!r} not found")
+    return found
+
+
+def pools(session: Session, ids: Sequence[int] | None = None) -> list[PoolInfo]:
+    """All pools (or those with ``ids``) with their counts, oldest first."""
+    n_conf = func.count(distinct(PoolMember.config_id))
+    n_mol = func.count(distinct(Configuration.molecule_id))
+    q = (
+        select(Pool.id, Pool.name, Pool.created_at, n_conf, n_mol)
+        .outerjoin(PoolMember, PoolMember.pool_id == Pool.id)
+        .outerjoin(Configuration, Configuration.id == PoolMember.config_id)
+        .group_by(Pool.id, Pool.name, Pool.created_at)
+        .order_by(Pool.id)
+    )
+    if ids is not None:
+        q = q.where(Pool.id.in_(list(ids)))
+    rows = session.execute(q).all()
+    labelled: dict[int, int] = dict(
+        session.execute(
+            select(PoolMember.pool_id, func.count(distinct(Label.config_id)))
+            .join(Label, Label.config_id == PoolMember.config_id)
+            .where(Label.status == "done")
+            .group_by(PoolMember.pool_id)
+        ).all()
+    )
+    return [PoolInfo(r[0], r[1], r[4], r[3], labelled.get(r[0], 0), r[2]) for r in rows]
+
+
+def pool_atoms(session: Session, pool: str | int) -> list[Atoms]:
+    """The pool's structures in submission order; info: config_id, molecule_id, charge, multiplicity, pool."""
+    pid = pool_id(session, pool)
+    name = session.execute(select(Pool.name).where(Pool.id == pid)).scalar_one()
+    q = (
+        configs.config_query()
+        .join(PoolMember, PoolMember.config_id == Configuration.id)
+        .where(PoolMember.pool_id == pid)
+        .order_by(PoolMember.position)
+    )
+    out = []
+    for row in session.execute(q):
+        atoms = configs.row_atoms(row)
+        atoms.info["pool"] = name
+        out.append(atoms)
+    return out
