@@ -1,0 +1,392 @@
+"""DFT (and HF) labels with PySCF: a validated level of theory and one energy+forces computation.
+
+A :class:`LevelOfTheory` is checked before any compute (the method parses, the basis and auxiliary basis
+exist, dispersion parameters exist for the method); :func:`compute_label` then checks the molecule (charge and
+multiplicity consistent, basis covers every element), runs the SCF through the remediation ladder of
+:mod:`sapis.tasks.scf`, and returns energy in eV and forces in eV/Å (converted once here with ``ase.units``).
+An SCF that converges on no step raises :class:`LabelFailed`; it never returns a result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any, Literal
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+from ase.units import Bohr, Hartree
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sapis.errors import ConfigError, InputError, SapisError
+from sapis.keys import MIN_DISTANCE
+from sapis.tasks.scf import DEFAULT_LADDER, Remedy, run_ladder
+
+Dispersion = Literal["d3bj", "d3zero", "d3bjm", "d3zerom", "d3op"]
+_PROBE_ELEMENTS = ("H", "C", "O", "N", "Li", "Ne", "Si", "Fe")
+
+
+@lru_cache(maxsize=256)
+def _basis_has(name: str, symbol: str) -> bool:
+    """Whether PySCF can load basis ``name`` for element ``symbol``."""
+    from pyscf import gto
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bool(gto.basis.load(name, symbol))
+        except Exception:
+            return False
+
+
+def _basis_known(name: str) -> bool:
+    return any(_basis_has(name, s) for s in _PROBE_ELEMENTS)
+
+
+class LevelOfTheory(BaseModel):
+    """A validated level of theory; labels are keyed by its :attr:`fingerprint`.
+
+    >>> level = LevelOfTheory(method="hf", basis="STO-3G", density_fit=False)
+    >>> level.method, level.basis, len(level.fingerprint)
+    ('HF', 'sto-3g', 16)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    method: str = Field(
+        default="PBE", description="'HF' or a functional PySCF/libxc parses (PBE, B3LYP, wB97X)."
+    )
+    basis: str = Field(default="def2-svp", description="Orbital basis name known to PySCF.")
+    density_fit: bool = Field(default=True, description="Density fitting (RI-J/K) with `auxbasis`.")
+    auxbasis: str | None = Field(
+        default="def2-universal-jfit",
+        description="Auxiliary basis for density fitting; None: PySCF's choice.",
+    )
+    grid_level: int = Field(default=3, ge=0, le=9, description="PySCF DFT integration grid level (DFT only).")
+    dispersion: Dispersion | None = Field(default=None, description="DFT-D3 variant via the dftd3 package.")
+    conv_tol: float = Field(default=1e-9, gt=0, le=1e-5, description="SCF energy convergence, Hartree.")
+    conv_tol_grad: float | None = Field(default=None, gt=0, description="SCF orbital-gradient convergence.")
+    max_cycle: int = Field(
+        default=100, ge=1, description="Cycle limit of each ladder step (unless it sets one)."
+    )
+    remedies: tuple[Remedy, ...] = Field(
+        default=DEFAULT_LADDER, min_length=1, description="SCF remediation ladder, tried in order."
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _method_parses(cls, v: str) -> str:
+        v = v.strip().upper()
+        if v in ("HF", "RHF", "UHF"):
+            return "HF"
+        from pyscf.dft import libxc
+
+        try:
+            libxc.parse_xc(v)
+        except Exception as exc:
+            raise ValueError(f"unknown method or functional {v!r} (PySCF/libxc cannot parse it)") from exc
+        return v
+
+    @field_validator("basis")
+    @classmethod
+    def _basis_exists(cls, v: str) -> str:
+        v = v.strip().lower()
+        if not _basis_known(v):
+            raise ValueError(f"unknown basis {v!r} (PySCF cannot load it)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LevelOfTheory:
+        if not self.density_fit and self.auxbasis is not None:
+            object.__setattr__(self, "auxbasis", None)  # no fitting: the auxiliary basis is irrelevant
+        if self.auxbasis is not None:
+            aux = self.auxbasis.strip().lower()
+            if not _basis_known(aux):
+                raise ValueError(f"unknown auxiliary basis {aux!r} (PySCF cannot load it)")
+            object.__setattr__(self, "auxbasis", aux)
+        if self.dispersion is not None:
+            from dftd3.interface import RationalDampingParam, ZeroDampingParam
+
+            param = RationalDampingParam if self.dispersion.startswith("d3bj") else ZeroDampingParam
+            try:
+                param(method=self.method.lower())
+            except Exception as exc:
+                raise ValueError(f"no {self.dispersion} parameters for method {self.method!r}") from exc
+        return self
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> LevelOfTheory:
+        """Build from a spec dict (e.g. one stored with a label); ConfigError names every problem."""
+        try:
+            return cls.model_validate(spec)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"invalid level of theory: {problems}") from None
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """JSON-able spec (everything, including the ladder), what workers rebuild the level from."""
+        return self.model_dump(mode="json")
+
+    @property
+    def fingerprint(self) -> str:
+        """Stable 16-hex-digit hash of the physics of the level plus the PySCF (and dftd3) version.
+
+        ``max_cycle`` and ``remedies`` are left out on purpose: they decide how (and whether) an SCF
+        converges, not what it converges to, so raising a cycle limit does not split the data into two levels.
+        """
+        import pyscf
+
+        physics = self.model_dump(mode="json", exclude={"max_cycle", "remedies"})
+        physics["pyscf"] = pyscf.__version__
+        if self.dispersion is not None:
+            from importlib.metadata import version
+
+            physics["dftd3"] = version("dftd3")
+        blob = json.dumps(physics, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @property
+    def is_hf(self) -> bool:
+        return self.method == "HF"
+
+    def check_elements(self, symbols: set[str]) -> None:
+        """ConfigError unless the basis (and auxiliary basis) cover every element in ``symbols``."""
+        for name, kind in ((self.basis, "basis"), (self.auxbasis, "auxiliary basis")):
+            if name is None:
+                continue
+            missing = sorted(s for s in symbols if not _basis_has(name, s))
+            if missing:
+                raise ConfigError(f"{kind} {name!r} has no functions for {', '.join(missing)}")
+
+
+class LabelFailed(SapisError):
+    """Every remedy of the SCF ladder failed; ``attempts`` records each try."""
+
+    def __init__(self, reason: str, attempts: list[dict[str, Any]]) -> None:
+        self.reason, self.attempts = reason, attempts
+        super().__init__(reason)
+
+
+@dataclass
+class LabelResult:
+    """A converged label: energy (eV), forces (n, 3) eV/Å, and what it cost."""
+
+    energy: float
+    forces: np.ndarray  # (n_atoms, 3) | eV/Å
+    scf_iterations: int  # over all ladder attempts
+    wall_s: float
+    cpu_s: float
+    attempts: list[dict[str, Any]]
+    dm: np.ndarray = field(repr=False)  # (nao, nao) or (2, nao, nao) converged density matrix, AO basis
+    guess: str = "minao"  # where the initial density came from
+    dispersion_energy: float | None = None  # eV, included in `energy`
+
+    def cost(self, **extra: Any) -> dict[str, Any]:
+        """The cost mapping the store records with a label (wall_s, cpu_s, scf_iterations, attempts, ...)."""
+        return {
+            "wall_s": self.wall_s,
+            "cpu_s": self.cpu_s,
+            "scf_iterations": self.scf_iterations,
+            "attempts": self.attempts,
+            "guess": self.guess,
+            **extra,
+        }
+
+
+def _where(atoms: Atoms, source: str | None) -> str:
+    if source:
+        return source
+    cid = atoms.info.get("config_id")
+    return f"config {cid}" if cid is not None else "structure"
+
+
+def check_molecule(
+    atoms: Atoms,
+    charge: int | None = None,
+    multiplicity: int | None = None,
+    source: str | None = None,
+    frame: int | None = None,
+) -> tuple[int, int]:
+    """InputError unless ``atoms`` is a sane finite molecule with a consistent charge and multiplicity.
+
+    Charge and multiplicity default to ``atoms.info`` and then to neutral, lowest spin by electron parity.
+    Returns ``(charge, multiplicity)``.
+    """
+    where = _where(atoms, source)
+
+    def bad(problem: str) -> InputError:
+        return InputError(where, problem, frame)
+
+    if len(atoms) == 0:
+        raise bad("no atoms")
+    if atoms.pbc.any():
+        raise bad("periodic structure; the labeller computes isolated molecules only")
+    numbers = atoms.numbers
+    unknown = [int(z) for z in numbers if z <= 0 or z >= len(chemical_symbols)]
+    if unknown:
+        raise bad(f"unknown element (atomic number {unknown[0]})")
+    pos = atoms.positions
+    if not np.isfinite(pos).all():
+        raise bad("non-finite positions")
+    if len(atoms) > 1:
+        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+        d[np.diag_indices(len(atoms))] = np.inf
+        i, j = np.unravel_index(np.argmin(d), d.shape)
+        if d[i, j] < MIN_DISTANCE:
+            raise bad(f"atoms {i} and {j} are {d[i, j]:.2f} Å apart (minimum {MIN_DISTANCE} Å)")
+    q = int(atoms.info.get("charge", 0) if charge is None else charge)
+    n_elec = int(numbers.sum()) - q
+    if n_elec <= 0:
+        raise bad(f"charge {q} leaves {n_elec} electrons")
+    m = multiplicity if multiplicity is not None else atoms.info.get("multiplicity")
+    m = int(m) if m is not None else (1 if n_elec % 2 == 0 else 2)
+    if m < 1:
+        raise bad(f"multiplicity must be >= 1, got {m}")
+    if (n_elec - (m - 1)) % 2 or m - 1 > n_elec:
+        raise bad(f"multiplicity {m} is impossible with {n_elec} electrons (charge {q})")
+    return q, m
+
+
+def _fit_guess(dm: np.ndarray | None, nao: int, unrestricted: bool) -> np.ndarray | None:
+    """Adapt a stored density matrix to this SCF (R <-> U); None when its shape does not fit."""
+    if dm is None:
+        return None
+    dm = np.asarray(dm, dtype=float)
+    if dm.shape == (2, nao, nao):
+        return dm if unrestricted else dm[0] + dm[1]
+    if dm.shape == (nao, nao):
+        return np.stack([dm / 2, dm / 2]) if unrestricted else dm
+    return None
+
+
+def _build_mol(atoms: Atoms, level: LevelOfTheory, charge: int, mult: int, max_memory_mb: int) -> Any:
+    from pyscf import gto
+
+    mol = gto.Mole()
+    mol.atom = [(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions, strict=True)]
+    mol.unit = "Angstrom"
+    mol.basis = level.basis
+    mol.charge, mol.spin = charge, mult - 1
+    mol.max_memory = max_memory_mb
+    mol.verbose = 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mol.build(parse_arg=False, dump_input=False)
+    return mol
+
+
+def _mf_factory(mol: Any, level: LevelOfTheory, device: str) -> Any:
+    """A function returning a fresh SCF object; fitting tensors and grids are built once and shared."""
+    from pyscf import dft, scf
+
+    unrestricted = mol.spin != 0
+    shared: dict[str, Any] = {}
+
+    def make() -> Any:
+        if level.is_hf:
+            mf = scf.UHF(mol) if unrestricted else scf.RHF(mol)
+        else:
+            mf = dft.UKS(mol) if unrestricted else dft.RKS(mol)
+            mf.xc = level.method
+            if "grids" not in shared:
+                mf.grids.level = level.grid_level
+                shared["grids"] = mf.grids
+            mf.grids = shared["grids"]
+        if level.density_fit:
+            mf = mf.density_fit(auxbasis=level.auxbasis, with_df=shared.get("df"))
+            shared["df"] = mf.with_df
+        mf.conv_tol = level.conv_tol
+        if level.conv_tol_grad is not None:
+            mf.conv_tol_grad = level.conv_tol_grad
+        mf.chkfile = None
+        mf.verbose = 0
+        if device == "gpu":
+            mf = mf.to_gpu()
+        return mf
+
+    return make
+
+
+def compute_label(
+    atoms: Atoms,
+    level: LevelOfTheory,
+    charge: int | None = None,
+    multiplicity: int | None = None,
+    threads: int = 1,
+    max_memory_mb: int = 4000,
+    guess_dm: np.ndarray | None = None,
+    *,
+    device: Literal["cpu", "gpu"] = "cpu",
+    source: str | None = None,
+    frame: int | None = None,
+) -> LabelResult:
+    """Energy (eV) and forces (eV/Å) of ``atoms`` at ``level``.
+
+    Everything checkable is checked before compute (InputError/ConfigError). ``guess_dm`` (a converged density
+    of a nearby configuration of the same molecule) starts the SCF when its shape fits. ``threads`` and
+    ``max_memory_mb`` bound this call, so several workers can share a node. ``device="gpu"`` runs the same
+    spec with gpu4pyscf (imported only then). Raises :class:`LabelFailed` when no ladder step converges.
+    """
+    q, m = check_molecule(atoms, charge, multiplicity, source, frame)
+    level.check_elements(set(atoms.get_chemical_symbols()))
+    if device == "gpu":
+        try:
+            import gpu4pyscf  # noqa: F401
+        except ImportError:
+            raise ConfigError("device 'gpu' needs CUDA and gpu4pyscf (pip install 'sapis[gpu]')") from None
+    from pyscf import lib
+
+    old_threads = lib.num_threads()
+    lib.num_threads(threads)
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        try:
+            mol = _build_mol(atoms, level, q, m, max_memory_mb)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ConfigError(f"{_where(atoms, source)}: PySCF rejects the molecule: {exc}") from None
+        dm0 = _fit_guess(guess_dm, mol.nao, mol.spin != 0)
+        guess = "reused" if dm0 is not None else "minao"
+        mf, attempts = run_ladder(
+            _mf_factory(mol, level, device), level.remedies, level.max_cycle, dm0, guess
+        )
+        if mf is None:
+            tried = ", ".join(f"{a['strategy']} ({a['cycles']} cycles)" for a in attempts)
+            raise LabelFailed(f"SCF did not converge; tried {tried}", attempts)
+        grad_method = mf.nuc_grad_method()
+        grad_method.verbose = 0
+        grad = np.asarray(grad_method.kernel(), dtype=float)  # (n_atoms, 3) | Hartree/Bohr
+        e_tot = float(mf.e_tot)  # Hartree
+        e_disp = None
+        if level.dispersion is not None:
+            from dftd3.pyscf import DFTD3Dispersion
+
+            d3_e, d3_g = DFTD3Dispersion(mol, xc=level.method.lower(), version=level.dispersion).kernel()[:2]
+            e_disp = float(d3_e) * Hartree
+            e_tot += float(d3_e)
+            grad = grad + np.asarray(d3_g)
+        dm = np.asarray(mf.make_rdm1())
+        if hasattr(dm, "get"):  # cupy array on the GPU path
+            dm = dm.get()
+    finally:
+        lib.num_threads(old_threads)
+    if not (np.isfinite(e_tot) and np.isfinite(grad).all()):
+        raise LabelFailed("SCF converged to a non-finite energy or gradient", attempts)
+    return LabelResult(
+        energy=e_tot * Hartree,
+        forces=-grad * (Hartree / Bohr),
+        scf_iterations=sum(a["cycles"] for a in attempts),
+        wall_s=time.perf_counter() - t0,
+        cpu_s=time.process_time() - c0,
+        attempts=attempts,
+        dm=np.asarray(dm, dtype=float),
+        guess=guess,
+        dispersion_energy=e_disp,
+    )
