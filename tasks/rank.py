@@ -1,0 +1,281 @@
+"""Ranking candidates by committee disagreement, and choosing which ones to label.
+
+* :func:`score_candidates` — one batched ensemble pass: DP-GEN's model deviation (``forces_std_max``, the
+  maximum over atoms of the force standard deviation across members, eV/Å), the energy standard deviation
+  per atom (eV/atom) and the invariant per-structure descriptors used for diversity.
+* :func:`select` / :func:`rank_candidates` — K candidates inside a trust window of *calibrated* deviation
+  (below ``lo`` the model already knows the region; above ``hi`` the frame is likely unphysical), maximising
+  uncertainty and diversity together: greedy uncertainty-weighted farthest-point sampling in standardized
+  descriptor space, never picking near-duplicates of each other or of configurations already labelled.
+
+Default window: ``Window(lo=0.05, hi=1.0)`` in eV/Å of calibrated deviation (an estimate of the maximum
+force error of the structure). With an uncalibrated model the raw deviation is used. ``Window.quantiles``
+gives a window relative to the candidates' own distribution instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from sapis.errors import ConfigError
+from sapis.tasks.calibration import Calibration, calibration_report, fit_calibration, plot_calibration
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "Calibration",
+    "Selection",
+    "Window",
+    "calibration_data",
+    "calibration_report",
+    "fit_calibration",
+    "plot_calibration",
+    "rank_candidates",
+    "score_candidates",
+    "select",
+    "selection_rows",
+]
+
+
+@dataclass(frozen=True)
+class Window:
+    """Trust window on calibrated deviation: absolute eV/Å, or quantiles of the candidates' scores."""
+
+    lo: float = 0.05
+    hi: float = 1.0
+    quantile: bool = False
+
+    @classmethod
+    def quantiles(cls, lo: float, hi: float) -> Window:
+        """A window between the ``lo`` and ``hi`` quantiles (0..1) of the candidates' calibrated scores."""
+        return cls(lo, hi, quantile=True)
+
+    def bounds(self, values: np.ndarray) -> tuple[float, float]:
+        """Absolute (lo, hi) for these calibrated values."""
+        if not self.lo <= self.hi:
+            raise ConfigError(f"trust window lo={self.lo} is above hi={self.hi}")
+        if not self.quantile:
+            return float(self.lo), float(self.hi)
+        if not 0.0 <= self.lo <= self.hi <= 1.0:
+            raise ConfigError(f"quantile window ({self.lo}, {self.hi}) must satisfy 0 <= lo <= hi <= 1")
+        if values.size == 0:
+            return 0.0, float("inf")
+        return float(np.quantile(values, self.lo)), float(np.quantile(values, self.hi))
+
+
+DEFAULT_WINDOW = Window()
+
+
+def _ensemble(ensemble: Any) -> Any:
+    if isinstance(ensemble, str | Path):
+        from sapis.models import load_ensemble
+
+        return load_ensemble(ensemble, device="cpu")
+    return ensemble
+
+
+def score_candidates(ensemble: Any, atoms_list: Sequence[Atoms], batch_size: int = 64) -> dict[str, Any]:
+    """Committee disagreement and descriptors of every candidate, in one batched pass.
+
+    ``ensemble`` is a loaded ``Ensemble`` or its directory. Returns ``forces_std_max`` (B,) eV/Å,
+    ``energy_std_per_atom`` (B,) eV/atom, ``energy`` (B,) eV, ``forces_std`` list of (n_i,) eV/Å,
+    ``forces`` list of (n_i, 3) eV/Å and ``descriptors`` (B, D).
+    """
+    ens = _ensemble(ensemble)
+    if not atoms_list:
+        return {
+            "forces_std_max": np.zeros(0),
+            "energy_std_per_atom": np.zeros(0),
+            "energy": np.zeros(0),
+            "forces_std": [],
+            "forces": [],
+            "descriptors": np.zeros((0, 0)),
+        }
+    pred = ens.predict(list(atoms_list), batch_size=batch_size)
+    n_atoms = np.array([len(a) for a in atoms_list], dtype=float)
+    return {
+        "forces_std_max": np.asarray(pred["forces_std_max"], dtype=float),
+        "energy_std_per_atom": np.asarray(pred["energy_std"], dtype=float) / n_atoms,
+        "energy": np.asarray(pred["energy"], dtype=float),
+        "forces_std": [np.asarray(f, dtype=float) for f in pred["forces_std"]],
+        "forces": [np.asarray(f, dtype=float) for f in pred["forces"]],
+        "descriptors": np.asarray(ens.descriptors(list(atoms_list)), dtype=float),
+    }
+
+
+def calibration_data(scores: Mapping[str, Any], labelled: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
+    """(predicted deviation, observed max-atom force error) per labelled structure, both eV/Å.
+
+    ``scores`` must come from :func:`score_candidates` on exactly ``labelled`` (predictions made before the
+    labels were used for training); reference forces are read with ``sapis.storage.structures.reference``.
+    """
+    from sapis.storage.structures import reference
+
+    pred = np.asarray(scores["forces_std_max"], dtype=float)
+    if len(labelled) != pred.size:
+        raise ConfigError(f"calibration_data: {pred.size} scores for {len(labelled)} labelled structures")
+    err = np.full(pred.size, np.nan)
+    for i, (atoms, f_pred) in enumerate(zip(labelled, scores["forces"], strict=True)):
+        _, f_ref = reference(atoms)
+        if f_ref is not None:
+            err[i] = float(np.max(np.linalg.norm(np.asarray(f_pred) - f_ref, axis=1)))
+    ok = np.isfinite(err)
+    return pred[ok], err[ok]
+
+
+@dataclass
+class Selection:
+    """Outcome of ranking: chosen indices (in pick order) and every candidate's scores."""
+
+    indices: list[int]
+    score: np.ndarray  # (B,) raw forces_std_max, eV/Å
+    calibrated: np.ndarray  # (B,) calibrated deviation, eV/Å
+    in_window: np.ndarray  # (B,) bool
+    duplicate: np.ndarray  # (B,) bool: near-duplicate of an already labelled configuration
+    bounds: tuple[float, float]  # absolute window used, eV/Å (calibrated)
+    dup_threshold: float  # near-duplicate distance in standardized descriptor units
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def select(
+    scores: Mapping[str, Any],
+    k: int,
+    window: Window | tuple[float, float] | None = DEFAULT_WINDOW,
+    calibration: Calibration | None = None,
+    exclude_descriptors: np.ndarray | None = None,
+    diversity: bool = True,
+    min_distance: float | None = None,
+    **kwargs: Any,
+) -> list[int]:
+    """Indices of up to ``k`` candidates to label (see :func:`rank_candidates`)."""
+    return rank_candidates(
+        scores, k, window, calibration, exclude_descriptors, diversity, min_distance, **kwargs
+    ).indices
+
+
+def rank_candidates(
+    scores: Mapping[str, Any],
+    k: int,
+    window: Window | tuple[float, float] | None = DEFAULT_WINDOW,
+    calibration: Calibration | None = None,
+    exclude_descriptors: np.ndarray | None = None,
+    diversity: bool = True,
+    min_distance: float | None = None,
+    dup_fraction: float = 0.05,
+    diversity_radius: float = 0.5,
+    seed: int = 0,
+) -> Selection:
+    """Choose up to ``k`` candidates inside ``window``, maximising uncertainty and diversity together.
+
+    Greedy: each pick maximises ``c_i * min(1, d_i / r)``, where ``c_i`` is the calibrated deviation, ``d_i``
+    the distance (standardized descriptors) to the nearest configuration already picked or labelled
+    (``exclude_descriptors``), and ``r = diversity_radius`` times the median pairwise candidate distance; with
+    ``diversity=False`` it is plain top-k by ``c_i``. Candidates closer than ``min_distance`` (default
+    ``dup_fraction`` times that median) to a labelled or picked configuration are never picked, in both
+    modes. Fewer than ``k`` come back when the window holds fewer distinct candidates.
+    """
+    if k < 0:
+        raise ConfigError(f"select: k must be >= 0, got {k}")
+    raw = np.asarray(scores["forces_std_max"], dtype=float)
+    n = raw.size
+    cal = calibration(raw) if calibration is not None else raw.copy()
+    finite = np.isfinite(cal)
+    if window is None:
+        win = Window(0.0, float("inf"))
+    elif isinstance(window, Window):
+        win = window
+    else:
+        win = Window(float(window[0]), float(window[1]))
+    lo, hi = win.bounds(cal[finite])
+    in_window = finite & (cal >= lo) & (cal <= hi)
+    x, x_lab = _standardized(scores.get("descriptors"), exclude_descriptors, n)
+    typical = _typical_distance(x, seed)
+    dup_thr = float(min_distance) if min_distance is not None else dup_fraction * typical
+    if scores.get("descriptors") is None:  # nothing to measure diversity with: plain top-k
+        diversity, dup_thr = False, -1.0
+    radius = max(diversity_radius * typical, 1e-12)
+    dmin = np.full(n, np.inf)
+    if x_lab is not None and x_lab.shape[0] > 0:
+        for start in range(0, x_lab.shape[0], 512):  # chunks bound memory for big labelled sets
+            block = x_lab[start : start + 512]
+            d = np.sqrt(((x[:, None, :] - block[None, :, :]) ** 2).sum(-1))
+            dmin = np.minimum(dmin, d.min(axis=1))
+    duplicate = dmin <= dup_thr
+    eligible = in_window & ~duplicate
+    chosen: list[int] = []
+    while len(chosen) < k and eligible.any():
+        gain = cal.copy()
+        if diversity and np.isfinite(dmin).any():
+            gain = cal * np.minimum(1.0, np.where(np.isfinite(dmin), dmin, radius) / radius)
+        gain = np.where(eligible, gain, -np.inf)
+        j = int(np.argmax(gain))
+        chosen.append(j)
+        eligible[j] = False
+        dmin = np.minimum(dmin, np.sqrt(((x - x[j]) ** 2).sum(-1)))
+        eligible &= dmin > dup_thr
+    return Selection(
+        indices=chosen,
+        score=raw,
+        calibrated=cal,
+        in_window=in_window,
+        duplicate=duplicate,
+        bounds=(lo, hi),
+        dup_threshold=dup_thr,
+        info={
+            "n_candidates": n,
+            "n_in_window": int(in_window.sum()),
+            "n_duplicates_of_labelled": int(duplicate.sum()),
+            "typical_distance": typical,
+            "diversity": diversity,
+        },
+    )
+
+
+def _standardized(desc: Any, exclude: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """Candidates' and labelled descriptors, z-scored with the statistics of both together."""
+    x = np.zeros((n, 1)) if desc is None else np.asarray(desc, dtype=float).reshape(n, -1)
+    lab = None if exclude is None else np.asarray(exclude, dtype=float)
+    if lab is not None and lab.size and lab.reshape(lab.shape[0], -1).shape[1] != x.shape[1]:
+        raise ConfigError(f"exclude_descriptors have {lab.shape[-1]} features, candidates {x.shape[1]}")
+    both = x if lab is None or lab.size == 0 else np.vstack([x, lab.reshape(lab.shape[0], -1)])
+    mu = both.mean(axis=0) if both.size else 0.0
+    sd = both.std(axis=0) if both.size else 1.0
+    sd = np.where(sd > 1e-12, sd, 1.0)
+    xs = (x - mu) / sd
+    labs = None if lab is None or lab.size == 0 else (lab.reshape(lab.shape[0], -1) - mu) / sd
+    return xs, labs
+
+
+def _typical_distance(x: np.ndarray, seed: int, max_points: int = 1000) -> float:
+    """Median pairwise distance among (a random subset of) the candidates; 1.0 when undefined."""
+    if x.shape[0] < 2:
+        return 1.0
+    idx = np.arange(x.shape[0])
+    if idx.size > max_points:
+        idx = np.random.default_rng(seed).choice(idx, max_points, replace=False)
+    sub = x[idx]
+    d = np.sqrt(((sub[:, None, :] - sub[None, :, :]) ** 2).sum(-1))
+    med = float(np.median(d[np.triu_indices(len(sub), k=1)]))
+    return med if med > 1e-12 else 1.0
+
+
+def selection_rows(selection: Selection, config_ids: Sequence[int]) -> list[dict[str, Any]]:
+    """Rows for ``store.add_selections``: every candidate with its scores, picked ones ranked in order."""
+    if len(config_ids) != selection.score.size:
+        raise ConfigError(f"selection_rows: {len(config_ids)} ids for {selection.score.size} candidates")
+    rank = {j: r for r, j in enumerate(selection.indices)}
+    return [
+        {
+            "config_id": int(cid),
+            "role": "selected" if i in rank else "candidate",
+            "score": float(selection.score[i]) if np.isfinite(selection.score[i]) else None,
+            "calibrated_score": float(selection.calibrated[i]) if np.isfinite(selection.calibrated[i]) else None,
+            "rank": rank.get(i),
+        }
+        for i, cid in enumerate(config_ids)
+    ]
