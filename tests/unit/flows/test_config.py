@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sapis.errors import ConfigError
+from sapis.flows.config import CampaignConfig
+
+
+def test_defaults_and_roundtrip(tmp_path: Path) -> None:
+    cfg = CampaignConfig(name="x", pools=["p"])
+    path = tmp_path / "c.toml"
+    path.write_text(cfg.to_toml())
+    again = CampaignConfig.load(path)
+    assert again == cfg
+    assert again.level["method"] == "PBE"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('name = "x"\npools = ["p"]\n[select]\nkk = 3\n', "select.kk"),
+        ('name = "x"\npools = []\n', "pools"),
+        ('name = "x"\npools = ["p"]\n[select]\nwindow_lo = 3.0\nwindow_hi = 1.0\n', "window_lo"),
+        ('name = "x"\npools = ["p"]\n[level]\nmethod = "NOT-A-FUNCTIONAL"\nbasis = "sto-3g"\n', "level"),
+        ('name = "x"\npools = ["p"\n', "not valid TOML"),
+    ],
+)
+def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, needle: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        CampaignConfig.load(path)
+    msg = str(err.value)
+    assert msg.startswith(str(path)) and needle in msg and "\n" not in msg
+
+
+def test_demo_config_is_valid() -> None:
+    from importlib.resources import files
+
+    cfg = CampaignConfig.load(str(files("sapis.flows") / "demo.toml"))
+    assert cfg.pools == ["demo-molecules"] and cfg.model.members >= 2
