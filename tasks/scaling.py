@@ -1,0 +1,443 @@
+"""The scaling controller: after each round, decide between more data, more capacity, both, carrying on, or
+stopping, from scaling laws fitted to the campaign's own measurements.
+
+Model of the error (force MAE, meV/Å) used for the predictions, additive in the two resources as in the
+neural-scaling literature:
+
+    E(N, P) = E_irr + D * P^(-gamma) + B * N^(-beta)
+
+At fixed capacity P this is E(N) = E_inf,N + B N^-beta, which is fitted across the rounds that share the
+current model size (``fit_power_law``); its asymptote E_inf,N - E_irr is the capacity-limited part, which
+a model grown by k_P = k_W² · k_D in parameters shrinks by k_P^-gamma. gamma is measured when rounds at two
+model sizes have each an E(N) fit, and otherwise taken from ``ControllerConfig.capacity_exponent`` (the
+evidence says which). E(C) = E_inf,C + A C^-alpha on the latest ensemble's validation curves says whether
+the current model is still under-trained. The generalisation-gap trend (validation vs training error
+against log N) is reported.
+
+Costs in different units are made comparable by converting both to seconds measured in this campaign:
+DFT seconds per label (``dft_cpu_s`` / ``n_labels_added``) for data, and training seconds per FLOP
+(``train_wall_s`` / ``train_flops``) for capacity; training cost is taken as proportional to N (fixed epochs)
+and to P (FLOPs per structure scale with the parameter count). Each action's predicted error reduction over
+the default plan (``continue``) is divided by its extra cost in seconds; the action with the best gain per
+second wins, provided its relative gain reaches ``epsilon``.
+
+Rules, in order (the one that fired is ``Decision.evidence["rule"]``): ``no_error_measured``,
+``target_met``, ``budget_spent``, ``too_short``, ``too_uncertain``, ``cost_unknown``, ``target_out_of_reach``,
+``undertrained``, ``marginal_gain_below_epsilon``, ``best_gain_per_second``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from sapis.tasks.scaling_fit import (
+    PowerLawFit,
+    RoundEvidence,
+    capacity_groups,
+    fit_compute_curve,
+    fit_data_curve,
+    fit_trend,
+    spent_so_far,
+    unit_costs,
+)
+
+__all__ = ["ControllerConfig", "Decision", "RoundEvidence", "decide"]
+
+Action = Literal["grow_data", "grow_capacity", "both", "continue", "stop"]
+
+
+class ControllerConfig(BaseModel):
+    """Thresholds and factors of the scaling controller (the ``controller`` section of a campaign config)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    target_f_mae: float | None = Field(
+        default=None,
+        gt=0,
+        description="Target test force MAE, meV/Å; reaching it stops the campaign. None: no target.",
+    )
+    epsilon: float = Field(
+        default=0.02,
+        ge=0,
+        lt=1,
+        description="Smallest relative error reduction per round an action must "
+        "promise to be worth its cost (marginal gain threshold).",
+    )
+    k_N: float = Field(default=2.0, gt=1, description="Factor on labels per round when growing data.")
+    k_W: float = Field(default=1.5, ge=1, description="Factor on width (channels) when growing capacity.")
+    k_D: float = Field(default=1.0, ge=1, description="Factor on depth (layers) when growing capacity.")
+    min_points: int = Field(
+        default=4,
+        ge=4,
+        description="Fewest rounds (at one capacity) for an E(N) fit; at least parameters + 1.",
+    )
+    max_rel_se: float = Field(
+        default=0.5,
+        gt=0,
+        description="Refuse to extrapolate when the fitted exponent's relative standard error exceeds this.",
+    )
+    both_ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="Grow both when each action passes epsilon and the weaker one's "
+        "gain per second is at least this fraction of the stronger one's.",
+    )
+    capacity_exponent: float = Field(
+        default=0.3,
+        gt=0,
+        lt=3,
+        description="Prior gamma in E_inf,N ∝ P^-gamma, used until two model sizes have been measured.",
+    )
+    irreducible_f_mae: float = Field(
+        default=0.0, ge=0, description="Error no model or data can remove (label noise), meV/Å."
+    )
+    capacity_rtol: float = Field(
+        default=0.05,
+        ge=0,
+        description="Rounds whose parameter counts agree to this relative tolerance count as the same capacity.",
+    )
+    max_n_params: int | None = Field(default=None, gt=0, description="Largest model allowed (parameters).")
+    budget_labels: int | None = Field(default=None, gt=0, description="Total labels the campaign may use.")
+    budget_dft_cpu_s: float | None = Field(default=None, gt=0, description="Total DFT CPU seconds.")
+    budget_train_flops: float | None = Field(default=None, gt=0, description="Total training FLOPs.")
+    budget_seconds: float | None = Field(
+        default=None, gt=0, description="Total seconds, DFT CPU seconds plus training wall seconds."
+    )
+    metric: Literal["test_f_mae", "valid_f_mae"] = Field(
+        default="test_f_mae",
+        description="Error the fits and the target use (falls back to the other one when a round lacks it).",
+    )
+
+    @model_validator(mode="after")
+    def _growth(self) -> ControllerConfig:
+        if self.k_W == 1 and self.k_D == 1:
+            raise ValueError("k_W and k_D are both 1: growing capacity would change nothing")
+        return self
+
+
+@dataclass
+class Decision:
+    """What the controller decided, with everything it based the decision on."""
+
+    action: Action
+    factors: dict[str, float]
+    reason: str
+    evidence: dict[str, Any]
+
+    @property
+    def rule(self) -> str:
+        return str(self.evidence.get("rule", ""))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_NO_GROWTH = {"k_N": 1.0, "k_W": 1.0, "k_D": 1.0}
+
+
+def _decision(action: Action, rule: str, reason: str, ev: dict[str, Any], cfg: ControllerConfig) -> Decision:
+    factors = dict(_NO_GROWTH)
+    if action in ("grow_data", "both"):
+        factors["k_N"] = cfg.k_N
+    if action in ("grow_capacity", "both"):
+        factors["k_W"], factors["k_D"] = cfg.k_W, cfg.k_D
+    ev["rule"] = rule
+    return Decision(action=action, factors=factors, reason=reason, evidence=_jsonable(ev))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _capacity_exponent(groups: list[list[RoundEvidence]], cfg: ControllerConfig) -> tuple[float, str]:
+    """gamma from the E(N) asymptotes of two model sizes when both fit well, else the configured prior."""
+    fits = []
+    for g in groups:
+        f = fit_data_curve(g, cfg.metric, cfg.min_points)
+        if f is not None and f.alpha_rel_se <= cfg.max_rel_se and g[0].n_params:
+            fits.append((g[0].n_params, f.e_inf - cfg.irreducible_f_mae))
+    if len(fits) >= 2:
+        (p1, e1), (p2, e2) = fits[-2], fits[-1]
+        if p1 != p2 and e1 > 0 and e2 > 0:
+            g = math.log(e1 / e2) / math.log(p2 / p1)
+            if 0 < g < 3:
+                return g, "measured"
+    return cfg.capacity_exponent, "prior"
+
+
+def _budget_spent(spent: dict[str, float], cfg: ControllerConfig) -> str | None:
+    for key, budget in (
+        ("labels", cfg.budget_labels),
+        ("dft_cpu_s", cfg.budget_dft_cpu_s),
+        ("train_flops", cfg.budget_train_flops),
+        ("seconds", cfg.budget_seconds),
+    ):
+        if budget is not None and spent[key] >= budget:
+            return f"{key} budget spent ({spent[key]:.4g} of {budget:.4g})"
+    return None
+
+
+def decide(history: list[RoundEvidence], cfg: ControllerConfig | None = None) -> Decision:
+    """Decide the next round's action from the rounds so far (oldest first); see the module docstring."""
+    cfg = cfg or ControllerConfig()
+    ev: dict[str, Any] = {"config": cfg.model_dump(), "n_rounds": len(history)}
+    rounds = [r for r in history if r.error(cfg.metric)[0] is not None]
+    if not rounds:
+        return _decision("continue", "no_error_measured", "no round has a measured force error yet", ev, cfg)
+    last = rounds[-1]
+    e_now, metric = last.error(cfg.metric)
+    assert e_now is not None
+    spent = spent_so_far(history)
+    ev["current"] = {
+        "round": last.index,
+        "error": e_now,
+        "metric": metric,
+        "n_train": last.n_train,
+        "n_params": last.n_params,
+        "spent": spent,
+    }
+    if cfg.target_f_mae is not None and e_now <= cfg.target_f_mae:
+        return _decision(
+            "stop",
+            "target_met",
+            f"{metric} {e_now:.3g} meV/Å meets the target {cfg.target_f_mae:.3g}",
+            ev,
+            cfg,
+        )
+    why = _budget_spent(spent, cfg)
+    if why:
+        return _decision("stop", "budget_spent", why, ev, cfg)
+
+    groups = capacity_groups(rounds, cfg.capacity_rtol)
+    group = next(g for g in groups if last in g)
+    fit_n = fit_data_curve(group, cfg.metric, cfg.min_points)
+    fit_c = fit_compute_curve(last)
+    gap_pts = [
+        (math.log(r.n_train), (r.valid_f_mae - r.train_f_mae) / r.valid_f_mae)
+        for r in rounds
+        if r.n_train and r.valid_f_mae and r.train_f_mae is not None
+    ]
+    gap = fit_trend([p[0] for p in gap_pts], [p[1] for p in gap_pts])
+    gamma, gamma_src = _capacity_exponent(groups, cfg)
+    ev["fits"] = {
+        "data": fit_n.to_dict() if fit_n else None,
+        "compute": fit_c.to_dict() if fit_c else None,
+        "gap": gap.to_dict() if gap else None,
+        "capacity_exponent": gamma,
+        "capacity_exponent_source": gamma_src,
+        "rounds_at_this_capacity": len(group),
+    }
+    n_pts = sum(1 for r in group if r.n_train)
+    if fit_n is None:
+        return _decision(
+            "continue",
+            "too_short",
+            f"only {n_pts} round(s) at this capacity with N and an error; an E(N) fit needs {cfg.min_points}",
+            ev,
+            cfg,
+        )
+    if fit_n.alpha_rel_se > cfg.max_rel_se:
+        return _decision(
+            "continue",
+            "too_uncertain",
+            f"E(N) exponent beta = {fit_n.alpha:.3g} ± "
+            f"{fit_n.alpha_se:.2g} (relative {fit_n.alpha_rel_se:.2g} > {cfg.max_rel_se}); "
+            "not extrapolating",
+            ev,
+            cfg,
+        )
+    unit = unit_costs(history)
+    ev["unit_costs"] = unit
+    s_label, s_flop = unit["dft_s_per_label"], unit["train_s_per_flop"]
+    if s_label is None or not last.train_wall_s or not last.n_train:
+        return _decision(
+            "continue",
+            "cost_unknown",
+            "DFT seconds per label or training seconds not measured; costs of data and capacity cannot be compared",
+            ev,
+            cfg,
+        )
+    return _choose(last, e_now, fit_n, fit_c, gamma, s_label, s_flop, spent, cfg, ev)
+
+
+def _choose(
+    last: RoundEvidence,
+    e_now: float,
+    fit_n: PowerLawFit,
+    fit_c: PowerLawFit | None,
+    gamma: float,
+    s_label: float,
+    s_flop: float | None,
+    spent: dict[str, float],
+    cfg: ControllerConfig,
+    ev: dict[str, Any],
+) -> Decision:
+    """Predict each action's gain and cost, then apply the out-of-reach, undertrained, epsilon and
+    efficiency rules."""
+    assert last.n_train
+    assert last.train_wall_s
+    n = float(last.n_train)
+    n_add = float(last.n_labels_added or max(1.0, 0.1 * n))
+    k_p = cfg.k_W**2 * cfg.k_D  # parameters grow ~ width² (tensor-product/linear layers) and ~ depth
+    irr = cfg.irreducible_f_mae
+    train_s = last.train_wall_s * (n + n_add) / n  # next round's training at this capacity (cost ∝ N)
+
+    def predict(p: np.ndarray, n_next: float, kp: float) -> np.ndarray:
+        """E for parameter draws p (m, 3): capacity part scaled by kp^-gamma, data part at n_next."""
+        e_inf, a, beta = p[:, 0], p[:, 1], p[:, 2]
+        data_part = a * (n_next / fit_n.x_ref) ** (-beta)
+        return irr + np.maximum(e_inf - irr, 0.0) * kp ** (-gamma) + data_part
+
+    p_hat = np.array([[fit_n.e_inf, fit_n.a, fit_n.alpha]])
+    draws = fit_n.sample_params(400)
+    plans = {
+        "continue": (n + n_add, 1.0),
+        "grow_data": (n + cfg.k_N * n_add, 1.0),
+        "grow_capacity": (n + n_add, k_p),
+        "both": (n + cfg.k_N * n_add, k_p),
+    }
+    can_grow = cfg.max_n_params is None or not last.n_params or last.n_params * k_p <= cfg.max_n_params
+    pred: dict[str, dict[str, Any]] = {}
+    e_cont = float(predict(p_hat, *plans["continue"])[0])
+    e_cont_draws = predict(draws, *plans["continue"])
+    for name, (n_next, kp) in plans.items():
+        e_hat = float(predict(p_hat, n_next, kp)[0])
+        gains = e_cont_draws - predict(draws, n_next, kp)
+        extra_labels = n_next - (n + n_add)
+        extra_train = train_s * (kp * n_next / (n + n_add) - 1.0)
+        cost = extra_labels * s_label + extra_train
+        gain = e_cont - e_hat
+        pred[name] = {
+            "error": e_hat,
+            "gain": gain,
+            "gain_lo": float(np.percentile(gains, 16)),
+            "gain_hi": float(np.percentile(gains, 84)),
+            "rel_gain": gain / e_now,
+            "extra_labels": extra_labels,
+            "extra_dft_s": extra_labels * s_label,
+            "extra_train_s": extra_train,
+            "extra_train_flops": extra_train / s_flop if s_flop else None,
+            "cost_s": cost,
+            "gain_per_s": gain / cost if cost > 0 else None,
+            "n_next": n_next,
+            "k_P": kp,
+        }
+    pred["continue"]["gain"] = e_now - e_cont  # what the default plan itself is expected to bring
+    pred["continue"]["rel_gain"] = (e_now - e_cont) / e_now
+    ev["predictions"] = pred
+    ev["capacity_allowed"] = can_grow
+    if fit_c is not None and fit_c.x:
+        c_now = max(fit_c.x)
+        g2 = float(fit_c.predict(c_now) - fit_c.predict(2 * c_now))
+        ev["train_longer"] = {
+            "gain": g2,
+            "rel_gain": g2 / e_now,
+            "cost_s": last.train_wall_s,
+            "gain_per_s": g2 / last.train_wall_s,
+            "compute_floor": fit_c.e_inf,
+            "ok": fit_c.alpha_rel_se <= cfg.max_rel_se,
+        }
+
+    if cfg.target_f_mae is not None:
+        best = _best_reachable(fit_n, gamma, n, train_s, s_label, s_flop, last.n_params, spent, cfg)
+        ev["best_reachable"] = best
+        if best is not None and best > cfg.target_f_mae:
+            return _decision(
+                "stop",
+                "target_out_of_reach",
+                f"even spending the whole remaining budget the "
+                f"fits predict {best:.3g} meV/Å > target {cfg.target_f_mae:.3g}",
+                ev,
+                cfg,
+            )
+
+    options = {k: pred[k] for k in ("grow_data", "grow_capacity") if k == "grow_data" or can_grow}
+    passing = {k: v for k, v in options.items() if v["rel_gain"] >= cfg.epsilon and v["gain_per_s"]}
+    tl = ev.get("train_longer")
+    if (
+        tl
+        and tl["ok"]
+        and tl["rel_gain"] >= cfg.epsilon
+        and all(tl["gain_per_s"] > v["gain_per_s"] for v in passing.values())
+    ):
+        return _decision(
+            "continue",
+            "undertrained",
+            f"E(C) says doubling training compute gains "
+            f"{tl['gain']:.3g} meV/Å ({tl['gain_per_s']:.3g}/s), more per second than growing "
+            f"data or capacity",
+            ev,
+            cfg,
+        )
+    if not passing:
+        best_k = max(options, key=lambda k: options[k]["rel_gain"])
+        return _decision(
+            "continue",
+            "marginal_gain_below_epsilon",
+            f"best growth ({best_k}) promises "
+            f"{100 * options[best_k]['rel_gain']:.2g}% < epsilon {100 * cfg.epsilon:.2g}%",
+            ev,
+            cfg,
+        )
+    ranked = sorted(passing, key=lambda k: passing[k]["gain_per_s"], reverse=True)
+    top = ranked[0]
+    fmt = ", ".join(f"{k}: {passing[k]['gain']:.3g} meV/Å for {passing[k]['cost_s']:.3g} s" for k in ranked)
+    if len(ranked) == 2 and passing[ranked[1]]["gain_per_s"] >= cfg.both_ratio * passing[top]["gain_per_s"]:
+        return _decision("both", "best_gain_per_second", f"data and capacity pay off alike ({fmt})", ev, cfg)
+    action: Action = "grow_data" if top == "grow_data" else "grow_capacity"
+    limited = "data" if top == "grow_data" else "capacity"
+    return _decision(action, "best_gain_per_second", f"{limited}-limited: best gain per second ({fmt})", ev, cfg)
+
+
+def _best_reachable(
+    fit_n: PowerLawFit,
+    gamma: float,
+    n: float,
+    train_s: float,
+    s_label: float,
+    s_flop: float | None,
+    n_params: int | None,
+    spent: dict[str, float],
+    cfg: ControllerConfig,
+) -> float | None:
+    """Optimistic error after spending the whole remaining budget on data and, separately, on capacity.
+
+    Each resource gets the entire remaining budget (an upper bound on what any split achieves), so a target
+    above this bound is out of reach. None when no budget limits either resource.
+    """
+    labels_left = math.inf
+    seconds_left = math.inf
+    if cfg.budget_labels is not None:
+        labels_left = cfg.budget_labels - spent["labels"]
+    if cfg.budget_dft_cpu_s is not None:
+        labels_left = min(labels_left, (cfg.budget_dft_cpu_s - spent["dft_cpu_s"]) / s_label)
+    if cfg.budget_seconds is not None:
+        seconds_left = cfg.budget_seconds - spent["seconds"]
+        labels_left = min(labels_left, seconds_left / s_label)
+    kp_max = math.inf
+    if math.isfinite(seconds_left):
+        kp_max = 1.0 + seconds_left / train_s
+    if cfg.budget_train_flops is not None and s_flop:
+        kp_max = min(kp_max, 1.0 + (cfg.budget_train_flops - spent["train_flops"]) / (train_s / s_flop))
+    if cfg.max_n_params is not None and n_params:
+        kp_max = min(kp_max, max(1.0, cfg.max_n_params / n_params))
+    if math.isinf(labels_left) and math.isinf(kp_max):
+        return cfg.irreducible_f_mae if cfg.irreducible_f_mae > 0 else None
+    irr = cfg.irreducible_f_mae
+    cap = max(fit_n.e_inf - irr, 0.0) * (0.0 if math.isinf(kp_max) else max(kp_max, 1.0) ** (-gamma))
+    data = 0.0 if math.isinf(labels_left) else fit_n.a * ((n + max(labels_left, 0.0)) / fit_n.x_ref) ** (-fit_n.alpha)
+    return irr + cap + data

@@ -1,0 +1,249 @@
+"""Scaling controller: fits on synthetic learning curves with known parameters, and the decision rules."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from sapis.tasks.scaling import ControllerConfig, Decision, RoundEvidence, decide
+from sapis.tasks.scaling_fit import fit_data_curve, fit_power_law, fit_trend
+
+
+def synthetic_history(
+    e_inf: float,
+    b: float,
+    beta: float,
+    *,
+    rounds: int = 6,
+    n0: int = 50,
+    n_add: int = 50,
+    noise: float = 0.0,
+    seed: int = 0,
+    n_params: int = 50_000,
+    dft_s_per_label: float = 7.0,
+    train_s_per_label: float = 0.2,
+    converged: bool = True,
+) -> list[RoundEvidence]:
+    """Rounds whose test error follows e_inf + b N^-beta (times log-normal noise), with plausible costs."""
+    rng = np.random.default_rng(seed)
+    out = []
+    flops_per_s = 1e9
+    for i in range(rounds):
+        n = n0 + i * n_add
+        err = (e_inf + b * n**-beta) * math.exp(rng.normal(0.0, noise)) if noise else e_inf + b * n**-beta
+        wall = train_s_per_label * n
+        flops = wall * flops_per_s
+        # validation curve against compute: converged ends near err, unconverged still falls steeply
+        c = np.geomspace(flops / 50, flops, 12)
+        settled = err * (1 + 0.5 * (c / c[0]) ** -1.0)
+        falling = 0.3 * err + 0.7 * err * (c / c[-1]) ** -0.6
+        curve = settled if converged else falling
+        out.append(
+            RoundEvidence(
+                index=i,
+                n_train=n,
+                n_params=n_params,
+                train_flops=flops,
+                train_wall_s=wall,
+                dft_cpu_s=dft_s_per_label * (n0 if i == 0 else n_add),
+                n_labels_added=n0 if i == 0 else n_add,
+                train_f_mae=0.6 * err,
+                valid_f_mae=err * 1.05,
+                test_f_mae=err,
+                curves=[{"flops": list(c), "valid_f_mae": list(curve), "train_f_mae": list(0.6 * curve)}],
+            )
+        )
+    return out
+
+
+# ---- fits ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("e_inf", "a", "alpha"), [(2.0, 300.0, 0.5), (5.0, 200.0, 1.0), (0.5, 50.0, 0.3)])
+def test_fit_recovers_exponent_within_reported_uncertainty(e_inf: float, a: float, alpha: float) -> None:
+    """Over many noisy realisations, the truth lies within 2 reported standard errors most of the time."""
+    x = np.geomspace(20, 2000, 10)
+    hits, rel = 0, []
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        y = (e_inf + a * x**-alpha) * np.exp(rng.normal(0, 0.02, x.size))
+        fit = fit_power_law(x, y)
+        assert fit is not None
+        hits += abs(fit.alpha - alpha) <= 2 * fit.alpha_se
+        rel.append(fit.alpha_rel_se)
+    assert hits >= 32, f"only {hits}/40 within 2 se"  # ~95 % expected; t-distribution with 7 dof: ~92 %
+    assert np.median(rel) < 0.5
+
+
+def test_fit_exact_data_and_prediction() -> None:
+    x = np.array([10.0, 30, 100, 300, 1000])
+    fit = fit_power_law(x, 1.5 + 40 * x**-0.7)
+    assert fit is not None
+    assert fit.alpha == pytest.approx(0.7, rel=1e-6)
+    assert fit.e_inf == pytest.approx(1.5, rel=1e-6)
+    assert fit.predict(3000.0) == pytest.approx(1.5 + 40 * 3000**-0.7, rel=1e-6)
+    json.dumps(fit.to_dict())
+
+
+def test_fit_refuses_too_few_points_and_drops_bad_ones() -> None:
+    assert fit_power_law([1, 2, 3], [3, 2, 1]) is None
+    assert fit_power_law([1, 2, 3, math.nan, -1], [3, 2, 1, 1, 1]) is None
+    assert fit_power_law([5, 5, 5, 5], [1, 2, 3, 4]) is None  # one distinct x
+    with pytest.raises(ValueError, match="differ in length"):
+        fit_power_law([1, 2], [1])
+
+
+def test_data_curve_recovers_beta_from_rounds() -> None:
+    hist = synthetic_history(1.0, 400.0, 0.5, rounds=8, noise=0.02, seed=3)
+    fit = fit_data_curve(hist, "test_f_mae", 4)
+    assert fit is not None
+    assert abs(fit.alpha - 0.5) <= 2 * fit.alpha_se
+
+
+def test_trend() -> None:
+    tr = fit_trend([0, 1, 2, 3], [1.0, 0.8, 0.6, 0.4])
+    assert tr is not None
+    assert tr.slope == pytest.approx(-0.2)
+    assert fit_trend([1.0], [2.0]) is None
+
+
+# ---- decisions ----------------------------------------------------------------------------------------
+
+
+def _roundtrip(d: Decision) -> dict:
+    out = json.loads(json.dumps(d.to_dict()))  # evidence must be storable as JSON
+    assert out["evidence"]["rule"] == d.rule
+    return out
+
+
+def test_data_limited_grows_data() -> None:
+    d = decide(synthetic_history(1.0, 400.0, 0.5), ControllerConfig())
+    _roundtrip(d)
+    assert d.action == "grow_data", d.reason
+    assert d.factors == {"k_N": 2.0, "k_W": 1.0, "k_D": 1.0}
+    assert d.rule == "best_gain_per_second"
+    pred = d.evidence["predictions"]
+    assert pred["grow_data"]["rel_gain"] >= 0.02
+    assert d.evidence["fits"]["data"]["alpha"] == pytest.approx(0.5, abs=0.02)
+
+
+def test_capacity_limited_grows_capacity() -> None:
+    d = decide(synthetic_history(20.0, 400.0, 0.8), ControllerConfig())
+    _roundtrip(d)
+    assert d.action == "grow_capacity", d.reason
+    assert d.factors["k_W"] == 1.5
+    assert d.factors["k_N"] == 1.0
+    assert d.evidence["fits"]["data"]["e_inf"] == pytest.approx(20.0, rel=0.01)
+    assert d.evidence["fits"]["capacity_exponent_source"] == "prior"
+
+
+def test_both_when_gains_per_second_are_alike() -> None:
+    cfg = ControllerConfig(both_ratio=0.01, epsilon=0.01)
+    d = decide(synthetic_history(20.0, 400.0, 0.8), cfg)
+    assert d.action == "both", d.reason
+    assert d.factors == {"k_N": 2.0, "k_W": 1.5, "k_D": 1.0}
+
+
+def test_target_met_stops() -> None:
+    d = decide(synthetic_history(1.0, 400.0, 0.5), ControllerConfig(target_f_mae=30.0))
+    assert d.action == "stop"
+    assert d.rule == "target_met"
+
+
+def test_budget_spent_stops() -> None:
+    d = decide(synthetic_history(1.0, 400.0, 0.5), ControllerConfig(budget_labels=300))
+    assert (d.action, d.rule) == ("stop", "budget_spent")
+    assert "labels" in d.reason
+
+
+def test_target_out_of_reach_stops() -> None:
+    # floor 20 meV/Å at this size, target 5, budget for ~one more round: nothing affordable gets there
+    hist = synthetic_history(20.0, 400.0, 0.8)
+    spent = sum(r.dft_cpu_s or 0 for r in hist) + sum(r.train_wall_s or 0 for r in hist)
+    d = decide(hist, ControllerConfig(target_f_mae=5.0, budget_seconds=spent + 500))
+    assert (d.action, d.rule) == ("stop", "target_out_of_reach"), d.reason
+    assert d.evidence["best_reachable"] > 5.0
+    # with an unlimited budget the same target is not declared out of reach
+    d2 = decide(hist, ControllerConfig(target_f_mae=5.0))
+    assert d2.action != "stop"
+
+
+def test_too_short_history_continues_with_reason() -> None:
+    d = decide(synthetic_history(1.0, 400.0, 0.5, rounds=3), ControllerConfig())
+    assert (d.action, d.rule) == ("continue", "too_short")
+    assert "needs 4" in d.reason
+
+
+def test_noisy_history_does_not_decide_confidently() -> None:
+    """Heavy noise: either refuse (continue) or, when it does decide, never the wrong kind of growth."""
+    refused = 0
+    for seed in range(10):
+        d = decide(synthetic_history(20.0, 400.0, 0.8, noise=0.3, seed=seed), ControllerConfig())
+        if d.action == "continue":
+            refused += 1
+            assert d.reason
+            assert d.rule in {"too_uncertain", "marginal_gain_below_epsilon", "undertrained"}
+        else:
+            assert d.action != "grow_data", d.reason  # the truth is capacity-limited
+    assert refused >= 7
+
+
+def test_no_error_and_unknown_cost_continue() -> None:
+    assert decide([RoundEvidence(index=0)]).rule == "no_error_measured"
+    hist = synthetic_history(1.0, 400.0, 0.5)
+    for r in hist:
+        r.dft_cpu_s = None
+    assert decide(hist).rule == "cost_unknown"
+
+
+def test_undertrained_continues() -> None:
+    hist = synthetic_history(1.0, 400.0, 0.5, converged=False)
+    d = decide(hist, ControllerConfig())
+    assert (d.action, d.rule) == ("continue", "undertrained"), d.reason
+
+
+def test_capacity_ceiling_respected() -> None:
+    d = decide(synthetic_history(20.0, 400.0, 0.8), ControllerConfig(max_n_params=60_000))
+    assert d.action in {"grow_data", "continue"}
+    assert d.evidence["capacity_allowed"] is False
+
+
+def test_capacity_exponent_measured_from_two_sizes() -> None:
+    small = synthetic_history(20.0, 400.0, 0.8, n_params=50_000)
+    big = synthetic_history(20.0 * 4**-0.4, 400.0, 0.8, n_params=200_000)
+    for i, r in enumerate(big):
+        r.index = len(small) + i
+    d = decide(small + big, ControllerConfig())
+    fits = d.evidence["fits"]
+    assert fits["capacity_exponent_source"] == "measured"
+    assert fits["capacity_exponent"] == pytest.approx(0.4, abs=0.02)
+    assert fits["rounds_at_this_capacity"] == len(big)
+
+
+def test_from_store_fills_from_checkpoints() -> None:
+    hist = [
+        {"epoch": e, "flops": 1e9 * (e + 1), "valid_f_mae": 50.0 / (e + 1), "train_f_mae": 40.0 / (e + 1)}
+        for e in range(5)
+    ]
+    cks = [{"n_params": 1000, "train_flops": 5e9, "wall_s": 3.0, "metrics": {"history": hist}}] * 2
+    ev = RoundEvidence.from_store(2, {"n_train": 40, "test_f_mae": 30.0, "junk": "x"}, cks, decision="continue")
+    assert (ev.n_params, ev.train_flops, ev.train_wall_s) == (1000, 1e10, 6.0)
+    assert len(ev.curves) == 2
+    assert ev.curves[0]["flops"][-1] == 5e9
+    assert ev.error("test_f_mae") == (30.0, "test_f_mae")
+    assert RoundEvidence.from_store(0, {"valid_f_mae": 9.0}).error("test_f_mae") == (9.0, "valid_f_mae")
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        ControllerConfig.model_validate({"epsilonn": 0.1})
+    with pytest.raises(ValidationError):
+        ControllerConfig(k_N=0.5)
+    with pytest.raises(ValidationError, match="both 1"):
+        ControllerConfig(k_W=1.0, k_D=1.0)
+    with pytest.raises(ValidationError):
+        ControllerConfig(min_points=3)
