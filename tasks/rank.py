@@ -166,7 +166,7 @@ def rank_candidates(
     exclude_descriptors: np.ndarray | None = None,
     diversity: bool = True,
     min_distance: float | None = None,
-    dup_fraction: float = 0.05,
+    dup_fraction: float = 0.1,
     diversity_radius: float = 0.5,
     seed: int = 0,
 ) -> Selection:
@@ -176,8 +176,8 @@ def rank_candidates(
     the distance (standardized descriptors) to the nearest configuration already picked or labelled
     (``exclude_descriptors``), and ``r = diversity_radius`` times the median pairwise candidate distance; with
     ``diversity=False`` it is plain top-k by ``c_i``. Candidates closer than ``min_distance`` (default
-    ``dup_fraction`` times that median) to a labelled or picked configuration are never picked, in both
-    modes. Fewer than ``k`` come back when the window holds fewer distinct candidates.
+    ``dup_fraction`` times the median nearest-neighbour distance among candidates) to a labelled or picked
+    configuration are never picked, in both modes. Fewer than ``k`` come back when the window holds fewer distinct candidates.
     """
     if k < 0:
         raise ConfigError(f"select: k must be >= 0, got {k}")
@@ -194,8 +194,8 @@ def rank_candidates(
     lo, hi = win.bounds(cal[finite])
     in_window = finite & (cal >= lo) & (cal <= hi)
     x, x_lab = _standardized(scores.get("descriptors"), exclude_descriptors, n)
-    typical = _typical_distance(x, seed)
-    dup_thr = float(min_distance) if min_distance is not None else dup_fraction * typical
+    typical, nearest = _distance_scales(x, seed)
+    dup_thr = float(min_distance) if min_distance is not None else dup_fraction * nearest
     if scores.get("descriptors") is None:  # nothing to measure diversity with: plain top-k
         diversity, dup_thr = False, -1.0
     radius = max(diversity_radius * typical, 1e-12)
@@ -203,8 +203,7 @@ def rank_candidates(
     if x_lab is not None and x_lab.shape[0] > 0:
         for start in range(0, x_lab.shape[0], 512):  # chunks bound memory for big labelled sets
             block = x_lab[start : start + 512]
-            d = np.sqrt(((x[:, None, :] - block[None, :, :]) ** 2).sum(-1))
-            dmin = np.minimum(dmin, d.min(axis=1))
+            dmin = np.minimum(dmin, _cdist(x, block).min(axis=1))
     duplicate = dmin <= dup_thr
     eligible = in_window & ~duplicate
     chosen: list[int] = []
@@ -216,7 +215,7 @@ def rank_candidates(
         j = int(np.argmax(gain))
         chosen.append(j)
         eligible[j] = False
-        dmin = np.minimum(dmin, np.sqrt(((x - x[j]) ** 2).sum(-1)))
+        dmin = np.minimum(dmin, _cdist(x, x[j : j + 1])[:, 0])
         eligible &= dmin > dup_thr
     return Selection(
         indices=chosen,
@@ -231,6 +230,7 @@ def rank_candidates(
             "n_in_window": int(in_window.sum()),
             "n_duplicates_of_labelled": int(duplicate.sum()),
             "typical_distance": typical,
+            "nearest_distance": nearest,
             "diversity": diversity,
         },
     )
@@ -251,17 +251,33 @@ def _standardized(desc: Any, exclude: np.ndarray | None, n: int) -> tuple[np.nda
     return xs, labs
 
 
-def _typical_distance(x: np.ndarray, seed: int, max_points: int = 1000) -> float:
-    """Median pairwise distance among (a random subset of) the candidates; 1.0 when undefined."""
-    if x.shape[0] < 2:
-        return 1.0
-    idx = np.arange(x.shape[0])
-    if idx.size > max_points:
-        idx = np.random.default_rng(seed).choice(idx, max_points, replace=False)
-    sub = x[idx]
-    d = np.sqrt(((sub[:, None, :] - sub[None, :, :]) ** 2).sum(-1))
-    med = float(np.median(d[np.triu_indices(len(sub), k=1)]))
-    return med if med > 1e-12 else 1.0
+def _cdist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) Euclidean distances through one matrix product (no (n, m, D) temporaries)."""
+    sq = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * (a @ b.T)
+    return np.sqrt(np.maximum(sq, 0.0))
+
+
+def _distance_scales(x: np.ndarray, seed: int, max_points: int = 1000) -> tuple[float, float]:
+    """(median pairwise distance, median nearest-neighbour distance) among the candidates.
+
+    Estimated from up to ``max_points`` random query points (nearest neighbours searched among all).
+    Nearest-neighbour distances below 1e-3 of the pairwise median (copies) are left out, so that many
+    duplicates cannot shrink the duplicate threshold to nothing. 1.0 stands in for an undefined scale.
+    """
+    n = x.shape[0]
+    if n < 2:
+        return 1.0, 1.0
+    rng = np.random.default_rng(seed)
+    idx = np.arange(n) if n <= max_points else rng.choice(n, max_points, replace=False)
+    d = _cdist(x[idx], x)  # (q, n)
+    d[np.arange(idx.size), idx] = np.inf  # not its own neighbour
+    sub = d[:, idx]
+    pair = float(np.median(sub[np.triu_indices(idx.size, k=1)]))
+    pair = pair if pair > 1e-12 else 1.0
+    nn_all = d.min(axis=1)
+    nn_distinct = nn_all[nn_all > 1e-3 * pair]  # copies of each other say nothing about typical spacing
+    nn = float(np.median(nn_distinct)) if nn_distinct.size else pair
+    return pair, nn
 
 
 def selection_rows(selection: Selection, config_ids: Sequence[int]) -> list[dict[str, Any]]:

@@ -1,0 +1,107 @@
+"""Selection: window, K, near-duplicates, diversity, calibration; committee scores on a real tiny ensemble."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from sapis.errors import ConfigError
+from sapis.tasks.calibration import Calibration
+from sapis.tasks.rank import Window, rank_candidates, select, selection_rows
+
+
+def _scores(dev: np.ndarray, desc: np.ndarray) -> dict:
+    return {"forces_std_max": np.asarray(dev, float), "descriptors": np.asarray(desc, float)}
+
+
+def test_respects_k_and_window() -> None:
+    rng = np.random.default_rng(0)
+    dev = rng.uniform(0.0, 2.0, 300)
+    s = _scores(dev, rng.normal(size=(300, 8)))
+    picked = select(s, k=20, window=(0.05, 1.0))
+    assert len(picked) == 20
+    assert len(set(picked)) == 20
+    assert all(0.05 <= dev[i] <= 1.0 for i in picked)
+    # fewer than k when the window holds fewer candidates
+    narrow = select(s, k=50, window=(0.5, 0.52))
+    inside = np.flatnonzero((dev >= 0.5) & (dev <= 0.52))
+    assert sorted(narrow) == sorted(inside.tolist())
+    assert select(s, k=0) == []
+
+
+def test_quantile_window_and_calibration() -> None:
+    rng = np.random.default_rng(1)
+    dev = rng.uniform(0.0, 1.0, 200)
+    s = _scores(dev, rng.normal(size=(200, 4)))
+    sel = rank_candidates(s, k=200, window=Window.quantiles(0.25, 0.75))
+    assert sel.in_window.sum() == pytest.approx(100, abs=2)
+    assert all(np.quantile(dev, 0.25) <= dev[i] <= np.quantile(dev, 0.75) for i in sel.indices)
+    # with calibration x3, the absolute window applies to calibrated values: dev in [0.1, 0.2]
+    cal = Calibration(scale=3.0)
+    sel = rank_candidates(s, k=200, window=(0.3, 0.6), calibration=cal)
+    assert all(0.1 - 1e-9 <= dev[i] <= 0.2 + 1e-9 for i in sel.indices)
+    assert np.allclose(sel.calibrated, 3.0 * dev)
+    with pytest.raises(ConfigError, match="lo=2"):
+        select(s, k=3, window=(2.0, 1.0))
+    with pytest.raises(ConfigError, match="quantile"):
+        select(s, k=3, window=Window.quantiles(0.2, 1.5))
+
+
+def test_near_duplicates_are_not_selected_twice() -> None:
+    rng = np.random.default_rng(2)
+    base = rng.normal(size=(30, 6))
+    dupes = np.repeat(base[:3], 10, axis=0) + 1e-4 * rng.normal(size=(30, 6))  # 3 clusters of 10 copies
+    desc = np.vstack([dupes, base[3:]])
+    dev = np.concatenate([np.full(30, 0.9), np.full(27, 0.3)])  # the copies are the most uncertain
+    s = _scores(dev, desc)
+    for diversity in (True, False):
+        picked = select(s, k=10, window=None, diversity=diversity)
+        from_clusters = [i // 10 for i in picked if i < 30]
+        assert sorted(from_clusters) == [0, 1, 2], diversity  # one per cluster, never two copies
+        assert len(picked) == 10
+
+
+def test_labelled_configurations_are_excluded() -> None:
+    rng = np.random.default_rng(3)
+    desc = rng.normal(size=(50, 5))
+    dev = np.linspace(0.1, 0.9, 50)
+    labelled = desc[-5:] + 1e-5  # the five most uncertain ones are already labelled
+    sel = rank_candidates(_scores(dev, desc), k=10, window=None, exclude_descriptors=labelled)
+    assert sel.duplicate[-5:].all()
+    assert not sel.duplicate[:-5].any()
+    assert not set(sel.indices) & set(range(45, 50))
+    with pytest.raises(ConfigError, match="features"):
+        select(_scores(dev, desc), k=3, exclude_descriptors=np.zeros((2, 7)))
+
+
+def test_diversity_spreads_the_picks() -> None:
+    rng = np.random.default_rng(4)
+    cluster_a = rng.normal(0.0, 0.05, size=(40, 4))  # tight, most uncertain
+    cluster_b = rng.normal(5.0, 0.05, size=(40, 4))  # far away, a little less uncertain
+    desc = np.vstack([cluster_a, cluster_b])
+    dev = np.concatenate([rng.uniform(0.8, 0.9, 40), rng.uniform(0.6, 0.7, 40)])
+    s = _scores(dev, desc)
+    plain = select(s, k=6, window=None, diversity=False)
+    diverse = select(s, k=6, window=None, diversity=True)
+    assert all(i < 40 for i in plain)
+    assert sum(i >= 40 for i in diverse) >= 2
+    assert diverse[0] == int(np.argmax(dev))  # the first pick is the most uncertain
+
+
+def test_fast_for_thousands_and_rows() -> None:
+    rng = np.random.default_rng(5)
+    n = 5000
+    s = _scores(rng.uniform(0, 1.5, n), rng.normal(size=(n, 64)))
+    t0 = time.perf_counter()
+    sel = rank_candidates(s, k=100, exclude_descriptors=rng.normal(size=(500, 64)))
+    assert time.perf_counter() - t0 < 10.0
+    assert len(sel.indices) == 100
+    rows = selection_rows(sel, list(range(1000, 1000 + n)))
+    chosen = [r for r in rows if r["role"] == "selected"]
+    assert len(chosen) == 100
+    assert sorted(r["rank"] for r in chosen) == list(range(100))
+    assert all(r["rank"] is None for r in rows if r["role"] == "candidate")
+    with pytest.raises(ConfigError, match="ids"):
+        selection_rows(sel, [1, 2])
