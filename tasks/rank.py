@@ -177,7 +177,8 @@ def rank_candidates(
     (``exclude_descriptors``), and ``r = diversity_radius`` times the median pairwise candidate distance; with
     ``diversity=False`` it is plain top-k by ``c_i``. Candidates closer than ``min_distance`` (default
     ``dup_fraction`` times the median nearest-neighbour distance among candidates) to a labelled or picked
-    configuration are never picked, in both modes. Fewer than ``k`` come back when the window holds fewer distinct candidates.
+    configuration are never picked, in both modes. Fewer than ``k`` come back when the window holds fewer
+    distinct candidates.
     """
     if k < 0:
         raise ConfigError(f"select: k must be >= 0, got {k}")
