@@ -1,0 +1,111 @@
+"""Checkpoints: model spec (architecture + config + data-derived constants) + state_dict + EMA + metadata.
+
+Saved with ``torch.save`` of plain containers and tensors, loaded with ``weights_only=True``; no module is ever
+pickled, so a checkpoint survives refactors of the model code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = 1
+
+
+def normalise_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """A JSON-safe copy of a model spec (integer element keys become ints again after JSON)."""
+    out = dict(spec)
+    out["elements"] = [int(z) for z in spec["elements"]]
+    out["e0s"] = {int(z): float(e) for z, e in (spec.get("e0s") or {}).items()}
+    out["config"] = dict(spec["config"])
+    return out
+
+
+def build_model(spec: dict[str, Any]) -> torch.nn.Module:
+    """Instantiate the architecture named in ``spec`` (float32, CPU; move it with ``.to``)."""
+    spec = normalise_spec(spec)
+    arch = spec.get("architecture", "sapis")
+    common = {
+        "elements": spec["elements"],
+        "e0s": spec["e0s"],
+        "scale": float(spec.get("scale", 1.0)),
+        "shift": float(spec.get("shift", 0.0)),
+    }
+    if arch == "sapis":
+        from sapis.models.config import ModelConfig
+        from sapis.models.transformer import SapisTransformer
+
+        return SapisTransformer(ModelConfig(**spec["config"]), **common)
+    if arch == "mace":
+        from sapis.models.mace_ref import MaceConfig, MaceModel
+
+        return MaceModel(
+            MaceConfig(**spec["config"]), avg_num_neighbors=float(spec.get("avg_num_neighbors", 8.0)), **common
+        )
+    from sapis.errors import ConfigError
+
+    raise ConfigError(f"unknown architecture {arch!r} (choose 'sapis' or 'mace')")
+
+
+def save_checkpoint(
+    path: Path, spec: dict[str, Any], state: dict[str, torch.Tensor], ema: dict[str, torch.Tensor], meta: dict
+) -> str:
+    """Write a checkpoint atomically; return its sha256."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cpu = lambda sd: {k: v.detach().cpu() for k, v in sd.items()}  # noqa: E731
+    payload = {
+        "format": FORMAT,
+        "spec": normalise_spec(spec),
+        "state_dict": cpu(state),
+        "ema_state_dict": cpu(ema),
+        "metadata": meta,
+    }
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return sha256(path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint file (or the first member of an ensemble directory) with ``weights_only=True``."""
+    from sapis.errors import NotFoundError
+
+    path = Path(path)
+    if path.is_dir():
+        members = sorted(path.glob("member_*.pt"))
+        if not members:
+            raise NotFoundError(f"{path}: no member_*.pt checkpoint in this directory")
+        path = members[0]
+    if not path.exists():
+        raise NotFoundError(f"{path}: checkpoint not found")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        from sapis.errors import InputError
+
+        raise InputError(str(path), "not a sapis model checkpoint")
+    return ckpt
+
+
+def model_from_checkpoint(
+    path: Path, device: str = "cpu", dtype: torch.dtype | None = None, ema: bool = True
+) -> torch.nn.Module:
+    """Rebuild a model from a checkpoint file with its EMA (default) or raw weights, in eval mode."""
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt["spec"])
+    model.load_state_dict(ckpt["ema_state_dict"] if ema else ckpt["state_dict"])
+    if dtype is None:
+        dtype = {"float64": torch.float64}.get(ckpt["metadata"].get("train_config", {}).get("dtype"), torch.float32)
+    return model.to(device=device, dtype=dtype).eval()
+
+
+def sha256(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

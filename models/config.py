@@ -1,0 +1,89 @@
+"""Validated configurations of a model and of its training (pydantic, JSON-able, stored in checkpoints)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+# Capacity presets for ``ModelConfig.size``: (channels, layers, lmax, heads).
+_SIZES: dict[str, tuple[int, int, int, int]] = {
+    "XS": (8, 1, 1, 2),
+    "S": (16, 2, 2, 2),
+    "M": (32, 2, 2, 4),
+    "L": (64, 3, 2, 4),
+}
+
+
+class ModelConfig(BaseModel):
+    """Capacity and geometry of the equivariant transformer (the knobs the scaling controller turns).
+
+    >>> ModelConfig.size("S").channels
+    16
+    >>> ModelConfig().scaled(width=2.0, depth=1).layers
+    3
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    channels: int = Field(32, ge=1, description="multiplicity of every irrep in the node features (width)")
+    layers: int = Field(2, ge=1, description="number of attention + feed-forward blocks (depth)")
+    lmax: int = Field(2, ge=0, le=4, description="highest angular momentum of node and edge features")
+    heads: int = Field(4, ge=1, description="attention heads")
+    cutoff: float = Field(5.0, gt=0.5, description="radial cutoff in Å")
+    num_radial: int = Field(8, ge=1, description="Bessel functions in the radial basis")
+    radial_hidden: int = Field(32, ge=1, description="width of the radial MLP that makes tensor-product weights")
+    envelope_p: int = Field(6, ge=2, description="exponent of the polynomial cutoff envelope")
+    readout_hidden: int = Field(16, ge=1, description="hidden width of the per-atom energy readout")
+
+    @classmethod
+    def size(cls, name: str, **overrides: object) -> ModelConfig:
+        """A preset capacity: 'XS' (tests), 'S', 'M' (default), 'L'."""
+        key = name.upper()
+        if key not in _SIZES:
+            from sapis.errors import ConfigError
+
+            raise ConfigError(f"unknown model size {name!r}; choose one of {', '.join(_SIZES)}")
+        c, n, lmax, h = _SIZES[key]
+        return cls(**{"channels": c, "layers": n, "lmax": lmax, "heads": h, **overrides})
+
+    def scaled(self, width: float = 1.0, depth: int = 0, lmax: int | None = None) -> ModelConfig:
+        """A copy with ``width`` times the channels, ``depth`` more layers and optionally another ``lmax``."""
+        return self.model_copy(
+            update={
+                "channels": max(1, round(self.channels * width)),
+                "layers": max(1, self.layers + depth),
+                "lmax": self.lmax if lmax is None else lmax,
+            }
+        )
+
+
+class TrainConfig(BaseModel):
+    """How one ensemble member is trained (all members share it; each gets seed + index)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_epochs: int = Field(200, ge=1, description="upper bound on epochs")
+    max_minutes: float | None = Field(None, gt=0, description="wall-clock budget per member (minutes)")
+    lr: float = Field(5e-3, gt=0, description="peak learning rate of AdamW")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    batch_size: int = Field(4, ge=1, description="structures per optimisation step")
+    energy_weight: float = Field(1.0, ge=0, description="weight of the per-atom energy MSE (eV²/atom²)")
+    forces_weight: float = Field(100.0, ge=0, description="weight of the force-component MSE (eV²/Å²)")
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="decay of the exponential moving average of weights")
+    patience: int = Field(30, ge=1, description="epochs without validation improvement before stopping")
+    warmup_epochs: float = Field(2.0, ge=0, description="linear learning-rate warm-up (epochs)")
+    plateau_patience: int = Field(8, ge=1, description="epochs without improvement before the lr is cut")
+    plateau_factor: float = Field(0.5, gt=0, lt=1, description="lr multiplier on a plateau")
+    min_lr: float = Field(1e-5, ge=0, description="floor of the learning rate")
+    clip_grad: float = Field(10.0, gt=0, description="gradient-norm clipping")
+    valid_fraction: float = Field(0.1, ge=0, lt=1, description="held out for early stopping when no valid set")
+    bootstrap: bool = Field(True, description="resample the training set with replacement per member (M > 1)")
+    device: str = Field("auto", description="'auto', 'cpu' or 'cuda'")
+    seed: int = Field(0, description="base seed; member i uses seed + i")
+    dtype: Literal["float32", "float64"] = "float32"
+    warm_start: Path | None = Field(None, description="checkpoint (file or ensemble dir) to start from")
+    threads: int = Field(1, ge=1, description="torch threads per member process")
+    workers: int = Field(1, ge=1, description="members trained at once (separate processes)")
+    eval_every: int = Field(1, ge=1, description="epochs between validation passes")

@@ -1,0 +1,216 @@
+"""Ensembles: train M members (seeds + bootstrap resamples), load them, predict mean and disagreement."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from sapis.models.config import ModelConfig, TrainConfig
+
+
+@dataclass
+class MemberResult:
+    """One trained member: checkpoint, size, cost and learning curve."""
+
+    index: int
+    path: Path
+    sha256: str
+    n_params: int
+    train_flops: float
+    wall_s: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EnsembleResult:
+    """A trained ensemble; ``out_dir/ensemble.json`` describes it."""
+
+    out_dir: Path
+    members: list[MemberResult]
+    architecture: str = "sapis"
+
+
+def _prepare(
+    train: Sequence[Atoms], valid: Sequence[Atoms] | None, cutoff: float, cfg: TrainConfig
+) -> tuple[list, list]:
+    from sapis.errors import InputError
+    from sapis.models.graph import to_graph
+
+    def graphs(atoms_list: Sequence[Atoms], name: str) -> list:
+        out = []
+        for k, atoms in enumerate(atoms_list):
+            g = to_graph(atoms, cutoff)
+            if g.energy is None or g.forces is None:
+                raise InputError(name, "no reference energy/forces (REF_energy/REF_forces or energy/forces)", k)
+            if g.forces.shape != (len(atoms), 3) or not np.all(np.isfinite(g.forces)) or not np.isfinite(g.energy):
+                raise InputError(name, "reference forces have the wrong shape or are not finite", k)
+            out.append(g)
+        return out
+
+    if not train:
+        raise InputError("training set", "is empty")
+    tr = graphs(train, "training set")
+    if valid:
+        return tr, graphs(valid, "validation set")
+    n_valid = int(round(cfg.valid_fraction * len(tr))) if len(tr) >= 10 else 0
+    if n_valid == 0:
+        return tr, tr
+    perm = np.random.default_rng(cfg.seed).permutation(len(tr))
+    return [tr[k] for k in perm[n_valid:]], [tr[k] for k in perm[:n_valid]]
+
+
+def model_spec(
+    train_graphs: Sequence[Any],
+    architecture: str,
+    model: ModelConfig | Mapping[str, Any] | None,
+    e0s: Mapping[int, float] | None,
+) -> dict[str, Any]:
+    """Architecture, config and data-derived constants (elements, E0s, scale, shift, avg. neighbours)."""
+    from sapis.errors import ConfigError
+    from sapis.models.graph import fit_e0s
+
+    elements = sorted({int(z) for g in train_graphs for z in g.numbers})
+    if e0s:
+        missing = [z for z in elements if z not in e0s]
+        if missing:
+            raise ConfigError(f"isolated-atom energies missing for elements {missing}")
+        e0 = {z: float(e0s[z]) for z in elements}
+    else:
+        e0 = fit_e0s(train_graphs, elements)
+    resid = [(g.energy - sum(e0[int(z)] for z in g.numbers)) / len(g.numbers) for g in train_graphs]
+    forces = np.concatenate([g.forces.ravel() for g in train_graphs])
+    rms = float(np.sqrt(np.mean(forces**2))) if forces.size else 1.0
+    n_edges = sum(g.edge_index.shape[1] for g in train_graphs)
+    n_nodes = sum(len(g.numbers) for g in train_graphs)
+    if architecture == "sapis":
+        cfg = model if isinstance(model, ModelConfig) else ModelConfig(**(model or {}))
+        cfg_dict = cfg.model_dump()
+    elif architecture == "mace":
+        from sapis.models.mace_ref import MaceConfig
+
+        cfg_dict = (model if isinstance(model, MaceConfig) else MaceConfig(**dict(model or {}))).model_dump()
+    else:
+        raise ConfigError(f"unknown architecture {architecture!r} (choose 'sapis' or 'mace')")
+    return {
+        "architecture": architecture,
+        "config": cfg_dict,
+        "elements": elements,
+        "e0s": e0,
+        "scale": rms if rms > 1e-8 else 1.0,
+        "shift": float(np.mean(resid)),
+        "avg_num_neighbors": n_edges / max(n_nodes, 1),
+    }
+
+
+def _member_job(args: tuple) -> dict[str, Any]:
+    """Entry point of a member process (spawn): one thread, then train."""
+    spec, tr, va, cfg, seed, path = args
+    from sapis.runtime import set_threads
+
+    set_threads(cfg.threads)
+    from sapis.models.train import train_member
+
+    return train_member(spec, tr, va, cfg, seed, path)
+
+
+def train_ensemble(
+    train: Sequence[Atoms],
+    valid: Sequence[Atoms] | None,
+    out_dir: Path | str,
+    members: int = 4,
+    model: ModelConfig | Mapping[str, Any] | None = None,
+    train_config: TrainConfig | None = None,
+    architecture: str = "sapis",
+    e0s: Mapping[int, float] | None = None,
+    progress: bool = True,
+) -> EnsembleResult:
+    """Train ``members`` models on ``train`` (each with seed + index and, when M > 1, a bootstrap resample).
+
+    Members run in separate processes when ``train_config.workers > 1``, sequentially otherwise.
+    ``model`` is a :class:`ModelConfig` (sapis) or a MaceConfig/dict (architecture="mace").
+    """
+    from sapis.errors import ConfigError
+    from sapis.models.checkpoint import sha256
+
+    cfg = train_config or TrainConfig()
+    if members < 1:
+        raise ConfigError("an ensemble needs at least one member")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cutoff = float(model.cutoff if hasattr(model, "cutoff") else dict(model or {}).get("cutoff", 5.0))
+    tr, va = _prepare(train, valid, cutoff, cfg)
+    spec = model_spec(tr, architecture, model, e0s)
+    jobs = []
+    for i in range(members):
+        seed = cfg.seed + i
+        rng = np.random.default_rng(10_000 + seed)
+        sample = [tr[k] for k in rng.integers(0, len(tr), len(tr))] if members > 1 and cfg.bootstrap else list(tr)
+        jobs.append((spec, sample, va, cfg, seed, out / f"member_{i}.pt"))
+    t0 = time.perf_counter()
+    if cfg.workers > 1 and members > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(cfg.workers, members), mp_context=mp.get_context("spawn")) as pool:
+            results = list(pool.map(_member_job, jobs))
+    else:
+        results = [_train_with_progress(i, job, progress, members) for i, job in enumerate(jobs)]
+    member_results = [
+        MemberResult(
+            index=i,
+            path=Path(r["path"]),
+            sha256=sha256(Path(r["path"])),
+            n_params=r["n_params"],
+            train_flops=r["train_flops"],
+            wall_s=r["wall_s"],
+            history=r["history"],
+            best=r["best"],
+        )
+        for i, r in enumerate(results)
+    ]
+    desc = {
+        "architecture": architecture,
+        "spec": {**spec, "e0s": {str(k): v for k, v in spec["e0s"].items()}},
+        "train_config": cfg.model_dump(mode="json"),
+        "n_train": len(tr),
+        "n_valid": len(va),
+        "wall_s": time.perf_counter() - t0,
+        "members": [{**asdict(m), "path": m.path.name, "history": m.history} for m in member_results],
+    }
+    (out / "ensemble.json").write_text(json.dumps(desc, indent=1))
+    return EnsembleResult(out_dir=out, members=member_results, architecture=architecture)
+
+
+def _train_with_progress(i: int, job: tuple, progress: bool, members: int) -> dict[str, Any]:
+    from sapis.models.train import train_member
+
+    spec, tr, va, cfg, seed, path = job
+    if not progress:
+        return train_member(spec, tr, va, cfg, seed, path)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("[bold]member {task.fields[member]}/{task.fields[members]}"),
+        BarColumn(),
+        TextColumn("epoch {task.completed:.0f}/{task.total:.0f}"),
+        TextColumn("{task.fields[losses]}"),
+        TimeElapsedColumn(),
+        transient=False,
+    ) as bar:
+        task = bar.add_task("train", total=cfg.max_epochs, member=i + 1, members=members, losses="")
+
+        def on_epoch(rec: dict[str, Any]) -> None:
+            txt = f"train F {rec['train_f_mae']:.1f}"
+            if "valid_f_mae" in rec:
+                txt += f" | valid E {rec['valid_e_mae']:.1f} meV F {rec['valid_f_mae']:.1f} meV/Å"
+            bar.update(task, completed=rec["epoch"], losses=txt)
+
+        return train_member(spec, tr, va, cfg, seed, path, on_epoch=on_epoch)

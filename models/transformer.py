@@ -1,0 +1,125 @@
+"""The sapis equivariant transformer potential: E = sum_i (scale * e_i + shift + E0[Z_i]), F = -dE/dr."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+
+import torch
+from torch import nn as tnn
+
+from sapis.models._e3nn import o3
+from sapis.models.config import ModelConfig
+from sapis.models.graph import AtomicGraph
+from sapis.models.layers import EquivariantLayerNorm, GatedFeedForward, GraphAttention, RadialBasis, natural_irreps
+
+
+class SapisTransformer(tnn.Module):
+    """Equivariant graph transformer mapping a batch of structures to energies.
+
+    ``elements`` are the atomic numbers the model knows; ``e0s`` the per-element reference energies (eV);
+    ``scale``/``shift`` (eV) put the learned per-atom energies on the scale of the data.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        elements: Sequence[int],
+        e0s: Mapping[int, float] | None = None,
+        scale: float = 1.0,
+        shift: float = 0.0,
+    ) -> None:
+        super().__init__()
+        with warnings.catch_warnings():  # e3nn's TorchScript codegen warns about annotations it ignores
+            warnings.simplefilter("ignore", UserWarning)
+            self._build(config, elements, e0s, scale, shift)
+
+    def _build(
+        self,
+        config: ModelConfig,
+        elements: Sequence[int],
+        e0s: Mapping[int, float] | None,
+        scale: float,
+        shift: float,
+    ) -> None:
+        self.config = config
+        self.elements = [int(z) for z in elements]
+        c = config
+        self.irreps_node = natural_irreps(c.channels, c.lmax)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(c.lmax)
+        z_index = torch.full((119,), -1, dtype=torch.long)
+        z_index[torch.tensor(self.elements)] = torch.arange(len(self.elements))
+        self.register_buffer("z_index", z_index)
+        e0 = [float((e0s or {}).get(z, 0.0)) for z in self.elements]
+        # float64 and not a buffer, so .to(float32) keeps it exact (it is rebuilt from the spec on load)
+        self.e0 = torch.tensor(e0, dtype=torch.float64)
+        self.register_buffer("scale", torch.tensor(float(scale), dtype=torch.float64))
+        self.register_buffer("shift", torch.tensor(float(shift), dtype=torch.float64))
+        self.embedding = tnn.Embedding(len(self.elements), c.channels)
+        self.radial = RadialBasis(c.cutoff, c.num_radial, c.envelope_p)
+        self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
+        self.attn = tnn.ModuleList(
+            GraphAttention(self.irreps_node, self.irreps_sh, c.heads, c.num_radial, c.radial_hidden)
+            for _ in range(c.layers)
+        )
+        self.ffn = tnn.ModuleList(GatedFeedForward(self.irreps_node) for _ in range(c.layers))
+        self.norm_out = EquivariantLayerNorm(o3.Irreps(f"{c.channels}x0e"))
+        self.readout = tnn.Sequential(
+            tnn.Linear(c.channels, c.readout_hidden), tnn.SiLU(), tnn.Linear(c.readout_hidden, 1)
+        )
+        with torch.no_grad():  # start from E = sum of reference energies; training grows the rest
+            self.readout[-1].weight.mul_(0.01)
+            self.readout[-1].bias.zero_()
+
+    def species(self, numbers: torch.Tensor) -> torch.Tensor:
+        """(N,) atomic numbers -> (N,) species indices; ValueError for an element the model does not know."""
+        idx = self.z_index[numbers]
+        if bool((idx < 0).any()):
+            unknown = sorted({int(z) for z in numbers[idx < 0]})
+            raise ValueError(f"elements {unknown} are not among the model's elements {self.elements}")
+        return idx
+
+    def node_features(self, graph: AtomicGraph) -> torch.Tensor:
+        """(N, C) invariant features of each atom after the last block (also the descriptor source)."""
+        dtype = graph.positions.dtype
+        vec = graph.edge_vectors()
+        r = vec.norm(dim=-1)
+        sh = self.sh(vec)
+        radial = self.radial(r)
+        env = self.radial.envelope(r)
+        idx = self.species(graph.numbers)
+        x = torch.zeros(len(idx), self.irreps_node.dim, dtype=dtype, device=graph.positions.device)
+        x[:, : self.config.channels] = self.embedding(idx).to(dtype)
+        for attn, ffn in zip(self.attn, self.ffn, strict=True):
+            x = ffn(attn(x, graph.edge_index, sh, radial, env))
+        return self.norm_out(x[:, : self.config.channels])
+
+    def forward(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
+        """energy (B,) eV (float64), node_energy (N,) eV (float64), node_feats (N, C)."""
+        dtype = graph.positions.dtype
+        feats = self.node_features(graph)
+        e_atom = self.readout(feats).squeeze(-1) * self.scale.to(dtype) + self.shift.to(dtype)
+        # totals in float64: a float32 sum of ~-4000 eV would lose ~0.5 meV
+        e0 = self.e0.to(feats.device)[self.species(graph.numbers)]
+        e_atom = e_atom.to(torch.float64) + e0
+        energy = torch.zeros(graph.n_graphs, dtype=torch.float64, device=feats.device)
+        energy = energy.index_add(0, graph.batch, e_atom)
+        return {"energy": energy, "node_energy": e_atom, "node_feats": feats}
+
+
+def energy_and_forces(
+    model: tnn.Module, graph: AtomicGraph, training: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """Energy (B,) and forces (N, 3) = -dE/dr by autograd; ``training`` keeps the graph for a loss backward."""
+    # differentiate through a non-leaf view of fresh positions: the caller's graph is left untouched, and
+    # FlopCounterMode's module hooks reject autograd.grad with respect to a leaf
+    pos = graph.positions.detach().requires_grad_(True) * 1.0
+    out = model(replace(graph, positions=pos))
+    (grad,) = torch.autograd.grad(out["energy"].sum(), pos, create_graph=training)
+    return out["energy"], -grad, out
+
+
+def count_parameters(model: tnn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
