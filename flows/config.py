@@ -14,7 +14,7 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sapis.errors import ConfigError
+from sapis.errors import ConfigError, SapisError
 
 
 class _Section(BaseModel):
@@ -95,13 +95,16 @@ class CampaignConfig(_Section):
     level: dict[str, Any] = Field(
         default_factory=lambda: {"method": "PBE", "basis": "def2-svp"},
         description="Level of theory (sapis.tasks.dft.LevelOfTheory fields).",
+        validate_default=True,
     )
     explore: ExploreSection = Field(default_factory=ExploreSection)
     model: ModelSection = Field(default_factory=ModelSection)
     select: SelectSection = Field(default_factory=SelectSection)
     label: LabelSection = Field(default_factory=LabelSection)
     targets: TargetsSection = Field(default_factory=TargetsSection)
-    controller: dict[str, Any] = Field(default_factory=dict, description="sapis.tasks.scaling.ControllerConfig fields.")
+    controller: dict[str, Any] = Field(
+        default_factory=dict, description="sapis.tasks.scaling.ControllerConfig fields.", validate_default=True
+    )
     work_pools: dict[str, str] = Field(default_factory=lambda: {"dft": "sapis-dft", "train": "sapis-gpu"})
 
     @field_validator("level")
@@ -109,7 +112,10 @@ class CampaignConfig(_Section):
     def _level_is_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
         from sapis.tasks.dft import LevelOfTheory
 
-        return LevelOfTheory.from_spec(v).spec
+        try:
+            return LevelOfTheory.from_spec(v).spec
+        except SapisError as exc:  # reported by pydantic with the field's location
+            raise ValueError(str(exc)) from None
 
     @field_validator("controller")
     @classmethod
@@ -149,4 +155,13 @@ class CampaignConfig(_Section):
             raise ConfigError(f"{source}: {problems}") from None
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json"))
+        """The config as TOML (unset optional values are left out: TOML has no null)."""
+        return tomli_w.dumps(_drop_none(self.model_dump(mode="json")))
+
+
+def _drop_none(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _drop_none(v) for k, v in obj.items() if v is not None}
+    if isinstance(obj, list):
+        return [_drop_none(v) for v in obj]
+    return obj

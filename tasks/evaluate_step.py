@@ -60,13 +60,15 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: Any, nve_gate: bool = Tru
     if plan.previous_model is not None and len(new) >= 3:
         out.update(_calibrate(plan, new))
 
-    scored = [r for r in store.selections(plan.campaign_id, round_index=plan.index) if r.get("score") is not None]
-    if scored:
-        dev = np.array([r["score"] for r in scored])
-        sel = np.array([r["score"] for r in scored if r["role"] == "selected"])
+    scores = plan.out_dir / "candidate_scores.npz"
+    if scores.exists():
+        z = np.load(scores)
         out["uncertainty_png"] = str(
             plots.uncertainty_histogram(
-                dev, plan.out_dir / "uncertainty.png", (cfg.select.window_lo, cfg.select.window_hi), sel
+                z["calibrated"],
+                plan.out_dir / "uncertainty.png",
+                (cfg.select.window_lo, cfg.select.window_hi),
+                z["calibrated"][z["selected"]],
             )
         )
 

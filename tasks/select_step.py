@@ -166,17 +166,14 @@ def _by_uncertainty(
         }
         for r, i in enumerate(picked)
     ]
-    picked_set = set(picked)
-    rows += [
-        {
-            "config_id": ids[i],
-            "role": "candidate_scored",
-            "score": float(dev[i]),
-            "calibrated_score": float(cal[i]),
-        }
-        for i in range(len(ids))
-        if i not in picked_set
-    ]
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(
+        plan.out_dir / "candidate_scores.npz",
+        config_id=np.asarray(ids),
+        deviation=dev,
+        calibrated=cal,
+        selected=np.isin(np.arange(len(ids)), picked),
+    )
     summary = {
         "strategy": "uncertainty + diversity in a trust window",
         "window_eV_A": [cfg.select.window_lo, cfg.select.window_hi],
