@@ -1,0 +1,297 @@
+"""A labelling worker: claim pending labels from the store, compute them with PySCF, write the results.
+
+Many workers (processes, machines) share one store. Each claim carries a lease that a background thread
+extends with ``store.heartbeat`` while the SCF runs; a worker that dies stops heart-beating, its lease
+expires and another worker claims the label again. The store only accepts a result from the worker that still
+holds the claim, so a label is completed exactly once. The SCF starts from the converged density of the
+nearest already-labelled configuration of the same molecule (saved as ``.npy`` under
+``<artifacts>/dm/<fingerprint>/``), which saves iterations along MD trajectories.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from ase import Atoms
+
+from sapis.errors import SapisError
+from sapis.settings import get_settings
+from sapis.tasks.dft import LabelFailed, LevelOfTheory, compute_label
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerReport:
+    """What a worker did: labels done, failed, lost (lease lost or done elsewhere), and its time."""
+
+    worker: str
+    done: int = 0
+    failed: int = 0
+    lost: int = 0
+    seconds: float = 0.0  # wall time of the whole run
+    compute_s: float = 0.0  # wall time inside compute_label (the rest is orchestration overhead)
+    scf_iterations: int = 0
+    reused_guesses: int = 0
+    stopped: str = ""  # why the worker stopped: "empty", "max_labels", "max_minutes"
+    label_ids: list[int] = field(default_factory=list)
+
+
+def default_worker_id() -> str:
+    """``host:pid:random``, unique across machines and restarts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Heartbeat:
+    """Extend the leases of the claims in ``label_ids`` every ``lease/3`` seconds in a daemon thread.
+
+    A claim whose heartbeat the store refuses (the lease expired and someone else took it) goes into ``lost``;
+    its computation finishes anyway and the store then refuses the stale result. Remove an id from
+    ``label_ids`` once its outcome is written.
+    """
+
+    def __init__(self, store: Any, label_ids: Sequence[int] | int, worker: str, lease_seconds: float) -> None:
+        ids = [label_ids] if isinstance(label_ids, int) else list(label_ids)
+        self.store, self.worker, self.lease = store, worker, lease_seconds
+        self.label_ids: set[int] = set(ids)
+        self.lost: set[int] = set()
+        self.interval = max(lease_seconds / 3.0, 0.05)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{worker}", daemon=True)
+
+    def release(self, label_id: int) -> None:
+        """Stop heart-beating ``label_id`` (its outcome has been written)."""
+        with self._lock:
+            self.label_ids.discard(label_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                ids = sorted(self.label_ids - self.lost)
+            for label_id in ids:
+                try:
+                    ok = self.store.heartbeat(label_id, self.worker, self.lease)
+                except Exception:  # a transient database error must not kill the computation
+                    log.warning("heartbeat for label %s failed", label_id, exc_info=True)
+                    continue
+                if not ok:
+                    with self._lock:
+                        self.lost.add(label_id)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def dm_path(fingerprint: str, config_id: int) -> Path:
+    """Where the converged density matrix of a configuration at a level is kept."""
+    return get_settings().artifacts / "dm" / fingerprint / f"{config_id}.npy"
+
+
+def save_dm(dm: np.ndarray, path: Path) -> Path:
+    """Write a density matrix atomically (tmp file, then rename), so a killed worker leaves no torn file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:6]}.npy")
+    np.save(tmp, np.asarray(dm, dtype=np.float64))
+    tmp.replace(path)
+    return path
+
+
+def nearest(candidates: Sequence[Atoms], atoms: Atoms) -> tuple[Atoms | None, float]:
+    """The candidate with the same atoms in the same order closest to ``atoms`` by positional RMSD (Å).
+
+    No alignment on purpose: a density matrix in the AO basis is tied to the molecule's orientation.
+    """
+    best, best_rmsd = None, float("inf")
+    for cand in candidates:
+        if len(cand) != len(atoms) or not np.array_equal(cand.numbers, atoms.numbers):
+            continue
+        rmsd = float(np.sqrt(np.mean(np.sum((cand.positions - atoms.positions) ** 2, axis=1))))
+        if rmsd < best_rmsd:
+            best, best_rmsd = cand, rmsd
+    return best, best_rmsd
+
+
+def load_dm(path: str | os.PathLike[str] | None) -> np.ndarray | None:
+    """A saved density matrix, or None when the file is missing or unreadable."""
+    if not path:
+        return None
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+
+
+def find_guess(store: Any, fingerprint: str, atoms: Atoms) -> tuple[np.ndarray | None, dict[str, Any]]:
+    """Converged density of the nearest labelled configuration of the same molecule, and where it came from."""
+    molecule_id = atoms.info.get("molecule_id")
+    if molecule_id is None:
+        return None, {}
+    done = [a for a in store.labelled(fingerprint, molecule_id=molecule_id) if a.info.get("artifact")]
+    while done:
+        cand, rmsd = nearest(done, atoms)
+        if cand is None:
+            break
+        dm = load_dm(cand.info["artifact"])
+        if dm is not None:
+            return dm, {"guess_from": int(cand.info["config_id"]), "guess_rmsd": round(rmsd, 6)}
+        done = [a for a in done if a is not cand]
+    return None, {}
+
+
+def _progress(enabled: bool, total: int | None) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), transient=False
+    )
+    bar.start()
+    bar.add_task("labels", total=total)
+    return bar
+
+
+def run_worker(
+    store: Any,
+    worker_id: str | None = None,
+    max_labels: int | None = None,
+    max_minutes: float | None = None,
+    fingerprint: str | None = None,
+    threads: int = 1,
+    max_memory_mb: int = 4000,
+    lease_seconds: float | None = None,
+    progress: bool = False,
+    reuse_guess: bool = True,
+    device: Literal["cpu", "gpu"] = "cpu",
+) -> WorkerReport:
+    """Claim and compute labels one at a time until none is pending, or ``max_labels``/``max_minutes`` is hit.
+
+    Every claim ends as done (energy, forces, cost with SCF attempts, density artifact) or failed (with the
+    reason: invalid input, bad level spec, or an SCF no remedy converged); a claim whose lease was lost is
+    counted as ``lost`` and left to the store. ``max_minutes`` is checked before each claim, not mid-label.
+    """
+    worker = worker_id or default_worker_id()
+    lease = float(lease_seconds if lease_seconds is not None else get_settings().lease_seconds)
+    report = WorkerReport(worker=worker)
+    levels: dict[str, LevelOfTheory | SapisError] = {}
+    t0 = time.perf_counter()
+    bar = _progress(progress, max_labels)
+    try:
+        while True:
+            handled = report.done + report.failed + report.lost
+            if max_labels is not None and handled >= max_labels:
+                report.stopped = "max_labels"
+                break
+            if max_minutes is not None and time.perf_counter() - t0 >= max_minutes * 60:
+                report.stopped = "max_minutes"
+                break
+            claims = store.claim_labels(worker, n=1, lease_seconds=lease, fingerprint=fingerprint)
+            if not claims:
+                report.stopped = "empty"
+                break
+            if len(claims) > 1:  # asked for one; process whatever the store handed over, all heart-beaten
+                log.warning("store returned %d claims for n=1; processing all", len(claims))
+            with Heartbeat(store, [c.label_id for c in claims], worker, lease) as hb:
+                for claim in claims:
+                    outcome = _label_one(store, claim, worker, levels, threads, max_memory_mb, reuse_guess, device)
+                    hb.release(claim.label_id)
+                    if claim.label_id in hb.lost:
+                        log.warning("label %s: lease lost while computing", claim.label_id)
+                    setattr(report, outcome["status"], getattr(report, outcome["status"]) + 1)
+                    report.compute_s += outcome.get("compute_s", 0.0)
+                    report.scf_iterations += outcome.get("scf_iterations", 0)
+                    report.reused_guesses += int(outcome.get("reused", False))
+                    report.label_ids.append(claim.label_id)
+                    if bar is not None:
+                        bar.update(bar.task_ids[0], advance=1, description=f"labels ({report.failed} failed)")
+    finally:
+        if bar is not None:
+            bar.stop()
+        report.seconds = time.perf_counter() - t0
+    return report
+
+
+def _level(spec: dict[str, Any], cache: dict[str, LevelOfTheory | SapisError]) -> LevelOfTheory:
+    import json
+
+    key = json.dumps(spec, sort_keys=True)
+    if key not in cache:
+        try:
+            cache[key] = LevelOfTheory.from_spec(spec)
+        except SapisError as exc:
+            cache[key] = exc
+    level = cache[key]
+    if isinstance(level, SapisError):
+        raise level
+    return level
+
+
+def _label_one(
+    store: Any,
+    claim: Any,
+    worker: str,
+    levels: dict[str, LevelOfTheory | SapisError],
+    threads: int,
+    max_memory_mb: int,
+    reuse_guess: bool,
+    device: Literal["cpu", "gpu"],
+) -> dict[str, Any]:
+    """Compute one claimed label and write its outcome; returns {"status": done|failed|lost, ...}."""
+    t0 = time.perf_counter()
+    base = {"worker": worker, "threads": threads, "attempt": claim.attempt}
+    try:
+        level = _level(claim.spec, levels)
+        if level.fingerprint != claim.fingerprint:
+            log.warning(
+                "label %s: spec fingerprint %s differs from stored %s (PySCF version changed?)",
+                claim.label_id,
+                level.fingerprint,
+                claim.fingerprint,
+            )
+        guess, origin = find_guess(store, claim.fingerprint, claim.atoms) if reuse_guess else (None, {})
+        res = compute_label(
+            claim.atoms,
+            level,
+            threads=threads,
+            max_memory_mb=max_memory_mb,
+            guess_dm=guess,
+            device=device,
+            source=f"config {claim.config_id}",
+        )
+    except LabelFailed as exc:
+        cost = {**base, "wall_s": time.perf_counter() - t0, "attempts": exc.attempts}
+        cost["scf_iterations"] = sum(a["cycles"] for a in exc.attempts)
+        ok = store.fail_label(claim.label_id, worker, exc.reason, cost)
+        return {"status": "failed" if ok else "lost", "compute_s": time.perf_counter() - t0}
+    except SapisError as exc:  # invalid structure or level: fail now, nothing to retry
+        ok = store.fail_label(claim.label_id, worker, str(exc), {**base})
+        return {"status": "failed" if ok else "lost"}
+    except Exception as exc:  # a bug or a PySCF crash: record it on the label, keep the worker alive
+        log.exception("label %s crashed", claim.label_id)
+        ok = store.fail_label(claim.label_id, worker, f"error: {type(exc).__name__}: {exc}", {**base})
+        return {"status": "failed" if ok else "lost"}
+    artifact = save_dm(res.dm, dm_path(claim.fingerprint, claim.config_id))
+    cost = res.cost(**base, **origin)
+    ok = store.complete_label(claim.label_id, worker, res.energy, res.forces, cost, artifact=str(artifact))
+    return {
+        "status": "done" if ok else "lost",
+        "compute_s": res.wall_s,
+        "scf_iterations": res.scf_iterations,
+        "reused": res.guess == "reused",
+    }
