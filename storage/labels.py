@@ -1,8 +1,11 @@
 """Label work queue: enqueue, claim with a lease, heartbeat, complete, fail.
 
-Claiming is one statement: ``UPDATE labels ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n)
-RETURNING id`` on PostgreSQL; on SQLite the same UPDATE runs inside ``BEGIN IMMEDIATE`` (FOR UPDATE is not
-rendered), which makes it atomic. Every later state change is a single conditional UPDATE guarded by
+Claiming is one transaction: ``SELECT id ... FOR UPDATE SKIP LOCKED LIMIT n`` then a conditional
+``UPDATE ... WHERE id IN (:picked) AND <still claimable>`` on PostgreSQL; on SQLite the same two statements run
+inside ``BEGIN IMMEDIATE`` (FOR UPDATE is not rendered), which makes them atomic. (A single
+``UPDATE ... WHERE id IN (SELECT ... SKIP LOCKED LIMIT n)`` is wrong on PostgreSQL: the sub-plan can be
+re-run per row, skip the rows the statement itself just updated, and claim more than ``n``.)
+Every later state change is a single conditional UPDATE guarded by
 ``status='running' AND worker=:w AND lease_expires > now``, so a worker whose lease expired can never
 overwrite the work of the worker that took over.
 """
@@ -106,9 +109,12 @@ def claim_labels(
     if fingerprint is not None:
         pick = pick.where(Label.fingerprint == fingerprint)
     pick = pick.order_by(Label.id).limit(n).with_for_update(skip_locked=True)
+    picked = list(session.execute(pick).scalars())
+    if not picked:
+        return []
     stmt = (
         update(Label)
-        .where(Label.id.in_(pick.scalar_subquery()))
+        .where(Label.id.in_(picked))
         .where(_claimable(now))
         .values(
             status="running",

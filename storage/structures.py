@@ -128,7 +128,10 @@ def structure_problem(atoms: Atoms, min_distance: float = keys.MIN_DISTANCE) -> 
     cell = np.asarray(atoms.cell.array)
     if not np.isfinite(cell).all():
         return "non-finite cell"
-    if atoms.pbc.any() and abs(np.linalg.det(cell)) < 1e-6 and atoms.pbc.all():
+    for axis in np.flatnonzero(atoms.pbc):
+        if np.linalg.norm(cell[axis]) < 1e-6:
+            return f"periodic along cell vector {int(axis)}, but that vector is zero"
+    if atoms.pbc.all() and abs(np.linalg.det(cell)) < 1e-6:
         return "periodic structure with a degenerate (zero-volume) cell"
     if n > 1:
         pair = _closest_pair(atoms, min_distance)

@@ -1,0 +1,125 @@
+"""Concurrent workers claiming and completing labels: exactly one done label each, none twice, none lost."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import threading
+from collections import Counter
+
+import numpy as np
+import pytest
+from ase import Atoms
+from sqlalchemy import func, select
+
+from sapis.storage import Store
+from sapis.storage.db import current_revision, head_revision
+from sapis.storage.orm import Label
+
+N_LABELS = 500
+N_WORKERS = 8
+FP = "concurrency-test"
+
+
+def _fill(store: Store, n: int) -> list[int]:
+    frames = [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.7 + 1e-3 * i]]) for i in range(n)]
+    ids = store.add_configurations(frames, {"source": "perturb"})
+    assert store.enqueue_labels(ids, FP, {"method": "toy"}) == n
+    return ids
+
+
+def _work(url: str, worker: str) -> tuple[list[int], list[int]]:
+    """Claim in small batches until the queue is empty; return the label ids claimed and completed."""
+    store = Store(url, upgrade=False)
+    claimed: list[int] = []
+    done: list[int] = []
+    rng = np.random.default_rng(abs(hash(worker)) % 2**32)
+    try:
+        while True:
+            claims = store.claim_labels(worker, n=int(rng.integers(1, 6)), lease_seconds=120)
+            if not claims:
+                return claimed, done
+            for c in claims:
+                claimed.append(c.label_id)
+                energy = -float(c.config_id)
+                if store.complete_label(c.label_id, worker, energy, np.zeros((2, 3)), {"wall_s": 0.0}):
+                    done.append(c.label_id)
+    finally:
+        store.dispose()
+
+
+def _process_main(url: str, worker: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    queue.put((worker, _work(url, worker)))
+
+
+def _check(store: Store, outcome: dict[str, tuple[list[int], list[int]]]) -> None:
+    all_claimed = [i for claimed, _ in outcome.values() for i in claimed]
+    assert sorted(all_claimed) == sorted(set(all_claimed)), "a label was claimed by two workers"
+    assert len(all_claimed) == N_LABELS
+    results = {w: done for w, (_, done) in outcome.items()}
+    all_done = [i for ids in results.values() for i in ids]
+    assert len(all_done) == N_LABELS, f"{len(all_done)} completions reported"
+    assert len(set(all_done)) == N_LABELS, "a label was completed twice"
+    assert store.label_counts(FP) == {"pending": 0, "running": 0, "done": N_LABELS, "failed": 0}
+    with store.session() as s:
+        per_worker = Counter(s.execute(select(Label.worker).where(Label.status == "done")).scalars())
+        n_rows = s.execute(select(func.count()).select_from(Label)).scalar_one()
+    assert n_rows == N_LABELS
+    assert per_worker == Counter({w: len(ids) for w, ids in results.items() if ids})
+    energies = {a.info["config_id"]: a.get_potential_energy() for a in store.labelled(FP)}
+    assert len(energies) == N_LABELS and all(e == -cid for cid, e in energies.items())
+
+
+@pytest.mark.postgres
+def test_eight_processes_claim_500_labels_on_postgres(pg_url: str) -> None:
+    store = Store(pg_url)
+    _fill(store, N_LABELS)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_process_main, args=(pg_url, f"w{k}", queue)) for k in range(N_WORKERS)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=240) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sum(1 for _, ids in results.values() if ids) >= 2, "the work was not shared between workers"
+    _check(store, results)
+    store.dispose()
+
+
+def test_eight_threads_claim_500_labels_on_sqlite(sqlite_url: str) -> None:
+    store = Store(sqlite_url)
+    _fill(store, N_LABELS)
+    results: dict[str, tuple[list[int], list[int]]] = {}
+
+    def run(name: str) -> None:
+        results[name] = _work(sqlite_url, name)
+
+    threads = [threading.Thread(target=run, args=(f"t{k}",)) for k in range(N_WORKERS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert len(results) == N_WORKERS
+    _check(store, results)
+    store.dispose()
+
+
+def test_concurrent_first_use_migrates_once(db_url: str) -> None:
+    errors: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            Store(db_url).dispose()
+        except BaseException as exc:  # collected and re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    store = Store(db_url)
+    assert current_revision(store.engine) == head_revision() is not None
+    store.dispose()
