@@ -26,6 +26,14 @@ def _fmt(x: Any, spec: str = ".1f") -> str:
     return "n/a" if x is None else format(x, spec) if isinstance(x, float | int) else str(x)
 
 
+def _calibration_text(cal: dict[str, Any]) -> str:
+    if not cal:
+        return "not yet (fitted from the labels a previous ensemble chose)"
+    cov = ", ".join(f"{k}: {v:.0%}" for k, v in (cal.get("coverage") or {}).items())
+    kind = "isotonic" if len(cal.get("iso_x") or []) >= 2 else "scale"
+    return f"{kind}, scale {cal.get('scale', 1.0):.2f} on {cal.get('n', 0)} labels; coverage {cov or 'n/a'}"
+
+
 def round_summary_markdown(
     campaign: str, index: int, m: dict[str, Any], decision: str | None, evidence: dict[str, Any] | None
 ) -> str:
@@ -49,7 +57,7 @@ def round_summary_markdown(
         f"| test force MAE (ensemble) | {_fmt(m.get('test_f_mae'))} meV/Å |",
         f"| test energy MAE (ensemble) | {_fmt(m.get('test_e_mae'))} meV |",
         f"| validation / training force MAE | {_fmt(m.get('valid_f_mae'))} / {_fmt(m.get('train_f_mae'))} meV/Å |",
-        f"| calibration | {cal.get('summary', 'not yet (needs a previous ensemble)') if cal else 'n/a'} |",
+        f"| calibration | {_calibration_text(cal)} |",
         f"| NVE gate | {'passed' if nve.get('passed') else 'failed' if nve.get('passed') is False else 'n/a'}"
         f" {nve.get('reason', '') or ''} |",
         "",

@@ -93,14 +93,14 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: Any, nve_gate: bool = Tru
 def _calibrate(plan: RoundPlan, new: list) -> dict[str, Any]:
     """The previous ensemble chose these labels: compare its predicted deviation with its actual error."""
     from sapis.models import load_ensemble
-    from sapis.tasks.calibration import calibration_plot, fit_calibration
+    from sapis.tasks.calibration import fit_calibration, plot_calibration
 
     prev = load_ensemble(plan.previous_model)
     pred = prev.predict(new)
     dev = np.asarray(pred["forces_std_max"], dtype=float)
     err = np.array([np.linalg.norm(f - a.get_forces(), axis=1).max() for f, a in zip(pred["forces"], new, strict=True)])
     cal = fit_calibration(dev, err)
-    png = calibration_plot(cal, dev, err, plan.out_dir / "calibration.png")
+    png = plot_calibration(cal, dev, err, plan.out_dir / "calibration.png")
     return {"calibration": cal.to_dict(), "calibration_png": str(png)}
 
 

@@ -40,7 +40,9 @@ def explore_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
             timestep_fs=cfg.explore.timestep_fs,
             interval=cfg.explore.interval,
             seed=cfg.seed + 7919 * plan.index + i,
-            **({"n_perturb": cfg.explore.perturbations} if name == "perturb" else {}),
+            round_index=plan.index,
+            trust_hi=cfg.select.window_hi if name == "committee" else None,
+            n_perturb=(cfg.explore.perturbations or None) if name == "perturb" else None,
         )
         res = explore(seeds, ecfg, model_dir=plan.previous_model if name == "committee" else None)
         candidates.extend(res.candidates)
@@ -139,44 +141,49 @@ def _by_uncertainty(
     """Rank candidates by the previous ensemble's disagreement; select K inside the window, diversely."""
     from sapis.models import load_ensemble
     from sapis.tasks.calibration import Calibration
-    from sapis.tasks.rank import score_candidates, select
+    from sapis.tasks.rank import rank_candidates, score_candidates
 
     ens = load_ensemble(plan.previous_model)
     scores = score_candidates(ens, atoms)
     known = store.get_atoms(sorted(taken))
     exclude = ens.descriptors(known) if known else None
     calibration = Calibration.from_dict(plan.calibration) if plan.calibration else None
-    picked = select(
+    sel = rank_candidates(
         scores,
         k=plan.k,
         window=(cfg.select.window_lo, cfg.select.window_hi),
         calibration=calibration,
         exclude_descriptors=exclude,
         diversity=cfg.select.diversity,
+        seed=cfg.seed + plan.index,
     )
-    dev = np.asarray(scores["forces_std_max"], dtype=float)
-    cal = calibration.apply(dev) if calibration is not None else dev
     rows = [
         {
             "config_id": ids[i],
             "role": "selected",
             "rank": r,
-            "score": float(dev[i]),
-            "calibrated_score": float(cal[i]),
+            "score": float(sel.score[i]),
+            "calibrated_score": float(sel.calibrated[i]),
         }
-        for r, i in enumerate(picked)
+        for r, i in enumerate(sel.indices)
     ]
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
         plan.out_dir / "candidate_scores.npz",
         config_id=np.asarray(ids),
-        deviation=dev,
-        calibrated=cal,
-        selected=np.isin(np.arange(len(ids)), picked),
+        deviation=sel.score,
+        calibrated=sel.calibrated,
+        selected=np.isin(np.arange(len(ids)), sel.indices),
     )
     summary = {
-        "strategy": "uncertainty + diversity in a trust window",
-        "window_eV_A": [cfg.select.window_lo, cfg.select.window_hi],
-        "deviation_eV_A": {"min": float(dev.min()), "median": float(np.median(dev)), "max": float(dev.max())},
+        "strategy": "uncertainty x diversity inside the trust window" if cfg.select.diversity else "top-k",
+        "window_eV_A": list(sel.bounds),
+        "calibrated": calibration is not None,
+        "deviation_eV_A": {
+            "min": float(np.min(sel.score)),
+            "median": float(np.median(sel.score)),
+            "max": float(np.max(sel.score)),
+        },
+        **{k: v for k, v in sel.info.items() if k.startswith("n_")},
     }
     return rows, summary

@@ -10,7 +10,6 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import click
 import typer
 
 from sapis.errors import SapisError
@@ -44,23 +43,22 @@ _register()
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI on ``argv`` and return the exit status (what :func:`main` exits with)."""
+    """Run the CLI on ``argv`` and return the exit status (what :func:`main` exits with).
+
+    Usage errors are formatted by typer (standalone mode); a :class:`SapisError` becomes one line on stderr.
+    """
     command = typer.main.get_command(app)
     try:
-        rv = command.main(args=list(argv) if argv is not None else None, prog_name="sapis", standalone_mode=False)
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("Aborted.", err=True)
-        return 1
+        command.main(args=list(argv) if argv is not None else None, prog_name="sapis", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except SapisError as exc:
-        click.echo(f"sapis: error: {exc}", err=True)
+        typer.echo(f"sapis: error: {exc}", err=True)
         return exc.exit_code
     except KeyboardInterrupt:
-        click.echo("Interrupted.", err=True)
+        typer.echo("Interrupted.", err=True)
         return 130
-    return rv if isinstance(rv, int) else 0
+    return 0
 
 
 def main() -> None:

@@ -1,0 +1,46 @@
+"""The CLI root: user errors are one line and a non-zero exit, never a traceback; --help is instant."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sapis.cli import run
+
+
+def test_help_lists_every_group(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--help"]) == 0
+    out = capsys.readouterr().out
+    for group in ("pool", "data", "db", "model", "label", "md", "campaign", "controller", "demo", "deploy"):
+        assert group in out
+
+
+def test_unknown_command_is_a_usage_error() -> None:
+    assert run(["no-such-command"]) == 2
+
+
+def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    env = {"SAPIS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "sapis.cli", "campaign", "status", "4242"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines == ["sapis: error: campaign 4242 not found"]
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_help_does_not_import_heavy_packages() -> None:
+    code = (
+        "import sys; from sapis.cli import run; run(['--help']); print(sorted(m for m in ('torch', 'pyscf', "
+        "'prefect', 'e3nn') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
