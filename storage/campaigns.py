@@ -88,6 +88,12 @@ def campaign(session: Session, id_or_name: int | str) -> CampaignInfo:
     return CampaignInfo(c.id, c.name, dict(c.config), c.status, c.created_at)
 
 
+def campaigns(session: Session) -> list[CampaignInfo]:
+    """All campaigns, oldest first."""
+    rows = session.execute(select(Campaign).order_by(Campaign.id)).scalars()
+    return [CampaignInfo(c.id, c.name, dict(c.config), c.status, c.created_at) for c in rows]
+
+
 def set_campaign_status(session: Session, campaign_id: int, status: str) -> None:
     """Set a campaign's status (one of CAMPAIGN_STATUSES)."""
     if status not in CAMPAIGN_STATUSES:

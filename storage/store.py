@@ -174,6 +174,11 @@ class Store:
         with self.session() as s:
             return camp.campaign(s, id_or_name)
 
+    def campaigns(self) -> list[CampaignInfo]:
+        """All campaigns, oldest first."""
+        with self.session() as s:
+            return camp.campaigns(s)
+
     def set_campaign_status(self, campaign_id: int, status: str) -> None:
         """Set a campaign's status."""
         with self.session() as s:

@@ -1,7 +1,57 @@
-"""`sapis db` commands."""
+"""`sapis db` commands: migrate the store's schema and show its revision."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-app = typer.Typer(help="db commands.", no_args_is_help=True)
+app = typer.Typer(help="Database schema: upgrade to the newest revision, show the current one.", no_args_is_help=True)
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", help="Store URL (default: SAPIS_DATABASE_URL or the SQLite file in SAPIS_HOME)."),
+]
+
+
+def _url(database_url: str | None) -> str:
+    if database_url:
+        return database_url
+    from sapis.settings import get_settings
+
+    return get_settings().url
+
+
+@app.command("upgrade")
+def upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision (default: head, the newest).")] = "head",
+    database_url: DbOpt = None,
+) -> None:
+    """Migrate the store's schema to REVISION (alembic upgrade; safe to run concurrently and repeatedly)."""
+    from sapis.storage import db
+
+    engine = db.make_engine(_url(database_url))
+    try:
+        before = db.current_revision(engine)
+        after = db.upgrade(engine, revision)
+    finally:
+        engine.dispose()
+    if before == after:
+        typer.echo(f"already at revision {after}")
+    else:
+        typer.echo(f"upgraded {before or '(empty)'} -> {after}")
+
+
+@app.command("current")
+def current(database_url: DbOpt = None) -> None:
+    """Print the schema revision of the store and whether it is the newest this code knows."""
+    from sapis.storage import db
+
+    engine = db.make_engine(_url(database_url))
+    try:
+        rev = db.current_revision(engine)
+    finally:
+        engine.dispose()
+    head = db.head_revision()
+    state = "head" if rev == head else f"behind head {head}; run `sapis db upgrade`"
+    typer.echo(f"{rev or '(empty)'} ({state})")
