@@ -129,7 +129,7 @@ class GraphAttention(tnn.Module):
         h = self.norm(x)
         pair = self.lin_src(h)[send] + self.lin_dst(h)[recv]
         msg = self.tp(pair, sh, self.radial(radial))  # (E, mid_dim)
-        keys = tnn.functional.leaky_relu(self.lin_logit(msg), 0.2).view(-1, self.heads, self.key_dim)
+        keys = tnn.functional.silu(self.lin_logit(msg)).view(-1, self.heads, self.key_dim)  # smooth, not leaky
         logits = (keys * self.attn_vec.to(x.dtype)).sum(-1)  # (E, H)
         n = x.shape[0]
         m = torch.zeros(n, self.heads, dtype=x.dtype, device=x.device)
