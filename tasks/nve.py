@@ -16,6 +16,7 @@ The run stops at the first unphysical frame. ``NVEResult.passed`` says whether e
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -118,10 +119,8 @@ def check_nve(
             progress(dyn.nsteps)
 
     dyn.attach(sample, interval=sample_every)
-    try:
+    with contextlib.suppress(_Unstable):
         dyn.run(steps)
-    except _Unstable:
-        pass
     t, et, ep = np.asarray(times), np.asarray(e_tot) / n, np.asarray(e_pot) / n
     drift = float(np.polyfit(t, et, 1)[0] * 1000.0) if t.size >= 3 and np.ptp(t) > 0 else 0.0
     ratio = float(np.std(et) / np.std(ep)) if ep.size >= 3 and np.std(ep) > 0 else 0.0
@@ -172,13 +171,14 @@ def plot_nve(results: dict[str, NVEResult], path: str | Path, title: str = "NVE 
         if not res.times_ps:
             continue
         n_atoms = max(1, res.n_atoms)
+        verdict = "pass" if res.passed else "FAIL"
         t = np.asarray(res.times_ps)
         tot, pot = np.asarray(res.total), np.asarray(res.potential)
         ax.plot(
             t,
             (tot - tot[0]) * 1000.0 / n_atoms,
             color=f"C{i}",
-            label=f"{name} total ({'pass' if res.passed else 'FAIL'}, drift {res.drift_meV_atom_ps:.2g} meV/atom/ps)",
+            label=f"{name} total ({verdict}, drift {res.drift_meV_atom_ps:.2g} meV/atom/ps)",
         )
         ax.plot(t, (pot - tot[0]) * 1000.0 / n_atoms, color=f"C{i}", alpha=0.35, lw=0.8, label=f"{name} potential")
     ax.set(xlabel="time (ps)", ylabel="energy - E_total(0) (meV/atom)", title=title)
