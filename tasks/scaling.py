@@ -7,12 +7,12 @@ neural-scaling literature:
     E(N, P) = E_irr + D * P^(-gamma) + B * N^(-beta)
 
 At fixed capacity P this is E(N) = E_inf,N + B N^-beta, which is fitted across the rounds that share the
-current model size (``fit_power_law``); its asymptote E_inf,N - E_irr is the capacity-limited part, which
-a model grown by k_P = k_W² · k_D in parameters shrinks by k_P^-gamma. gamma is measured when rounds at two
-model sizes have each an E(N) fit, and otherwise taken from ``ControllerConfig.capacity_exponent`` (the
-evidence says which). E(C) = E_inf,C + A C^-alpha on the latest ensemble's validation curves says whether
-the current model is still under-trained. The generalisation-gap trend (validation vs training error
-against log N) is reported.
+current model size (``fit_power_law``); its asymptote E_inf,N - E_irr is the capacity-limited part, which a
+model grown by k_P = k_W² · (L + k_D) / L in parameters (L layers) shrinks by k_P^-gamma. gamma is measured
+when rounds at two model sizes have each an E(N) fit, and otherwise taken from
+``ControllerConfig.capacity_exponent`` (the evidence says which). E(C) = E_inf,C + A C^-alpha on the latest
+ensemble's validation curves says whether the current model is still under-trained. The generalisation-gap
+trend (validation vs training error against log N) is reported.
 
 Costs in different units are made comparable by converting both to seconds measured in this campaign:
 DFT seconds per label (``dft_cpu_s`` / ``n_labels_added``) for data, and training seconds per FLOP
@@ -29,6 +29,7 @@ Rules, in order (the one that fired is ``Decision.evidence["rule"]``): ``no_erro
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -70,7 +71,7 @@ class ControllerConfig(BaseModel):
     )
     k_N: float = Field(default=2.0, gt=1, description="Factor on labels per round when growing data.")
     k_W: float = Field(default=1.5, ge=1, description="Factor on width (channels) when growing capacity.")
-    k_D: float = Field(default=1.0, ge=1, description="Factor on depth (layers) when growing capacity.")
+    k_D: int = Field(default=0, ge=0, description="Layers added when growing capacity (ModelConfig.scaled(depth=k_D)).")
     min_points: int = Field(
         default=4,
         ge=4,
@@ -116,8 +117,8 @@ class ControllerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _growth(self) -> ControllerConfig:
-        if self.k_W == 1 and self.k_D == 1:
-            raise ValueError("k_W and k_D are both 1: growing capacity would change nothing")
+        if self.k_W == 1 and self.k_D == 0:
+            raise ValueError("k_W = 1 and k_D = 0: growing capacity would change nothing")
         return self
 
 
@@ -138,7 +139,7 @@ class Decision:
         return asdict(self)
 
 
-_NO_GROWTH = {"k_N": 1.0, "k_W": 1.0, "k_D": 1.0}
+_NO_GROWTH: dict[str, float] = {"k_N": 1.0, "k_W": 1.0, "k_D": 0}
 
 
 def _decision(action: Action, rule: str, reason: str, ev: dict[str, Any], cfg: ControllerConfig) -> Decision:
@@ -148,6 +149,7 @@ def _decision(action: Action, rule: str, reason: str, ev: dict[str, Any], cfg: C
     if action in ("grow_capacity", "both"):
         factors["k_W"], factors["k_D"] = cfg.k_W, cfg.k_D
     ev["rule"] = rule
+    ev["action"], ev["factors"], ev["reason"] = action, factors, reason  # the next round's plan reads these
     return Decision(action=action, factors=factors, reason=reason, evidence=_jsonable(ev))
 
 
@@ -292,7 +294,7 @@ def _choose(
     assert last.train_wall_s
     n = float(last.n_train)
     n_add = float(last.n_labels_added or max(1.0, 0.1 * n))
-    k_p = cfg.k_W**2 * cfg.k_D  # parameters grow ~ width² (tensor-product/linear layers) and ~ depth
+    k_p = param_factor(cfg, last.capacity)
     irr = cfg.irreducible_f_mae
     train_s = last.train_wall_s * (n + n_add) / n  # next round's training at this capacity (cost ∝ N)
 
@@ -401,6 +403,17 @@ def _choose(
     action: Action = "grow_data" if top == "grow_data" else "grow_capacity"
     limited = "data" if top == "grow_data" else "capacity"
     return _decision(action, "best_gain_per_second", f"{limited}-limited: best gain per second ({fmt})", ev, cfg)
+
+
+def param_factor(cfg: ControllerConfig, capacity: Mapping[str, Any] | None) -> float:
+    """Growth of the parameter count (and FLOPs per structure) when capacity grows: k_W² · (L + k_D) / L.
+
+    Width enters squared (channel-mixing linear and tensor-product weights dominate), depth linearly; with
+    the layer count unknown, L = 2 is assumed.
+    """
+    layers = (capacity or {}).get("layers")
+    n_layers = int(layers) if isinstance(layers, int | float) and layers >= 1 else 2
+    return cfg.k_W**2 * (n_layers + cfg.k_D) / n_layers
 
 
 def _best_reachable(

@@ -1,7 +1,137 @@
-"""`sapis controller` commands."""
+"""`sapis controller` commands: explain a campaign's data-vs-capacity decisions, or decide after a round."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
 import typer
 
-app = typer.Typer(help="controller commands.", no_args_is_help=True)
+app = typer.Typer(help="Scaling controller: data or capacity, decided from fitted scaling laws.", no_args_is_help=True)
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", help="Store URL (default: SAPIS_DATABASE_URL or the SQLite file in SAPIS_HOME)."),
+]
+
+
+def _campaign_ref(value: str) -> int | str:
+    return int(value) if value.isdigit() else value
+
+
+def _row(index: int, d: dict[str, Any], stored: bool) -> dict[str, Any]:
+    ev = d.get("evidence") or {}
+    fits = ev.get("fits") or {}
+    data, comp = fits.get("data") or {}, fits.get("compute") or {}
+    cur = ev.get("current") or {}
+    return {
+        "round": index,
+        "action": d.get("action"),
+        "rule": ev.get("rule"),
+        "reason": d.get("reason") or ev.get("reason"),
+        "stored": stored,
+        "n_train": cur.get("n_train"),
+        "error": cur.get("error"),
+        "metric": cur.get("metric"),
+        "beta": data.get("alpha"),
+        "beta_se": data.get("alpha_se"),
+        "e_inf_N": data.get("e_inf"),
+        "alpha_C": comp.get("alpha"),
+        "e_inf_C": comp.get("e_inf"),
+        "factors": d.get("factors") or ev.get("factors"),
+    }
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+    return "–" if v is None else format(v, spec) if isinstance(v, int | float) else str(v)
+
+
+@app.command()
+def explain(
+    campaign: Annotated[str, typer.Argument(help="Campaign id or name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Write the fits of the last round's decision to this PNG.")
+    ] = None,
+    database_url: DbOpt = None,
+) -> None:
+    """For each round: the decision, the rule that fired and the key fitted numbers.
+
+    Stored decisions are shown as stored; rounds without one are decided afresh from the rounds up to them
+    (marked 'recomputed'); nothing is written to the store.
+    """
+    from rich.console import Console
+    from rich.progress import track
+    from rich.table import Table
+
+    from sapis.errors import NotFoundError
+    from sapis.storage import Store
+    from sapis.tasks.scaling import decide
+    from sapis.tasks.scaling_step import controller_config, history_from_store
+
+    store = Store(database_url)
+    info = store.campaign(_campaign_ref(campaign))
+    rounds = store.rounds(info.id)
+    if not rounds:
+        raise NotFoundError(f"campaign {info.name!r} has no rounds yet")
+    cfg = controller_config(info.config)
+    history = history_from_store(store, info.id)
+    rows, last_ev = [], {}
+    for i, r in enumerate(track(rounds, description="deciding", disable=as_json or len(rounds) < 20)):
+        if r.decision and r.evidence:
+            d = {
+                "action": r.decision,
+                "reason": r.evidence.get("reason"),
+                "factors": r.evidence.get("factors"),
+                "evidence": r.evidence,
+            }
+            stored = True
+        else:
+            d = decide(history[: i + 1], cfg).to_dict()
+            stored = False
+        rows.append(_row(r.index, d, stored))
+        last_ev = d["evidence"]
+    if plot is not None:
+        from sapis.tasks.scaling_plot import plot_decision
+
+        plot_decision(last_ev, plot, title=f"{info.name} round {rounds[-1].index}")
+    if as_json:
+        typer.echo(json.dumps(rows, indent=1))
+        return
+    table = Table(title=f"campaign {info.name}: scaling-controller decisions")
+    for col in ("round", "N", "error", "decision", "rule", "beta ± se", "E_inf(N)", "alpha(C)", "reason"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            str(row["round"]),
+            _fmt(row["n_train"]),
+            _fmt(row["error"]),
+            row["action"] + ("" if row["stored"] else " (recomputed)"),
+            str(row["rule"]),
+            f"{_fmt(row['beta'])} ± {_fmt(row['beta_se'], '.2g')}",
+            _fmt(row["e_inf_N"]),
+            _fmt(row["alpha_C"]),
+            str(row["reason"]),
+        )
+    Console(width=200).print(table)
+    if plot is not None:
+        typer.echo(f"plot written to {plot}")
+
+
+@app.command("decide")
+def decide_cmd(
+    campaign: Annotated[str, typer.Argument(help="Campaign id or name.")],
+    round_index: Annotated[
+        int | None, typer.Option("--round", help="Round to decide after (default: the latest).")
+    ] = None,
+    database_url: DbOpt = None,
+) -> None:
+    """Run the scaling-controller flow after a round: store the decision on the round and publish it."""
+    from sapis.storage import Store
+
+    info = Store(database_url).campaign(_campaign_ref(campaign))  # NotFoundError before Prefect starts
+    from sapis.flows.controller import scaling_controller
+
+    out = scaling_controller(campaign_id=info.id, round_index=round_index, database_url=database_url)
+    typer.echo(f"{out['action']} ({out['evidence'].get('rule')}): {out['reason']}")

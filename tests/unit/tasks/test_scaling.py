@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from sapis.tasks.scaling import ControllerConfig, Decision, RoundEvidence, decide
+from sapis.tasks.scaling import ControllerConfig, Decision, RoundEvidence, decide, param_factor
 from sapis.tasks.scaling_fit import fit_data_curve, fit_power_law, fit_trend
 
 
@@ -122,9 +122,10 @@ def _roundtrip(d: Decision) -> dict:
 
 def test_data_limited_grows_data() -> None:
     d = decide(synthetic_history(1.0, 400.0, 0.5), ControllerConfig())
-    _roundtrip(d)
+    ev = _roundtrip(d)["evidence"]
+    assert (ev["action"], ev["factors"], ev["reason"]) == (d.action, d.factors, d.reason)
     assert d.action == "grow_data", d.reason
-    assert d.factors == {"k_N": 2.0, "k_W": 1.0, "k_D": 1.0}
+    assert d.factors == {"k_N": 2.0, "k_W": 1.0, "k_D": 0}
     assert d.rule == "best_gain_per_second"
     pred = d.evidence["predictions"]
     assert pred["grow_data"]["rel_gain"] >= 0.02
@@ -145,7 +146,7 @@ def test_both_when_gains_per_second_are_alike() -> None:
     cfg = ControllerConfig(both_ratio=0.01, epsilon=0.01)
     d = decide(synthetic_history(20.0, 400.0, 0.8), cfg)
     assert d.action == "both", d.reason
-    assert d.factors == {"k_N": 2.0, "k_W": 1.5, "k_D": 1.0}
+    assert d.factors == {"k_N": 2.0, "k_W": 1.5, "k_D": 0}
 
 
 def test_target_met_stops() -> None:
@@ -243,7 +244,9 @@ def test_config_validation() -> None:
         ControllerConfig.model_validate({"epsilonn": 0.1})
     with pytest.raises(ValidationError):
         ControllerConfig(k_N=0.5)
-    with pytest.raises(ValidationError, match="both 1"):
-        ControllerConfig(k_W=1.0, k_D=1.0)
+    with pytest.raises(ValidationError, match="change nothing"):
+        ControllerConfig(k_W=1.0, k_D=0)
+    assert param_factor(ControllerConfig(k_W=2.0, k_D=1), {"layers": 2}) == pytest.approx(6.0)
+    assert param_factor(ControllerConfig(k_W=1.0, k_D=2), None) == pytest.approx(2.0)
     with pytest.raises(ValidationError):
         ControllerConfig(min_points=3)

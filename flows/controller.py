@@ -1,0 +1,43 @@
+"""The ``scaling-controller`` flow: after a round, decide between more data, more capacity, both, carry on or
+stop; store the decision with its evidence on the round and publish it as a Prefect markdown artifact."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NONE
+
+from sapis.storage import Store
+from sapis.tasks.scaling_step import decide_round, decision_markdown
+
+
+@task(name="scaling-decide", cache_policy=NONE)
+def decide_task(url: str | None, campaign_id: int, round_index: int | None) -> dict[str, Any]:
+    """Fit, decide, plot and record (sapis.tasks.scaling_step.decide_round)."""
+    store = Store(url)
+    d = decide_round(store, campaign_id, round_index)
+    return {"name": store.campaign(campaign_id).name, "decision": d}
+
+
+@flow(name="scaling-controller", log_prints=True)
+def scaling_controller(
+    campaign_id: int, round_index: int | None = None, database_url: str | None = None
+) -> dict[str, Any]:
+    """Decide after round ``round_index`` (default: the latest) of a campaign; returns the decision as a dict."""
+    from sapis.flows.artifacts import embed_png
+
+    log = get_run_logger()
+    out = decide_task(database_url, campaign_id, round_index)
+    d = out["decision"]
+    index = d.evidence["round_index"]
+    markdown = decision_markdown(out["name"], index, d)
+    img = embed_png(d.evidence.get("plot_png"), "scaling fits")
+    create_markdown_artifact(
+        markdown + ("\n\n" + img if img else ""),
+        key=f"scaling-{campaign_id}-round-{index}",
+        description=f"{out['name']} round {index}: scaling-controller decision",
+    )
+    log.info("campaign %s round %d: %s (%s) — %s", out["name"], index, d.action, d.rule, d.reason)
+    return d.to_dict()

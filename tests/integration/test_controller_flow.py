@@ -1,0 +1,101 @@
+"""The ``scaling-controller`` flow on a SQLite store holding a few synthetic rounds, and the CLI on top of it."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sapis.storage import Store
+
+
+def _round_metrics(i: int, e_inf: float, b: float, beta: float) -> dict:
+    """Metrics a round flow would write (SPEC "Round metrics"), following e_inf + b N^-beta exactly."""
+    n = 50 + 50 * i
+    err = e_inf + b * n**-beta
+    flops = 1e9 * 0.2 * n
+    c = np.geomspace(flops / 50, flops, 10)
+    curve = err * (1 + 0.5 * (c / c[0]) ** -1.0)
+    return {
+        "n_train": n,
+        "n_params": 40_000,
+        "capacity": {"channels": 16, "layers": 2, "lmax": 1, "heads": 2},
+        "train_flops": flops,
+        "train_wall_s": 0.2 * n,
+        "dft_cpu_s": 7.0 * 50,
+        "n_labels_added": 50,
+        "train_f_mae": 0.6 * err,
+        "valid_f_mae": 1.05 * err,
+        "test_f_mae": err,
+        "curves": [{"flops": c.tolist(), "valid_f_mae": curve.tolist(), "train_f_mae": (0.6 * curve).tolist()}],
+    }
+
+
+@pytest.fixture
+def campaign(tmp_path: Path) -> tuple[str, int]:
+    url = f"sqlite:///{tmp_path / 'ctl.db'}"
+    store = Store(url)
+    cid = store.create_campaign("ctl", {"controller": {"epsilon": 0.02}, "targets": {"force_mae": 5.0}})
+    for i in range(5):
+        rid = store.start_round(cid, i)
+        store.update_round(rid, status="done", metrics=_round_metrics(i, 1.0, 400.0, 0.5))
+    return url, cid
+
+
+def test_flow_writes_decision_and_evidence(campaign: tuple[str, int]) -> None:
+    from sapis.flows.controller import scaling_controller
+
+    url, cid = campaign
+    out = scaling_controller(campaign_id=cid, database_url=url)
+    assert out["action"] == "grow_data", out["reason"]
+    last = Store(url).rounds(cid)[-1]
+    assert last.decision == "grow_data"
+    ev = last.evidence
+    assert ev is not None
+    assert ev["rule"] == "best_gain_per_second"
+    assert ev["factors"]["k_N"] == 2.0
+    assert ev["fits"]["data"]["alpha"] == pytest.approx(0.5, abs=0.02)
+    assert ev["config"]["target_f_mae"] == 5.0  # filled from the campaign targets
+    assert Path(ev["plot_png"]).stat().st_size > 1000
+    # an earlier round: too short to fit, so continue with a reason; re-running is idempotent
+    out2 = scaling_controller(campaign_id=cid, round_index=1, database_url=url)
+    assert (out2["action"], out2["evidence"]["rule"]) == ("continue", "too_short")
+    again = scaling_controller(campaign_id=cid, round_index=1, database_url=url)
+    assert again == out2
+    assert Store(url).rounds(cid)[1].decision == "continue"
+
+
+def test_flow_rejects_unknown_round(campaign: tuple[str, int]) -> None:
+    from sapis.errors import NotFoundError
+    from sapis.flows.controller import scaling_controller
+
+    url, cid = campaign
+    before = [r.decision for r in Store(url).rounds(cid)]
+    with pytest.raises(NotFoundError, match="no round 9"):
+        scaling_controller(campaign_id=cid, round_index=9, database_url=url)
+    assert [r.decision for r in Store(url).rounds(cid)] == before
+
+
+def test_cli_explain(campaign: tuple[str, int], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sapis.cli import run
+
+    url, cid = campaign
+    plot = tmp_path / "fits.png"
+    assert run(["controller", "explain", str(cid), "--database-url", url, "--json", "--plot", str(plot)]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["round"] for r in rows] == [0, 1, 2, 3, 4]
+    assert rows[-1]["action"] == "grow_data"
+    assert rows[0]["rule"] == "too_short"
+    assert rows[-1]["stored"] is False  # nothing stored yet: recomputed, and explain writes nothing
+    assert math.isfinite(rows[-1]["beta"])
+    assert plot.stat().st_size > 1000
+    assert all(r.decision is None for r in Store(url).rounds(cid))
+    assert run(["controller", "explain", str(cid), "--database-url", url]) == 0
+    text = capsys.readouterr().out
+    assert "grow_data" in text
+    assert "best_gain_per_second" in text
+    assert run(["controller", "explain", "nope", "--database-url", url]) == 2
+    assert "nope" in capsys.readouterr().err
