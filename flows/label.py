@@ -1,0 +1,146 @@
+"""The ``label-worker`` flow: one DFT labelling worker, as a Prefect flow run on the DFT work pool.
+
+Each run claims pending labels from the store (transactionally, with a lease), computes them with PySCF and
+writes them back, until the queue is empty or its budget (``max_labels``, ``max_minutes``) is spent. Several
+runs in parallel, on one machine or many, are several workers: the store hands each label to one of them,
+and a label whose worker died is claimed again once its lease expires. The work itself runs in a task tagged
+``dft``, so a Prefect tag concurrency limit on ``dft`` (``sapis deploy --dft-limit N``) caps the DFT
+processes cluster-wide.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Mapping
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from sapis.errors import ConfigError
+
+#: Tag of the task that runs PySCF; a Prefect tag concurrency limit on it caps DFT processes cluster-wide.
+DFT_TAG = "dft"
+
+
+def _check_budget(
+    max_labels: int | None, max_minutes: float | None, threads: int | None, max_memory_mb: int | None
+) -> None:
+    """Reject impossible budgets before any label is claimed."""
+    if max_labels is not None and max_labels < 1:
+        raise ConfigError(f"label-worker: max_labels must be >= 1, got {max_labels}")
+    if max_minutes is not None and not max_minutes > 0:
+        raise ConfigError(f"label-worker: max_minutes must be > 0, got {max_minutes}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"label-worker: threads must be >= 1, got {threads}")
+    if max_memory_mb is not None and max_memory_mb < 100:
+        raise ConfigError(f"label-worker: max_memory_mb must be >= 100, got {max_memory_mb}")
+
+
+def worker_name() -> str:
+    """The name this worker's claims carry in the store: flow run, host and process, to trace a claim back."""
+    run_name = flow_run.get_name() or "local"
+    return f"prefect:{run_name}@{socket.gethostname()}:{os.getpid()}"
+
+
+def label_markdown(result: Mapping[str, Any]) -> str:
+    """The markdown table published as the flow's artifact."""
+    counts = result.get("queue", {})
+    queue = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "empty"
+    rows = [
+        ("worker", f"`{result['worker']}`"),
+        ("fingerprint", result.get("fingerprint") or "any"),
+        ("labels done", result["done"]),
+        ("labels failed", result["failed"]),
+        ("claims lost (lease expired)", result.get("lost", 0)),
+        ("SCF iterations", result.get("scf_iterations", 0)),
+        ("seconds (in PySCF)", f"{result['seconds']:.1f} ({result.get('compute_s', 0.0):.1f})"),
+        ("stopped because", result.get("stopped") or "-"),
+        ("queue afterwards", queue),
+    ]
+    lines = ["## DFT labelling worker", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    return "\n".join(lines) + "\n"
+
+
+def label_fn(
+    database_url: str | None = None,
+    fingerprint: str | None = None,
+    max_labels: int | None = None,
+    max_minutes: float | None = None,
+    threads: int | None = None,
+    max_memory_mb: int | None = None,
+    worker: str | None = None,
+) -> dict[str, Any]:
+    """Run one labelling worker against the store and return what it did (done, failed, seconds, queue).
+
+    ``threads`` and ``max_memory_mb`` default to ``SAPIS_DFT_THREADS`` and ``SAPIS_DFT_MAX_MEMORY_MB`` of the
+    machine running it, so each worker machine sizes its own PySCF processes.
+    """
+    from sapis.settings import get_settings
+    from sapis.storage import Store
+    from sapis.tasks.label_worker import run_worker
+
+    _check_budget(max_labels, max_minutes, threads, max_memory_mb)
+    settings = get_settings()
+    store = Store(url=database_url)
+    report = run_worker(
+        store,
+        worker_id=worker,
+        max_labels=max_labels,
+        max_minutes=max_minutes,
+        fingerprint=fingerprint,
+        threads=threads or settings.dft_threads,
+        max_memory_mb=max_memory_mb or settings.dft_max_memory_mb,
+    )
+    did = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else dict(vars(report))
+    return {
+        "worker": did.get("worker", worker),
+        "fingerprint": fingerprint,
+        "done": int(did["done"]),
+        "failed": int(did["failed"]),
+        "lost": int(did.get("lost", 0)),
+        "seconds": float(did["seconds"]),
+        "compute_s": float(did.get("compute_s", 0.0)),
+        "scf_iterations": int(did.get("scf_iterations", 0)),
+        "stopped": str(did.get("stopped", "")),
+        "label_ids": [int(i) for i in did.get("label_ids", [])],
+        "queue": dict(store.label_counts(fingerprint=fingerprint)),
+    }
+
+
+label_batch = task(label_fn, name="dft-labels", tags=[DFT_TAG])
+
+
+@flow(name="label-worker")
+def label_worker(
+    database_url: str | None = None,
+    fingerprint: str | None = None,
+    max_labels: int | None = None,
+    max_minutes: float | None = None,
+    threads: int | None = None,
+    max_memory_mb: int | None = None,
+) -> dict[str, Any]:
+    """Label pending structures from the store with PySCF until the queue or the budget runs out.
+
+    Args:
+        database_url: SQLAlchemy URL of the store (default: ``SAPIS_DATABASE_URL`` of the machine running it).
+        fingerprint: Only claim labels of this level of theory (default: any pending label).
+        max_labels: Stop after this many labels (done or failed).
+        max_minutes: Stop claiming new labels after this many minutes.
+        threads: OpenMP threads of PySCF (default ``SAPIS_DFT_THREADS``).
+        max_memory_mb: PySCF memory budget in MB (default ``SAPIS_DFT_MAX_MEMORY_MB``).
+    """
+    _check_budget(max_labels, max_minutes, threads, max_memory_mb)
+    result = label_batch(
+        database_url, fingerprint, max_labels, max_minutes, threads, max_memory_mb, worker=worker_name()
+    )
+    create_markdown_artifact(
+        markdown=label_markdown(result),
+        key="label-worker",
+        description=f"DFT labelling worker {result['worker']}",
+    )
+    return result
