@@ -1,9 +1,210 @@
-"""`sapis label` command."""
+"""`sapis label PATH --out OUT` (label a structure file directly) and `sapis label work` (a store worker).
+
+``label`` is both a command and a group: :class:`DefaultGroup` sends any first argument that is not a
+subcommand name to the default subcommand ``file``, so ``sapis label mol.xyz --out mol_dft.xyz`` works.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
 import typer
+from typer.core import TyperGroup
+
+
+class DefaultGroup(TyperGroup):
+    """A group that falls back to ``default_command`` when the first argument names no subcommand."""
+
+    default_command = "file"
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # A leading option (`sapis label --out x.xyz mol.xyz`) belongs to the default subcommand.
+        if args and args[0].startswith("-") and args[0] not in ctx.help_option_names:
+            args = [self.default_command, *args]
+        return super().parse_args(ctx, args)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and self.get_command(ctx, args[0]) is None:
+            args = [self.default_command, *args]
+        return super().resolve_command(ctx, args)
+
+
+app = typer.Typer(
+    cls=DefaultGroup,
+    help="DFT labels with PySCF. `sapis label PATH --out OUT` labels a structure file directly (no store); "
+    "`sapis label work` runs a worker on the store's pending labels.",
+    no_args_is_help=True,
+)
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--database-url", help="Store URL (default: SAPIS_DATABASE_URL or the SQLite file in SAPIS_HOME)."),
+]
+
+
+@app.command("file")
+def label_file(
+    path: Annotated[Path, typer.Argument(help="Structures to label (xyz/extxyz or any ASE-readable file).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output extxyz with REF_energy, REF_forces, fingerprint.")],
+    method: Annotated[str, typer.Option(help="HF or a DFT functional PySCF parses (PBE, B3LYP, wB97X, ...).")] = "PBE",
+    basis: Annotated[str, typer.Option(help="Orbital basis (any PySCF basis name).")] = "def2-svp",
+    density_fit: Annotated[bool, typer.Option(help="Density fitting with --auxbasis.")] = True,
+    auxbasis: Annotated[str, typer.Option(help="Auxiliary basis for density fitting.")] = "def2-universal-jfit",
+    grid_level: Annotated[int, typer.Option(help="DFT integration grid level, 0-9.")] = 3,
+    dispersion: Annotated[str | None, typer.Option(help="D3 dispersion: d3bj, d3zero, d3bjm, d3zerom, d3op.")] = None,
+    conv_tol: Annotated[float, typer.Option(help="SCF energy convergence, Hartree.")] = 1e-9,
+    max_cycle: Annotated[int, typer.Option(help="SCF cycle limit of each remediation step.")] = 100,
+    charge: Annotated[int | None, typer.Option(help="Total charge (default: the file's `charge`, else 0).")] = None,
+    multiplicity: Annotated[
+        int | None, typer.Option(help="Spin multiplicity 2S+1 (default: the file's, else lowest by parity).")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="PySCF threads (default: SAPIS_DFT_THREADS).")] = None,
+    max_memory_mb: Annotated[
+        int | None, typer.Option(help="PySCF memory, MB (default: SAPIS_DFT_MAX_MEMORY_MB).")
+    ] = None,
+    reuse_guess: Annotated[bool, typer.Option(help="Start each SCF from the nearest labelled frame's density.")] = True,
+) -> None:
+    """(default) Label every frame of PATH and write OUT (extxyz).
+
+    Frames whose SCF no remedy converges are listed and left out of OUT; the exit status is then 1. Invalid
+    input (level, charge, multiplicity, structure) stops before any compute and writes nothing.
+    """
+    from sapis.errors import InputError
+    from sapis.settings import get_settings
+    from sapis.storage.structures import read_structures
+    from sapis.tasks.dft import LevelOfTheory
+
+    settings = get_settings()
+    spec: dict[str, Any] = {
+        "method": method, "basis": basis, "density_fit": density_fit, "auxbasis": auxbasis if density_fit else None,
+        "grid_level": grid_level, "dispersion": dispersion, "conv_tol": conv_tol, "max_cycle": max_cycle,
+    }  # fmt: skip
+    level = LevelOfTheory.from_spec(spec)
+    if out.resolve() == path.resolve():
+        raise InputError(str(out), "--out must differ from the input file")
+    frames = read_structures(path)
+    n_failed = label_frames(
+        frames, level, out, source=str(path), charge=charge, multiplicity=multiplicity,
+        threads=threads or settings.dft_threads, max_memory_mb=max_memory_mb or settings.dft_max_memory_mb,
+        reuse_guess=reuse_guess, progress=True,
+    )  # fmt: skip
+    if n_failed:
+        raise typer.Exit(code=1)
+
+
+def label_frames(
+    frames: list[Any],
+    level: Any,
+    out: Path,
+    source: str,
+    charge: int | None = None,
+    multiplicity: int | None = None,
+    threads: int = 1,
+    max_memory_mb: int = 4000,
+    reuse_guess: bool = True,
+    progress: bool = False,
+) -> int:
+    """Check every frame, then label them, writing OUT atomically; returns the number of failed frames.
+
+    Bad input (charge/multiplicity, structure, basis coverage) raises before any compute. Each frame that fails
+    (SCF not converged) is reported on stderr with its reason and skipped.
+    """
+    import ase.io
+    from ase import Atoms
+
+    from sapis import keys
+    from sapis.tasks.dft import LabelFailed, check_molecule, compute_label
+    from sapis.tasks.label_worker import nearest
+
+    spins = [check_molecule(a, charge, multiplicity, source, i) for i, a in enumerate(frames)]
+    level.check_elements({s for a in frames for s in a.get_chemical_symbols()})
+    done: list[Atoms] = []
+    dms: dict[int, Any] = {}
+    failed: list[tuple[int, str]] = []
+    bar = _bar(progress, len(frames))
+    try:
+        for i, (atoms, (q, m)) in enumerate(zip(frames, spins, strict=True)):
+            guess = None
+            if reuse_guess and done:
+                near, _ = nearest([d for d in done if d.info["charge"] == q and d.info["multiplicity"] == m], atoms)
+                guess = None if near is None else dms[near.info["frame"]]
+            try:
+                res = compute_label(atoms, level, q, m, threads, max_memory_mb, guess, source=source, frame=i)
+            except LabelFailed as exc:
+                failed.append((i, exc.reason))
+            else:
+                labelled = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+                labelled.info.update({keys.REF_ENERGY: res.energy, keys.FINGERPRINT: level.fingerprint,
+                                      "frame": i, "charge": q, "multiplicity": m,
+                                      "scf_iterations": res.scf_iterations})  # fmt: skip
+                labelled.arrays[keys.REF_FORCES] = res.forces
+                done.append(labelled)
+                dms[i] = res.dm
+            if bar is not None:
+                bar.update(bar.task_ids[0], advance=1, description=f"labels ({len(failed)} failed)")
+    finally:
+        if bar is not None:
+            bar.stop()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    ase.io.write(tmp, done, format="extxyz")
+    tmp.replace(out)
+    typer.echo(f"labelled {len(done)}/{len(frames)} frames of {source} -> {out} (fingerprint {level.fingerprint})")
+    for i, reason in failed:
+        typer.echo(f"{source}, frame {i}: not labelled: {reason}", err=True)
+    return len(failed)
+
+
+def _bar(enabled: bool, total: int) -> Any:
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    bar.start()
+    bar.add_task("labels", total=total)
+    return bar
+
+
+@app.command("work")
+def work(
+    max_labels: Annotated[int | None, typer.Option(help="Stop after this many labels (default: no limit).")] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Claim no new label after this many minutes.")] = None,
+    threads: Annotated[int | None, typer.Option(help="PySCF threads (default: SAPIS_DFT_THREADS).")] = None,
+    fingerprint: Annotated[str | None, typer.Option(help="Only labels at this level fingerprint.")] = None,
+    max_memory_mb: Annotated[
+        int | None, typer.Option(help="PySCF memory, MB (default: SAPIS_DFT_MAX_MEMORY_MB).")
+    ] = None,
+    lease_seconds: Annotated[float | None, typer.Option(help="Claim lease (default: SAPIS_LEASE_SECONDS).")] = None,
+    worker_id: Annotated[
+        str | None, typer.Option(help="Worker name recorded on labels (default host:pid:rand).")
+    ] = None,
+    reuse_guess: Annotated[bool, typer.Option(help="Start each SCF from the nearest labelled density.")] = True,
+    database_url: DbOpt = None,
+) -> None:
+    """Label pending work from the store until none is left (or a limit is hit); prints what was done."""
+    from sapis.settings import get_settings
+    from sapis.storage import Store
+    from sapis.tasks.label_worker import run_worker
+
+    settings = get_settings()
+    store = Store(database_url)
+    rep = run_worker(
+        store, worker_id=worker_id, max_labels=max_labels, max_minutes=max_minutes, fingerprint=fingerprint,
+        threads=threads or settings.dft_threads, max_memory_mb=max_memory_mb or settings.dft_max_memory_mb,
+        lease_seconds=lease_seconds, progress=True, reuse_guess=reuse_guess,
+    )  # fmt: skip
+    store.dispose()
+    typer.echo(
+        f"worker {rep.worker}: {rep.done} done, {rep.failed} failed, {rep.lost} lost in {rep.seconds:.1f} s "
+        f"(stopped: {rep.stopped})"
+    )
 
 
 def register(root: typer.Typer) -> None:
-    """Add the `label` command to the root app."""
+    """Add the `label` command group (default subcommand `file`) to the root app."""
+    root.add_typer(app, name="label")

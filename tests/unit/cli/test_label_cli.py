@@ -1,0 +1,119 @@
+"""`sapis label PATH --out OUT` and `sapis label work`: real PySCF (HF/STO-3G water), real SQLite store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from sapis.cli import run
+from sapis.cli.label import label_frames
+from sapis.tasks.dft import LevelOfTheory, compute_label
+from sapis.tasks.scf import Remedy
+
+HF_ARGS = ["--method", "HF", "--basis", "sto-3g", "--no-density-fit"]
+HF = LevelOfTheory(method="HF", basis="sto-3g", density_fit=False)
+
+
+@pytest.fixture
+def water_xyz(tmp_path: Path) -> Path:
+    frames = [molecule("H2O"), molecule("H2O")]
+    frames[1].positions[1] += [0.0, 0.05, 0.02]
+    path = tmp_path / "water.xyz"
+    ase.io.write(path, frames)
+    return path
+
+
+@pytest.mark.parametrize("leading_option", [False, True])
+def test_label_file_writes_ref_labels(water_xyz: Path, tmp_path: Path, leading_option: bool) -> None:
+    out = tmp_path / "out.xyz"
+    args = (
+        ["label", "--out", str(out), str(water_xyz)] if leading_option else ["label", str(water_xyz), "--out", str(out)]
+    )
+    assert run([*args, *HF_ARGS]) == 0
+    got = ase.io.read(out, index=":")
+    assert len(got) == 2
+    for i, (a, src) in enumerate(zip(got, ase.io.read(water_xyz, index=":"), strict=True)):
+        ref = compute_label(src, HF)
+        assert a.info["REF_energy"] == pytest.approx(ref.energy, abs=1e-6)
+        np.testing.assert_allclose(a.arrays["REF_forces"], ref.forces, atol=1e-4)  # SCF tolerance
+        assert a.info["fingerprint"] == HF.fingerprint
+        assert a.info["frame"] == i
+
+
+def test_explicit_file_subcommand(water_xyz: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o.xyz"
+    assert run(["label", "file", str(water_xyz), "-o", str(out), *HF_ARGS]) == 0
+    assert len(ase.io.read(out, index=":")) == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--multiplicity", "2"], "frame 0: multiplicity 2 is impossible with 10 electrons"),
+        (["--charge", "1", "--multiplicity", "1"], "frame 0: multiplicity 1 is impossible with 9 electrons"),
+        (["--basis", "no-such-basis"], "unknown basis 'no-such-basis'"),
+        (["--method", "NOPE"], "unknown method or functional 'NOPE'"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(
+    water_xyz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    out = tmp_path / "out.xyz"
+    assert run(["label", str(water_xyz), "--out", str(out), *HF_ARGS, *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err
+    assert err.startswith("sapis: error:")
+    assert len(err.splitlines()) == 1
+    assert not out.exists()
+    assert not out.with_name(out.name + ".tmp").exists()
+
+
+def test_missing_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["label", str(tmp_path / "nope.xyz"), "--out", str(tmp_path / "o.xyz")]) == 2
+    assert "file not found" in capsys.readouterr().err
+
+
+def test_failed_frames_are_reported_and_skipped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ok, hard = molecule("H2O"), molecule("H2O")
+    hard.positions[1] *= 2.2  # stretched O-H: plain DIIS needs more than 5 cycles
+    level = HF.model_copy(update={"max_cycle": 5, "remedies": (Remedy(strategy="diis"),)})
+    out = tmp_path / "out.xyz"
+    n_failed = label_frames([ok, hard], level, out, source="mix.xyz", reuse_guess=False)
+    assert n_failed == 1
+    got = ase.io.read(out, index=":")
+    assert [a.info["frame"] for a in got] == [0]
+    assert "mix.xyz, frame 1: not labelled: SCF did not converge" in capsys.readouterr().err
+
+
+def test_all_failed_exits_1(water_xyz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out.xyz"
+    assert run(["label", str(water_xyz), "--out", str(out), *HF_ARGS, "--max-cycle", "1"]) == 1
+    cap = capsys.readouterr()
+    assert "labelled 0/2 frames" in cap.out
+    assert cap.err.count("not labelled") == 2
+
+
+def test_label_work_runs_the_store_queue(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from sapis.storage import Store
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    ids = store.add_configurations([molecule("H2O")], {"source": "submitted"})
+    store.enqueue_labels(ids, HF.fingerprint, HF.spec)
+    assert run(["label", "work", "--max-labels", "5", "--database-url", url, "--worker-id", "cli"]) == 0
+    assert "worker cli: 1 done, 0 failed" in capsys.readouterr().out
+    assert store.label_counts(HF.fingerprint)["done"] == 1
+    store.dispose()
+
+
+def test_help_lists_both_forms(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["label", "--help"]) == 0
+    text = capsys.readouterr().out
+    assert "work" in text
+    assert "file" in text
+    assert run(["label", "work", "--help"]) == 0
+    assert "--max-labels" in capsys.readouterr().out
