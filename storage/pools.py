@@ -66,9 +66,9 @@ def read_sources(
             name, items = str(src), st.read_structures(src)
         for i, atoms in enumerate(items):
             frame = None if isinstance(src, Atoms) else i
-            q = int(atoms.info.get("charge", charge))
-            m = atoms.info.get("multiplicity", multiplicity)
-            prep = configs.prepare(atoms, q, None if m is None else int(m), name, frame, {"source": "submitted"})
+            q = _int_info(atoms, "charge", charge, name, frame)
+            m = _int_info(atoms, "multiplicity", multiplicity, name, frame)
+            prep = configs.prepare(atoms, q, m, name, frame, {"source": "submitted"})
             energy, forces = (None, None)
             if with_labels:
                 try:
@@ -82,6 +82,20 @@ def read_sources(
                     raise InputError(name, problem, frame)
             frames.append(_Frame(prep, energy, forces))
     return frames
+
+
+def _int_info(atoms: Atoms, key: str, default: Any, source: str, frame: int | None) -> Any:
+    """An integer ``atoms.info[key]`` (charge, multiplicity) from the file, else ``default``."""
+    value = atoms.info.get(key)
+    if value is None:
+        return default
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        raise InputError(source, f"{key} {value!r} is not a number", frame) from None
+    if not as_float.is_integer():
+        raise InputError(source, f"{key} {as_float:g} is not an integer", frame)
+    return int(as_float)
 
 
 def submit_pool(
