@@ -167,7 +167,7 @@ def _jsonable(obj: Any) -> Any:
 
 def _capacity_exponent(groups: list[list[RoundEvidence]], cfg: ControllerConfig) -> tuple[float, str]:
     """gamma from the E(N) asymptotes of two model sizes when both fit well, else the configured prior."""
-    fits = []
+    fits: list[tuple[int, float]] = []
     for g in groups:
         f = fit_data_curve(g, cfg.metric, cfg.min_points)
         if f is not None and f.alpha_rel_se <= cfg.max_rel_se and g[0].n_params:
@@ -175,9 +175,9 @@ def _capacity_exponent(groups: list[list[RoundEvidence]], cfg: ControllerConfig)
     if len(fits) >= 2:
         (p1, e1), (p2, e2) = fits[-2], fits[-1]
         if p1 != p2 and e1 > 0 and e2 > 0:
-            g = math.log(e1 / e2) / math.log(p2 / p1)
-            if 0 < g < 3:
-                return g, "measured"
+            gamma = math.log(e1 / e2) / math.log(p2 / p1)
+            if 0 < gamma < 3:
+                return gamma, "measured"
     return cfg.capacity_exponent, "prior"
 
 

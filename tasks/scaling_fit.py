@@ -343,8 +343,11 @@ def capacity_groups(rounds: list[RoundEvidence], rtol: float) -> list[list[Round
 
 def fit_data_curve(group: list[RoundEvidence], metric: str, min_points: int) -> PowerLawFit | None:
     """E(N) over rounds at one capacity (error ``metric``); None when fewer than ``min_points`` rounds."""
-    pts = [(r.n_train, r.error(metric)[0]) for r in group]
-    pts = [(n, e) for n, e in pts if n and e]
+    pts: list[tuple[float, float]] = []
+    for r in group:
+        err = r.error(metric)[0]
+        if r.n_train and err:
+            pts.append((float(r.n_train), err))
     if len(pts) < min_points:
         return None
     return fit_power_law([p[0] for p in pts], [p[1] for p in pts])

@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sapis.errors import NotFoundError
+from pydantic import ValidationError
+
+from sapis.errors import ConfigError, NotFoundError
 from sapis.settings import get_settings
 from sapis.storage import Store
 from sapis.tasks.scaling import ControllerConfig, Decision, RoundEvidence, decide
@@ -26,7 +28,11 @@ def controller_config(campaign_config: dict[str, Any] | None) -> ControllerConfi
         cfg["budget_labels"] = int(targets["max_labels"])
     if cfg.get("budget_dft_cpu_s") is None and targets.get("max_cpu_hours") is not None:
         cfg["budget_dft_cpu_s"] = float(targets["max_cpu_hours"]) * 3600.0
-    return ControllerConfig(**cfg)
+    try:
+        return ControllerConfig(**cfg)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"campaign config, [controller] section: {problems}") from None
 
 
 def history_from_store(store: Store, campaign_id: int, upto: int | None = None) -> list[RoundEvidence]:

@@ -250,3 +250,25 @@ def test_config_validation() -> None:
     assert param_factor(ControllerConfig(k_W=1.0, k_D=2), None) == pytest.approx(2.0)
     with pytest.raises(ValidationError):
         ControllerConfig(min_points=3)
+
+
+def test_controller_config_from_campaign() -> None:
+    from sapis.errors import ConfigError
+    from sapis.tasks.scaling_step import controller_config
+
+    cfg = controller_config(
+        {"targets": {"force_mae": 20.0, "max_labels": 100, "max_cpu_hours": 1.0}, "controller": {"epsilon": 0.1}}
+    )
+    assert (cfg.target_f_mae, cfg.budget_labels, cfg.budget_dft_cpu_s, cfg.epsilon) == (20.0, 100, 3600.0, 0.1)
+    assert controller_config({"targets": {"force_mae": 20.0}, "controller": {"target_f_mae": 9.0}}).target_f_mae == 9.0
+    assert controller_config(None) == ControllerConfig()
+    with pytest.raises(ConfigError, match=r"\[controller\] section: k_N"):
+        controller_config({"controller": {"k_N": -1}})
+
+
+def test_hostile_metrics_are_ignored_not_trusted() -> None:
+    m = {"n_train": "many", "test_f_mae": math.nan, "valid_f_mae": -3.0, "curves": "x", "capacity": [1]}
+    ev = RoundEvidence.from_store(0, m)
+    assert (ev.n_train, ev.test_f_mae, ev.curves, ev.capacity) == (None, None, [], None)
+    assert ev.error("test_f_mae") == (None, "test_f_mae")
+    assert decide([ev]).rule == "no_error_measured"
