@@ -193,6 +193,34 @@ def _width_cost(new: dict[str, Any], old: dict[str, Any]) -> float:
     return (new["channels"] / old["channels"]) ** 2
 
 
+def plot(doc: dict[str, Any], path: Path) -> Path:
+    """Test force MAE against budget spent and against training FLOPs, one line per strategy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
+    for name, r in doc["results"].items():
+        rounds = r["rounds"]
+        for ax, key in zip(axes, ("spent_s", "train_flops_cum"), strict=True):
+            ax.plot([x[key] for x in rounds], [x["test_f_mae"] for x in rounds], "o-", label=name)
+    for ax, xlabel in zip(
+        axes, ("budget spent (modelled DFT s + training s)", "training FLOPs (cumulative)"), strict=True
+    ):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test force MAE (meV/Å)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("rMD17 ethanol: controller vs naive scaling at a fixed budget", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
@@ -226,7 +254,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=RESULTS / "scaling.json")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/sapis-bench-scaling"))
+    p.add_argument("--replot", type=Path, default=None, help="only redraw the PNG of an existing result JSON")
     args = p.parse_args(argv)
+    if args.replot is not None:
+        print(plot(json.loads(args.replot.read_text()), args.replot.with_suffix(".png")))
+        return 0
 
     from sapis.runtime import seed_everything, set_threads
 
@@ -267,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1, default=float))
+    plot(doc, args.out.with_suffix(".png"))
     print(
         json.dumps(
             {

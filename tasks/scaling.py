@@ -340,6 +340,8 @@ def _choose(
         }
     pred["continue"]["gain"] = e_now - e_cont  # what the default plan itself is expected to bring
     pred["continue"]["rel_gain"] = (e_now - e_cont) / e_now
+    pred["continue"]["gain_lo"] = float(e_now - np.percentile(e_cont_draws, 84))
+    pred["continue"]["gain_hi"] = float(e_now - np.percentile(e_cont_draws, 16))
     ev["predictions"] = pred
     ev["capacity_allowed"] = can_grow
     if fit_c is not None and fit_c.x:
