@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -75,7 +75,7 @@ def enqueue_labels(
     missing = [i for i in ids if i not in known]
     if missing:
         raise NotFoundError(f"configuration(s) not found: {missing[:10]}")
-    now = utcnow()
+    now = db_now(session)
     rows_new = [
         {
             "config_id": cid,
@@ -92,6 +92,15 @@ def enqueue_labels(
     return len(rows_new)
 
 
+def db_now(session: Session) -> datetime:
+    """The current UTC time for leases: the database server's clock on PostgreSQL (workers on other
+    machines may have skewed clocks), this process's clock on SQLite (a local file)."""
+    if session.get_bind().dialect.name == "postgresql":
+        value = session.execute(select(func.clock_timestamp())).scalar_one()
+        return value.astimezone(UTC)
+    return utcnow()
+
+
 def _claimable(now: Any) -> Any:
     return or_(Label.status == "pending", (Label.status == "running") & (Label.lease_expires < now))
 
@@ -104,7 +113,7 @@ def claim_labels(
         raise InputError("claim_labels", "worker id must not be empty")
     if n < 1:
         return []
-    now = utcnow()
+    now = db_now(session)
     pick = select(Label.id).where(_claimable(now))
     if fingerprint is not None:
         pick = pick.where(Label.fingerprint == fingerprint)
@@ -149,7 +158,7 @@ def _held(label_id: int, worker: str, now: Any) -> Any:
 
 def heartbeat(session: Session, label_id: int, worker: str, lease_seconds: float) -> bool:
     """Extend ``worker``'s lease on ``label_id``; False if the claim was lost."""
-    now = utcnow()
+    now = db_now(session)
     res = session.execute(
         update(Label)
         .where(_held(label_id, worker, now))
@@ -190,7 +199,7 @@ def complete_label(
     problem = st.label_problem(n_atoms, float(energy), f)
     if problem is not None:
         raise InputError(f"label {label_id}", problem)
-    now = utcnow()
+    now = db_now(session)
     stmt = (
         update(Label)
         .where(_held(label_id, worker, now))
@@ -218,7 +227,7 @@ def fail_label(
     session: Session, label_id: int, worker: str, reason: str, cost: Mapping[str, Any] | None = None
 ) -> bool:
     """Mark a held claim failed with ``reason``; False if ``worker`` no longer holds it."""
-    now = utcnow()
+    now = db_now(session)
     res = session.execute(
         update(Label)
         .where(_held(label_id, worker, now))
