@@ -71,8 +71,16 @@ class Store:
         label_spec: dict[str, Any] | None = None,
     ) -> SubmitReport:
         """Submit structures as pool ``name``, all-or-nothing (:func:`sapis.storage.pools.submit_pool`)."""
-        with self.session() as s:
-            return pools.submit_pool(s, sources, name, charge, multiplicity, label_fingerprint, label_spec)
+        from sqlalchemy.exc import IntegrityError
+
+        try:
+            with self.session() as s:
+                return pools.submit_pool(s, sources, name, charge, multiplicity, label_fingerprint, label_spec)
+        except IntegrityError:
+            # a concurrent submission created the same pool or rows first; the retry sees them and either
+            # finds the same set (adds nothing) or rejects a different set with a clear message
+            with self.session() as s:
+                return pools.submit_pool(s, sources, name, charge, multiplicity, label_fingerprint, label_spec)
 
     def pools(self) -> list[PoolInfo]:
         """All pools with counts."""

@@ -235,3 +235,38 @@ def test_rmd17_submission_is_fast_and_idempotent(store: Store, rmd17_dir: Path) 
     got = store.labelled("rmd17-pbe-def2svp", pool="rmd17-train")[0]
     assert got.get_potential_energy() == pytest.approx(ref.get_potential_energy(), abs=1e-9)
     np.testing.assert_allclose(got.get_forces(), ref.get_forces(), atol=1e-12)
+
+
+def test_concurrent_submissions_of_one_pool(db_url: str, tmp_path: Path) -> None:
+    """Four threads submit the same labelled file under the same name at once: one pool, no error."""
+    import threading
+
+    frames = _jiggle(molecule("CH3CH2OH"), 50)
+    for i, a in enumerate(frames):
+        a.calc = SinglePointCalculator(a, energy=-float(i), forces=np.zeros((9, 3)))
+    path = _write(tmp_path / "race.xyz", frames)
+    Store(db_url).dispose()  # migrate first; migration races are tested elsewhere
+    reports, errors = [], []
+
+    def submit() -> None:
+        store = Store(db_url, upgrade=False)
+        try:
+            reports.append(store.submit_pool([path], "race", label_fingerprint="fp"))
+        except Exception as exc:  # collected and asserted below
+            errors.append(exc)
+        finally:
+            store.dispose()
+
+    threads = [threading.Thread(target=submit) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    assert sum(r.n_new for r in reports) == 50
+    assert sum(r.n_labels for r in reports) == 50
+    store = Store(db_url)
+    (info,) = store.pools()
+    assert (info.n_configurations, info.n_labelled) == (50, 50)
+    assert store.label_counts("fp")["done"] == 50
+    store.dispose()
