@@ -115,6 +115,29 @@ def label_fn(
 label_batch = task(label_fn, name="dft-labels", tags=[DFT_TAG])
 
 
+def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Combine what several concurrent workers did into one summary (counts add up, wall time is the longest).
+
+    >>> a = {"worker": "w#0", "done": 2, "failed": 0, "seconds": 3.0, "label_ids": [1, 2], "queue": {"done": 2}}
+    >>> b = {"worker": "w#1", "done": 1, "failed": 1, "seconds": 5.0, "label_ids": [3, 4], "queue": {"done": 3}}
+    >>> m = merge_results([a, b])
+    >>> m["worker"], m["done"], m["failed"], m["seconds"], m["label_ids"]
+    ('w#0, w#1', 3, 1, 5.0, [1, 2, 3, 4])
+    """
+    total: dict[str, Any] = {
+        "worker": ", ".join(r["worker"] for r in results),
+        "workers": len(results),
+        "fingerprint": results[0].get("fingerprint"),
+        "seconds": max(r["seconds"] for r in results),
+        "stopped": ", ".join(sorted({r.get("stopped", "") for r in results} - {""})),
+        "label_ids": [i for r in results for i in r.get("label_ids", [])],
+        "queue": max((r.get("queue", {}) for r in results), key=lambda q: q.get("done", 0)),
+    }
+    for key in ("done", "failed", "lost", "compute_s", "scf_iterations"):
+        total[key] = sum(r.get(key, 0) for r in results)
+    return total
+
+
 @flow(name="label-worker")
 def label_worker(
     database_url: str | None = None,
@@ -123,8 +146,12 @@ def label_worker(
     max_minutes: float | None = None,
     threads: int | None = None,
     max_memory_mb: int | None = None,
+    parallel: int = 1,
 ) -> dict[str, Any]:
     """Label pending structures from the store with PySCF until the queue or the budget runs out.
+
+    With ``parallel`` > 1 the run holds that many workers at once, as concurrent tasks on the flow's task
+    runner (threads by default; a Dask cluster with ``label_worker.with_options(task_runner=DaskTaskRunner(...))``).
 
     Args:
         database_url: SQLAlchemy URL of the store (default: ``SAPIS_DATABASE_URL`` of the machine running it).
@@ -133,11 +160,18 @@ def label_worker(
         max_minutes: Stop claiming new labels after this many minutes.
         threads: OpenMP threads of PySCF (default ``SAPIS_DFT_THREADS``).
         max_memory_mb: PySCF memory budget in MB (default ``SAPIS_DFT_MAX_MEMORY_MB``).
+        parallel: Workers in this run (``max_labels`` and ``max_minutes`` apply to each).
     """
     _check_budget(max_labels, max_minutes, threads, max_memory_mb)
-    result = label_batch(
-        database_url, fingerprint, max_labels, max_minutes, threads, max_memory_mb, worker=worker_name()
-    )
+    if parallel < 1:
+        raise ConfigError(f"label-worker: parallel must be >= 1, got {parallel}")
+    args = (database_url, fingerprint, max_labels, max_minutes, threads, max_memory_mb)
+    name = worker_name()
+    if parallel == 1:
+        result = label_batch(*args, worker=name)
+    else:
+        futures = [label_batch.submit(*args, worker=f"{name}#{i}") for i in range(parallel)]
+        result = merge_results([f.result() for f in futures])
     create_markdown_artifact(
         markdown=label_markdown(result),
         key="label-worker",

@@ -106,20 +106,14 @@ def test_process_worker_runs_a_queued_label_worker_flow_run(tmp_path: Path) -> N
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    store = Store(url)
-    h2 = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])
-    h2_stretched = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.80]])
-    store.submit_pool([h2, h2_stretched], name="h2")
-    config_ids = [a.info["config_id"] for a in store.pool_atoms("h2")]
-    level = LevelOfTheory(method="HF", basis="sto-3g", density_fit=False)
-    assert store.enqueue_labels(config_ids, level.fingerprint, level.spec) == 2
-
+    store, fingerprint = _h2_store(tmp_path, [0.74, 0.80])
+    url = store.url
     pool = f"dft-{_suffix()}"
-    register_deployments(dft_pool=pool, database_url=url, only=["label-worker/sapis-dft"])
-    run = run_deployment(
-        "label-worker/sapis-dft", parameters={"fingerprint": level.fingerprint, "max_labels": 5}, timeout=0
-    )
+    # No database_url parameter: the run uses SAPIS_DATABASE_URL of the worker's machine, as in deploy/README.md.
+    register_deployments(dft_pool=pool, only=["label-worker/sapis-dft"])
+    with get_client(sync_client=True) as client:
+        assert client.read_deployment_by_name("label-worker/sapis-dft").parameters == {}
+    run = run_deployment("label-worker/sapis-dft", parameters={"fingerprint": fingerprint, "max_labels": 5}, timeout=0)
 
     env = {
         **os.environ,
@@ -127,7 +121,7 @@ def test_process_worker_runs_a_queued_label_worker_flow_run(tmp_path: Path) -> N
         "PREFECT_HOME": str(tmp_path / "prefect_home"),
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "SAPIS_HOME": str(tmp_path / "sapis_home"),
-        "SAPIS_DATABASE_URL": url,  # what a worker machine sets; the deployment's parameter agrees
+        "SAPIS_DATABASE_URL": url,
         "OMP_NUM_THREADS": "1",
     }
     prefect_cli = [sys.executable, "-m", "prefect"]
@@ -150,11 +144,42 @@ def test_process_worker_runs_a_queued_label_worker_flow_run(tmp_path: Path) -> N
         )
     assert state is not None
     assert state.is_completed(), f"{state!r}\n{log}"
-    counts = store.label_counts(fingerprint=level.fingerprint)
+    counts = store.label_counts(fingerprint=fingerprint)
     assert {k: v for k, v in counts.items() if v} == {"done": 2}
     [report] = [a for a in artifacts if a.key == "label-worker"]
     assert "| labels done | 2 |" in report.data
     assert "| labels failed | 0 |" in report.data
-    energies = sorted(a.get_potential_energy() for a in store.labelled(level.fingerprint))
+    energies = sorted(a.get_potential_energy() for a in store.labelled(fingerprint))
     assert energies[0] == pytest.approx(-1.1167 * 27.211386, abs=0.01)  # H2 HF/STO-3G at 0.74 Å: -1.1167 Ha
-    assert all(a.info["label_id"] for a in store.labelled(level.fingerprint))
+    assert all(a.info["label_id"] for a in store.labelled(fingerprint))
+
+
+def _h2_store(tmp_path: Path, bonds: list[float]) -> tuple[Store, str]:
+    """A store with pending HF/STO-3G labels on H2 at the given bond lengths; returns it and the fingerprint."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.submit_pool([Atoms("H2", positions=[[0, 0, 0], [0, 0, r]]) for r in bonds], name="h2")
+    config_ids = [a.info["config_id"] for a in store.pool_atoms("h2")]
+    level = LevelOfTheory(method="HF", basis="sto-3g", density_fit=False)
+    assert store.enqueue_labels(config_ids, level.fingerprint, level.spec) == len(bonds)
+    return store, level.fingerprint
+
+
+def test_label_worker_flow_with_two_concurrent_workers_labels_each_once(tmp_path: Path) -> None:
+    from sapis.flows.label import label_worker
+
+    store, fingerprint = _h2_store(tmp_path, [0.70, 0.74, 0.78, 0.82])
+    result = label_worker(database_url=store.url, fingerprint=fingerprint, parallel=2)
+    assert (result["workers"], result["done"], result["failed"], result["lost"]) == (2, 4, 0, 0)
+    assert sorted(result["label_ids"]) == sorted(set(result["label_ids"]))  # no label computed twice
+    assert {k: v for k, v in store.label_counts(fingerprint=fingerprint).items() if v} == {"done": 4}
+    assert result["stopped"] == "empty"
+
+
+def test_label_worker_flow_rejects_a_bad_budget_before_claiming(tmp_path: Path) -> None:
+    from sapis.flows.label import label_worker
+
+    store, fingerprint = _h2_store(tmp_path, [0.74])
+    state = label_worker(database_url=store.url, max_labels=0, return_state=True)
+    assert state.is_failed()
+    assert "label-worker: max_labels must be >= 1, got 0" in state.message
+    assert {k: v for k, v in store.label_counts(fingerprint=fingerprint).items() if v} == {"pending": 1}
