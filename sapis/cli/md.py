@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -11,7 +11,7 @@ import typer
 from sapis.errors import ConfigError, InputError, SapisError
 
 
-class MDEnsemble(str, Enum):
+class MDEnsemble(StrEnum):
     """Thermodynamic ensemble of the run."""
 
     nvt = "nvt"
