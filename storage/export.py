@@ -27,12 +27,22 @@ def labelled(
 ) -> list[Atoms]:
     """Done labels as Atoms with a SinglePointCalculator (energy eV, forces eV/Å), in label order.
 
-    info: config_id, label_id, molecule_id, charge, multiplicity, fingerprint, artifact, provenance.
+    info: config_id, label_id, molecule_id, charge, multiplicity, fingerprint, artifact, provenance, cost
+    (wall_s, cpu_s, scf_iterations).
     ``campaign_id`` selects configurations generated in the campaign and those of pools attached to it.
     """
     q = (
         configs.config_query()
-        .add_columns(Label.id.label("label_id"), Label.fingerprint, Label.energy, Label.forces, Label.artifact)
+        .add_columns(
+            Label.id.label("label_id"),
+            Label.fingerprint,
+            Label.energy,
+            Label.forces,
+            Label.artifact,
+            Label.wall_s,
+            Label.cpu_s,
+            Label.scf_iterations,
+        )
         .join(Label, Label.config_id == Configuration.id)
         .where(Label.status == "done")
         .order_by(Label.id)
@@ -60,6 +70,7 @@ def labelled(
             forces = None if row.forces is None else st.unpack(row.forces, (row.n_atoms, 3))
             atoms.calc = SinglePointCalculator(atoms, energy=row.energy, forces=forces)
             atoms.info.update(label_id=row.label_id, fingerprint=row.fingerprint, artifact=row.artifact)
+            atoms.info["cost"] = {"wall_s": row.wall_s, "cpu_s": row.cpu_s, "scf_iterations": row.scf_iterations}
             out.append(atoms)
     if config_ids is not None:
         out.sort(key=lambda a: a.info["label_id"])

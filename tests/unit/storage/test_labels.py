@@ -65,6 +65,7 @@ def test_claim_complete_cycle(store: Store) -> None:
     np.testing.assert_array_equal(done.get_forces(), forces)
     assert done.info["artifact"] == "/tmp/x.chk"
     assert done.info["provenance"]["explorer"] == "xtb"
+    assert done.info["cost"] == {"wall_s": 1.5, "cpu_s": 1.4, "scf_iterations": 12}
     with store.session() as s:
         from sapis.storage.orm import Label
 
