@@ -178,3 +178,43 @@ def test_candidates_go_into_a_real_store(tmp_path) -> None:
     assert back[0].info["provenance"]["explorer"] == "xtb"
     assert back[0].info["provenance"]["parent_id"] == seeds[0].info["config_id"]
     assert store.add_configurations(res.candidates, [a.info["provenance"] for a in res.candidates]) == ids
+
+
+def test_committee_with_a_real_tiny_ensemble_stores_candidates(tmp_path) -> None:
+    from pathlib import Path
+
+    from ase.io import read
+
+    from sapis.models import ModelConfig, TrainConfig, train_ensemble
+    from sapis.storage import Store
+
+    data = Path("/work/shared/data/rmd17_ethanol/train.xyz")
+    if not data.exists():
+        pytest.skip("rMD17 reference data not present")
+    frames = read(data, ":8")
+    train_ensemble(
+        frames,
+        None,
+        tmp_path / "ens",
+        members=2,
+        model=ModelConfig(
+            channels=4, layers=1, lmax=1, heads=1, cutoff=4.0, num_radial=4, radial_hidden=8, readout_hidden=4
+        ),
+        train_config=TrainConfig(max_epochs=2, batch_size=4, device="cpu"),
+        progress=False,
+    )
+    store = Store(f"sqlite:///{tmp_path / 'sapis.db'}")
+    seeds = store.pool_atoms(store.submit_pool([frames[0]], name="eth").pool_id)
+    cfg = ExploreConfig(explorer="committee", temperatures=[300], steps=12, interval=4, timestep_fs=0.25)
+    res = explore(seeds, cfg, model_dir=tmp_path / "ens")
+    assert res.n_generated == 3
+    assert len(res.candidates) + sum(res.filtered.values()) == 3
+    for a in res.candidates:
+        assert a.info["provenance"]["explorer"] == "committee"
+        assert a.info["forces_std_max"] >= 0
+    ids = store.add_configurations(res.candidates, [a.info["provenance"] for a in res.candidates])
+    assert len(set(ids)) == len(res.candidates)
+    # a trust level below any disagreement stops the trajectory at once, keeping nothing after it
+    strict = explore(seeds, cfg.model_copy(update={"trust_hi": 1e-9}), model_dir=tmp_path / "ens")
+    assert strict.stopped_early == 1
+    assert strict.candidates == []

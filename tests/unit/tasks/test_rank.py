@@ -105,3 +105,70 @@ def test_fast_for_thousands_and_rows() -> None:
     assert all(r["rank"] is None for r in rows if r["role"] == "candidate")
     with pytest.raises(ConfigError, match="ids"):
         selection_rows(sel, [1, 2])
+
+
+# --- on a real tiny ensemble --------------------------------------------------------------------------------
+
+RMD17 = "/work/shared/data/rmd17_ethanol"
+
+
+@pytest.fixture(scope="module")
+def ensemble_and_data(tmp_path_factory: pytest.TempPathFactory):
+    from pathlib import Path
+
+    from ase.io import read
+
+    from sapis.models import ModelConfig, TrainConfig, load_ensemble, train_ensemble
+
+    if not Path(RMD17, "train.xyz").exists():
+        pytest.skip("rMD17 reference data not present")
+    train = read(f"{RMD17}/train.xyz", ":24")
+    iso = read(f"{RMD17}/isolated_atoms.xyz", ":")
+    e0s = {int(a.numbers[0]): float(a.get_potential_energy()) for a in iso}
+    out = tmp_path_factory.mktemp("rank_ens") / "ens"
+    train_ensemble(
+        train,
+        None,
+        out,
+        members=3,
+        model=ModelConfig(
+            channels=4, layers=1, lmax=1, heads=1, cutoff=4.0, num_radial=4, radial_hidden=8, readout_hidden=4
+        ),
+        train_config=TrainConfig(max_epochs=6, batch_size=4, lr=1e-2, device="cpu"),
+        e0s=e0s,
+        progress=False,
+    )
+    return load_ensemble(out), train, read(f"{RMD17}/test.xyz", ":40")
+
+
+def test_uncertainty_higher_far_from_training_data(ensemble_and_data) -> None:
+    from sapis.tasks.explore import ExploreConfig, explore
+    from sapis.tasks.rank import calibration_data, score_candidates
+
+    ens, train, held_out = ensemble_and_data
+    far = explore(
+        held_out[:8],
+        ExploreConfig(
+            explorer="perturb", temperatures=[300], n_perturb=3, perturb_sigma=0.12, perturb_modes=False, seed=1
+        ),
+    ).candidates
+    near = score_candidates(ens, held_out, batch_size=16)
+    away = score_candidates(ens, far, batch_size=16)
+    assert near["forces_std_max"].shape == (40,)
+    assert near["descriptors"].shape[0] == 40
+    assert len(near["forces_std"]) == 40
+    assert near["forces_std"][0].shape == (9,)
+    assert np.all(near["energy_std_per_atom"] >= 0)
+    ratio = np.median(away["forces_std_max"]) / np.median(near["forces_std_max"])
+    assert ratio > 1.5, f"far/near disagreement ratio {ratio:.2f}"
+    # selection from a mixed pool prefers the far ones, and skips copies of the training set
+    mixed = held_out[:20] + far[:20] + train[:5]
+    scores = score_candidates(ens, mixed)
+    sel = rank_candidates(scores, k=8, window=None, exclude_descriptors=ens.descriptors(train))
+    assert sum(20 <= i < 40 for i in sel.indices) >= 6
+    assert not set(sel.indices) & {40, 41, 42, 43, 44}
+    assert sel.duplicate[40:].all()
+    # labelled held-out frames give calibration data: max-atom force errors, positive, one per frame
+    pred, err = calibration_data(near, held_out)
+    assert pred.shape == err.shape == (40,)
+    assert np.all(err > 0)
