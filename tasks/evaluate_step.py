@@ -29,7 +29,7 @@ def label_cost(store: Store, plan: RoundPlan) -> dict[str, Any]:
     }
 
 
-def evaluate_round(store: Store, plan: RoundPlan, cfg: Any, nve_gate: bool = True) -> dict[str, Any]:
+def evaluate_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
     """Metrics of this round (SPEC 'Round metrics'), plus plot paths; resumable."""
     from sapis.models import evaluate, load_ensemble
 
@@ -72,8 +72,8 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: Any, nve_gate: bool = Tru
             )
         )
 
-    if nve_gate:
-        out["nve"] = _nve_gate(store, plan)
+    if cfg.model.nve_steps > 0:
+        out["nve"] = _nve_gate(store, plan, cfg.model.nve_steps)
 
     curve = [((r.metrics or {}).get("n_labels_total"), (r.metrics or {}).get("test_f_mae")) for r in earlier]
     curve.append((out["n_labels_total"], out.get("test_f_mae")))
@@ -104,14 +104,16 @@ def _calibrate(plan: RoundPlan, new: list) -> dict[str, Any]:
     return {"calibration": cal.to_dict(), "calibration_png": str(png)}
 
 
-def _nve_gate(store: Store, plan: RoundPlan) -> dict[str, Any]:
-    """Short NVE run of the ensemble from the first pool structure: drift and physicality."""
+def _nve_gate(store: Store, plan: RoundPlan, steps: int) -> dict[str, Any]:
+    """NVE run of the ensemble mean from the first pool structure: energy drift and physicality."""
     from sapis.models import SapisCalculator
-    from sapis.tasks.nve import nve_check
+    from sapis.tasks.nve import check_nve
 
     pools = store.campaign_pools(plan.campaign_id)
     start = store.pool_atoms(pools[0].id)[0] if pools else None
     if start is None:
-        return {"passed": None, "reason": "no structure"}
-    res = nve_check(start, SapisCalculator.from_checkpoint(plan.model_dir))
-    return res.to_dict() if hasattr(res, "to_dict") else dict(res.__dict__)
+        return {"passed": None, "reasons": ["no structure to run"]}
+    res = check_nve(start, SapisCalculator.from_checkpoint(plan.model_dir), steps=steps, seed=plan.index)
+    out = res.summary()
+    out["reason"] = "; ".join(res.reasons)
+    return out

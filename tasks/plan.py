@@ -32,7 +32,8 @@ class RoundPlan:
     capacity: dict[str, Any]  # model knobs (channels, layers, lmax, heads, cutoff, ...)
     capacity_changed: bool  # True: no warm start across a capacity change
     k: int  # labels to add this round
-    previous_model: Path | None  # ensemble trained in the previous round
+    previous_model: Path | None  # ensemble trained in the previous round (ranks this round's candidates)
+    promoted: bool  # the previous ensemble passed its NVE gate, so it may drive committee MD
     out_dir: Path  # this round's artifacts
     calibration: dict[str, Any] = field(default_factory=dict)  # fitted on the previous round's labels
 
@@ -74,6 +75,8 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: Any) -> RoundPla
     previous = campaign_dir(campaign_id) / f"round-{index - 1:03d}" / "ensemble" if index > 0 else None
     if previous is not None and not (previous / "ensemble.json").exists():
         previous = None
+    nve = ((earlier[-1].metrics or {}).get("nve") or {}) if earlier else {}
+    promoted = previous is not None and nve.get("passed") is not False
     return RoundPlan(
         campaign_id=campaign_id,
         index=index,
@@ -84,6 +87,7 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: Any) -> RoundPla
         capacity_changed=changed,
         k=k,
         previous_model=previous,
+        promoted=promoted,
         out_dir=campaign_dir(campaign_id) / f"round-{index:03d}",
         calibration=calibration,
     )

@@ -29,7 +29,9 @@ def explore_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
     if not seeds:
         raise RuntimeError(f"campaign {plan.campaign_id} has no pool structures to explore from")
 
-    explorers = [e for e in cfg.explore.explorers if e != "committee" or plan.previous_model is not None]
+    explorers = [e for e in cfg.explore.explorers if e != "committee" or plan.promoted]
+    if not explorers:  # committee only, and no promoted model yet: xtb covers the cold start
+        explorers = ["xtb"]
     candidates: list[Atoms] = []
     filtered: dict[str, int] = {}
     for i, name in enumerate(explorers):

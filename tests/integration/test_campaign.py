@@ -43,6 +43,7 @@ knobs = {{ channels = 8, layers = 1, lmax = 1, heads = 2 }}
 members = 2
 max_epochs = 25
 max_minutes = 0.25
+nve_steps = 100
 batch_size = 4
 
 [select]
