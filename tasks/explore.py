@@ -38,20 +38,24 @@ class ExploreConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    explorer: Explorer = Field("xtb", description="xtb | committee | perturb")
+    explorer: Explorer = Field(default="xtb", description="xtb | committee | perturb")
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0, 1000.0], description="K")
-    steps: int = Field(200, ge=1, description="MD steps per (seed, temperature); perturb: samples = steps/interval")
-    timestep_fs: float = Field(0.5, gt=0, le=5.0, description="MD timestep in fs")
-    interval: int = Field(10, ge=1, description="keep one frame every `interval` steps")
-    friction: float = Field(0.01, gt=0, description="Langevin friction in 1/fs")
-    trust_hi: float | None = Field(None, gt=0, description="committee: stop when forces_std_max > this (eV/Å)")
-    seed: int = Field(0, description="RNG seed (velocities, Langevin noise, perturbations)")
-    round_index: int | None = Field(None, description="campaign round, recorded in provenance")
-    n_perturb: int | None = Field(None, ge=1, description="perturb: samples per (seed, T); None: steps/interval")
-    perturb_sigma: float = Field(0.05, gt=0, description="perturb: Gaussian displacement at 300 K in Å")
-    perturb_modes: bool = Field(True, description="perturb: also sample along xTB normal modes")
-    max_displacement: float = Field(0.6, gt=0, description="perturb: cap on any atom's displacement in Å")
-    fragment_factor: float = Field(1.8, gt=1.0, description="bonded if d < factor * covalent-radius sum")
+    steps: int = Field(
+        default=200, ge=1, description="MD steps per (seed, temperature); perturb: samples = steps/interval"
+    )
+    timestep_fs: float = Field(default=0.5, gt=0, le=5.0, description="MD timestep in fs")
+    interval: int = Field(default=10, ge=1, description="keep one frame every `interval` steps")
+    friction: float = Field(default=0.01, gt=0, description="Langevin friction in 1/fs")
+    trust_hi: float | None = Field(default=None, gt=0, description="committee: stop when forces_std_max > this (eV/Å)")
+    seed: int = Field(default=0, description="RNG seed (velocities, Langevin noise, perturbations)")
+    round_index: int | None = Field(default=None, description="campaign round, recorded in provenance")
+    n_perturb: int | None = Field(
+        default=None, ge=1, description="perturb: samples per (seed, T); None: steps/interval"
+    )
+    perturb_sigma: float = Field(default=0.05, gt=0, description="perturb: Gaussian displacement at 300 K in Å")
+    perturb_modes: bool = Field(default=True, description="perturb: also sample along xTB normal modes")
+    max_displacement: float = Field(default=0.6, gt=0, description="perturb: cap on any atom's displacement in Å")
+    fragment_factor: float = Field(default=1.8, gt=1.0, description="bonded if d < factor * covalent-radius sum")
 
     @field_validator("temperatures")
     @classmethod
