@@ -57,6 +57,15 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="target force MAE (meV/Å); default: the random arm's final mean MAE",
     )
+    p.add_argument(
+        "--nve-models",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="instead of the AL run: NVE stability check of these ensemble dirs (and xTB as reference)",
+    )
+    p.add_argument("--nve-steps", type=int, default=1000, help="NVE steps (0.5 fs) for --nve-models")
+    p.add_argument("--nve-temperature", type=float, default=300.0, help="NVE initial temperature (K)")
     p.add_argument("--out", type=Path, default=RESULTS / "active_learning.json")
     p.add_argument("--work", type=Path, default=Path("/tmp/sapis_bench_al"), help="scratch for checkpoints")
     return p.parse_args(argv)
@@ -333,8 +342,39 @@ def _plot(summary: dict, target: float | None, path: Path, n_seeds: int) -> None
     fig.savefig(path)
 
 
+def run_nve(a: argparse.Namespace) -> dict[str, Any]:
+    """NVE gate on ethanol (first test.xyz frame) for each model dir and for GFN2-xTB; JSON + PNG."""
+    import torch
+    from ase.io import read
+
+    from sapis.models import SapisCalculator
+    from sapis.tasks.explore import xtb_calculator
+    from sapis.tasks.nve import check_nve, plot_nve
+
+    torch.set_num_threads(1)
+    start = read(a.data / "test.xyz", "0")
+    calcs: dict[str, Any] = {"GFN2-xTB": xtb_calculator(start)}
+    for d in a.nve_models:
+        calcs[d.name] = SapisCalculator.from_checkpoint(d)
+    results, out = {}, {"benchmark": "active_learning_nve", "machine": _machine(), "runs": {}}
+    for name, calc in calcs.items():
+        t0 = time.perf_counter()
+        res = check_nve(start, calc, temperature_K=a.nve_temperature, steps=a.nve_steps, timestep_fs=0.5)
+        results[name] = res
+        out["runs"][name] = {**res.summary(), "wall_s": round(time.perf_counter() - t0, 1)}
+        print(name, "passed" if res.passed else f"FAILED: {res.reasons}", flush=True)
+    path = a.out.with_name(a.out.stem + "_nve.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1, default=float))
+    plot_nve(results, path.with_suffix(".png"), title=f"NVE, ethanol, {a.nve_temperature:.0f} K")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
+    if a.nve_models:
+        run_nve(a)
+        return 0
     report = run(a)
     print(json.dumps(report.get("summary", {}), indent=1, default=float))
     return 0
