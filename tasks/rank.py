@@ -182,8 +182,19 @@ def rank_candidates(
     """
     if k < 0:
         raise ConfigError(f"select: k must be >= 0, got {k}")
-    raw = np.asarray(scores["forces_std_max"], dtype=float)
+    raw = np.asarray(scores["forces_std_max"], dtype=float).reshape(-1)
     n = raw.size
+    if n == 0:
+        return Selection(
+            indices=[],
+            score=raw,
+            calibrated=raw.copy(),
+            in_window=np.zeros(0, bool),
+            duplicate=np.zeros(0, bool),
+            bounds=(float("nan"), float("nan")),
+            dup_threshold=0.0,
+            info={"n_candidates": 0, "n_in_window": 0},
+        )
     cal = calibration(raw) if calibration is not None else raw.copy()
     finite = np.isfinite(cal)
     if window is None:

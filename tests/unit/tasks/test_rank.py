@@ -29,6 +29,13 @@ def test_respects_k_and_window() -> None:
     inside = np.flatnonzero((dev >= 0.5) & (dev <= 0.52))
     assert sorted(narrow) == sorted(inside.tolist())
     assert select(s, k=0) == []
+    assert select({"forces_std_max": np.zeros(0), "descriptors": np.zeros((0, 0))}, k=5) == []
+    with pytest.raises(ConfigError, match="k must be"):
+        select(s, k=-1)
+    # non-finite deviations are never selected
+    bad = dev.copy()
+    bad[:290] = np.nan
+    assert set(select(_scores(bad, s["descriptors"]), k=20, window=None)) <= set(range(290, 300))
 
 
 def test_quantile_window_and_calibration() -> None:
