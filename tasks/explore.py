@@ -67,7 +67,13 @@ class ExploreConfig(BaseModel):
 
 @dataclass
 class ExploreResult:
-    """Candidates that passed the physical filter, and how many frames were dropped for each reason."""
+    """Candidates that passed the physical filter, and what was dropped.
+
+    ``filtered`` counts frames by reason (``too_close``, ``fragmented``, ``non_finite``, ``invalid``; see
+    :func:`frame_problem`) and trajectories cut short (``trust_exceeded``: committee deviation above
+    ``trust_hi``; ``calculator_failed``: e.g. xTB SCF failure) or normal-mode sets that could not be built
+    (``hessian_failed``: perturb fell back to random displacements).
+    """
 
     candidates: list[Atoms]
     filtered: dict[str, int] = field(default_factory=dict)
