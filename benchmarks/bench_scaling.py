@@ -7,12 +7,14 @@ Three strategies spend the same budget (seconds: DFT seconds per label × labels
 - ``data``: fixed capacity, data doubling each round;
 - ``capacity``: fixed data (``--fixed-n`` labels), width × k_W each round.
 
-Labels are an oracle: frames of train.xyz in a fixed random order (their DFT cost is *modelled* at
-``--dft-s-per-label``, by default the PySCF PBE/def2-SVP ethanol timing measured on this machine). Training cost
-is the model's counted FLOPs converted to seconds at a rate calibrated once at start, so the budget accounting
-does not depend on how busy the shared CPU was. Every round trains one model from scratch for a fixed number
-of epochs. Reported per strategy: final test force MAE (on ``--test-frames`` frames of test.xyz), total
-training FLOPs, accuracy per FLOP = 1 / (MAE × FLOPs), and ratios against both baselines measured in the same run.
+Labels are an oracle: frames of train.xyz in a fixed random order (their DFT cost is *modelled* at ``--dft-s-
+per-label``, by default the PySCF PBE/def2-SVP ethanol timing measured on this machine). Training cost is the
+model's counted FLOPs converted to seconds at a rate calibrated once at start, so the budget accounting does not
+depend on how busy the shared CPU was. Every round trains one model from scratch for a fixed number of epochs
+(the controller strategy doubles them after a 'continue' whose rule is 'undertrained', unless ``--no-honor-
+undertrained``). Reported per strategy: final test force MAE (on ``--test-frames`` frames of test.xyz), total
+training FLOPs, accuracy per FLOP = 1 / (MAE × FLOPs), and ratios against both baselines measured in the same
+run.
 
     .venv/bin/python benchmarks/bench_scaling.py --budget-s 2000 --epochs 25
 """
@@ -73,7 +75,7 @@ class Runner:
         self.args, self.out, self.count = args, out, 0
         self.flops_rate: float | None = None  # FLOPs per second, calibrated by the first round
 
-    def train(self, n: int, capacity: dict[str, Any]) -> dict[str, Any]:
+    def train(self, n: int, capacity: dict[str, Any], epochs: int) -> dict[str, Any]:
         from sapis.models import ModelConfig, TrainConfig, evaluate, train_ensemble
 
         a = self.args
@@ -85,9 +87,7 @@ class Runner:
             self.out / f"run-{self.count:03d}",
             members=1,
             model=ModelConfig(**capacity),
-            train_config=TrainConfig(
-                max_epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, patience=10_000, seed=a.seed
-            ),
+            train_config=TrainConfig(max_epochs=epochs, batch_size=a.batch_size, lr=a.lr, patience=10_000, seed=a.seed),
             e0s=self.e0s,
             progress=False,
         )
@@ -99,6 +99,7 @@ class Runner:
         hist = m.history
         return {
             "n_train": n,
+            "epochs": epochs,
             "n_params": m.n_params,
             "capacity": capacity,
             "train_flops": m.train_flops,
@@ -128,19 +129,25 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace) -> dict[st
     n = args.fixed_n if name == "capacity" else args.n0
     n_add = args.n_add
     capacity = dict(base)
+    epochs = args.epochs
     spent, flops, labelled = 0.0, 0.0, 0
     rounds: list[dict[str, Any]] = []
     history: list[RoundEvidence] = []
     while len(rounds) < args.max_rounds and n <= len(runner.pool):
         new = max(0, n - labelled)
         est = new * args.dft_s_per_label + (
-            rounds[-1]["train_wall_s"] * n / rounds[-1]["n_train"] * _width_cost(capacity, rounds[-1]["capacity"])
+            rounds[-1]["train_wall_s"]
+            * n
+            / rounds[-1]["n_train"]
+            * epochs
+            / rounds[-1]["epochs"]
+            * _width_cost(capacity, rounds[-1]["capacity"])
             if rounds
             else 0
         )
         if rounds and spent + est > args.budget_s:
             break
-        m = runner.train(n, capacity)
+        m = runner.train(n, capacity, epochs)
         m["dft_cpu_s"] = new * args.dft_s_per_label
         m["n_labels_added"] = new
         spent += m["dft_cpu_s"] + m["train_wall_s"]
@@ -171,6 +178,8 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace) -> dict[st
                 break
             if action in ("grow_data", "both"):
                 n_add = math.ceil(n_add * args.k_N)
+            if args.honor_undertrained and m["rule"] == "undertrained":
+                epochs = min(2 * epochs, args.max_epochs)  # the verdict is 'more compute at this size'
             if action in ("grow_capacity", "both"):
                 capacity = {**capacity, "channels": max(1, round(capacity["channels"] * args.k_W))}
             n += n_add
@@ -246,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k-W", dest="k_W", type=float, default=1.5, help="width growth factor (controller, capacity)")
     p.add_argument("--epsilon", type=float, default=0.02, help="controller marginal gain threshold")
     p.add_argument("--epochs", type=int, default=25, help="epochs per training run (from scratch)")
+    p.add_argument("--max-epochs", type=int, default=160, help="cap on epochs when doubling them")
+    p.add_argument(
+        "--honor-undertrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="controller strategy: double the epochs after a 'continue' whose rule is 'undertrained'",
+    )
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--max-rounds", type=int, default=8)
