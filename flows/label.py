@@ -10,7 +10,6 @@ processes cluster-wide.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 from collections.abc import Mapping
@@ -96,23 +95,22 @@ def label_fn(
         threads=threads or settings.dft_threads,
         max_memory_mb=max_memory_mb or settings.dft_max_memory_mb,
     )
-    did = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else dict(vars(report))
     return {
-        "worker": did.get("worker", worker),
+        "worker": report.worker,
         "fingerprint": fingerprint,
-        "done": int(did["done"]),
-        "failed": int(did["failed"]),
-        "lost": int(did.get("lost", 0)),
-        "seconds": float(did["seconds"]),
-        "compute_s": float(did.get("compute_s", 0.0)),
-        "scf_iterations": int(did.get("scf_iterations", 0)),
-        "stopped": str(did.get("stopped", "")),
-        "label_ids": [int(i) for i in did.get("label_ids", [])],
+        "done": report.done,
+        "failed": report.failed,
+        "lost": report.lost,
+        "seconds": report.seconds,
+        "compute_s": report.compute_s,
+        "scf_iterations": report.scf_iterations,
+        "stopped": report.stopped,
+        "label_ids": list(report.label_ids),
         "queue": dict(store.label_counts(fingerprint=fingerprint)),
     }
 
 
-label_batch = task(label_fn, name="dft-labels", tags=[DFT_TAG])
+label_batch = task(name="dft-labels", tags=[DFT_TAG])(label_fn)
 
 
 def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:

@@ -77,7 +77,9 @@ def deploy(
         console.print(f"work pool [bold]{pool}[/bold]: {state}")
     if report.dft_limit is not None:
         console.print(f"tag concurrency limit 'dft': {report.dft_limit}")
-    table = Table("deployment", "work pool", "schedule", "entrypoint")
+    table = Table()
+    for column in ("deployment", "work pool", "schedule", "entrypoint"):
+        table.add_column(column, overflow="fold")
     for d in report.deployments:
         schedule = "-" if not d["cron"] else d["cron"] + (" (paused: pass --campaign)" if d["paused"] else "")
         table.add_row(d["full_name"], d["pool"], schedule, d["entrypoint"])

@@ -183,3 +183,28 @@ def test_label_worker_flow_rejects_a_bad_budget_before_claiming(tmp_path: Path) 
     assert state.is_failed()
     assert "label-worker: max_labels must be >= 1, got 0" in state.message
     assert {k: v for k, v in store.label_counts(fingerprint=fingerprint).items() if v} == {"pending": 1}
+
+
+def test_cli_deploy_registers_and_prints_what_it_did(capsys: pytest.CaptureFixture[str]) -> None:
+    from sapis.cli import run
+
+    pool = f"dft-{_suffix()}"
+    assert run(["deploy", "--dft-pool", pool, "--only", "submit-pool/default"]) == 0
+    out = capsys.readouterr().out
+    assert f"work pool {pool}: created" in out
+    assert "submit-pool/default" in out
+
+
+def test_cli_deploy_user_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from sapis.cli import run
+
+    assert run(["deploy", "--cron", "every hour"]) == 2
+    err = capsys.readouterr().err
+    assert err == "sapis: error: --cron 'every hour' is not a valid cron expression\n"
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert run(["deploy"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sapis: error: PREFECT_API_URL is not set")
+    assert err.count("\n") == 1
