@@ -60,7 +60,7 @@ def _prepare(
     tr = graphs(train, "training set")
     if valid:
         return tr, graphs(valid, "validation set")
-    n_valid = int(round(cfg.valid_fraction * len(tr))) if len(tr) >= 10 else 0
+    n_valid = round(cfg.valid_fraction * len(tr)) if len(tr) >= 10 else 0
     if n_valid == 0:
         return tr, tr
     perm = np.random.default_rng(cfg.seed).permutation(len(tr))
@@ -96,6 +96,14 @@ def model_spec(
     elif architecture == "mace":
         from sapis.models.mace_ref import MaceConfig
 
+        if isinstance(model, ModelConfig):
+            model = MaceConfig(
+                channels=model.channels,
+                layers=model.layers,
+                cutoff=model.cutoff,
+                num_radial=model.num_radial,
+                max_L=min(model.lmax, 1),
+            )
         cfg_dict = (model if isinstance(model, MaceConfig) else MaceConfig(**dict(model or {}))).model_dump()
     else:
         raise ConfigError(f"unknown architecture {architecture!r} (choose 'sapis' or 'mace')")
@@ -122,38 +130,47 @@ def _member_job(args: tuple) -> dict[str, Any]:
 
 
 def train_ensemble(
-    train: Sequence[Atoms],
+    train_set: Sequence[Atoms],
     valid: Sequence[Atoms] | None,
     out_dir: Path | str,
+    /,
     members: int = 4,
     model: ModelConfig | Mapping[str, Any] | None = None,
-    train_config: TrainConfig | None = None,
+    train: TrainConfig | None = None,
     architecture: str = "sapis",
     e0s: Mapping[int, float] | None = None,
     progress: bool = True,
+    train_config: TrainConfig | None = None,
 ) -> EnsembleResult:
-    """Train ``members`` models on ``train`` (each with seed + index and, when M > 1, a bootstrap resample).
+    """Train ``members`` models on ``train_set`` (member i: seed + i and, when M > 1, a bootstrap resample).
 
-    Members run in separate processes when ``train_config.workers > 1``, sequentially otherwise.
-    ``model`` is a :class:`ModelConfig` (sapis) or a MaceConfig/dict (architecture="mace").
+    ``train`` (alias ``train_config``) is the :class:`TrainConfig`; the first three arguments are positional.
+    Members run in separate processes when ``train.workers > 1``, sequentially otherwise. ``model`` is a
+    :class:`ModelConfig` (for architecture="mace" its channels/layers/cutoff/num_radial and min(lmax, 1) map
+    onto a MaceConfig) or a MaceConfig/dict. With ``train.warm_start`` set to a previous ensemble directory,
+    member i starts from member i there (every tensor whose name and shape match; the rest starts fresh).
     """
     from sapis.errors import ConfigError
     from sapis.models.checkpoint import sha256
 
-    cfg = train_config or TrainConfig()
+    cfg = train or train_config or TrainConfig()
     if members < 1:
         raise ConfigError("an ensemble needs at least one member")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cutoff = float(model.cutoff if hasattr(model, "cutoff") else dict(model or {}).get("cutoff", 5.0))
-    tr, va = _prepare(train, valid, cutoff, cfg)
+    tr, va = _prepare(train_set, valid, cutoff, cfg)
     spec = model_spec(tr, architecture, model, e0s)
     jobs = []
     for i in range(members):
         seed = cfg.seed + i
         rng = np.random.default_rng(10_000 + seed)
         sample = [tr[k] for k in rng.integers(0, len(tr), len(tr))] if members > 1 and cfg.bootstrap else list(tr)
-        jobs.append((spec, sample, va, cfg, seed, out / f"member_{i}.pt"))
+        mcfg = cfg
+        if cfg.warm_start is not None and Path(cfg.warm_start).is_dir():
+            own = Path(cfg.warm_start) / f"member_{i}.pt"
+            mcfg = cfg.model_copy(update={"warm_start": own if own.exists() else Path(cfg.warm_start)})
+        jobs.append((spec, sample, va, mcfg, seed, out / f"member_{i}.pt"))
     t0 = time.perf_counter()
     if cfg.workers > 1 and members > 1:
         import multiprocessing as mp

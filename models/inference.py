@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -68,7 +69,7 @@ class Ensemble:
         for f_all, ptr in forces:
             mean = f_all.mean(0)
             std = np.sqrt(((f_all - mean) ** 2).sum(-1).mean(0))
-            for a, z in zip(ptr[:-1], ptr[1:], strict=True):
+            for a, z in itertools.pairwise(ptr):
                 out_f.append(mean[a:z])
                 out_fs.append(std[a:z])
         return {

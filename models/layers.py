@@ -17,7 +17,7 @@ from sapis.models._e3nn import o3
 
 def natural_irreps(mul: int, lmax: int) -> o3.Irreps:
     """``mul`` channels of each l <= lmax with natural parity (0e + 1o + 2e + ...)."""
-    return o3.Irreps([(mul, (l, (-1) ** l)) for l in range(lmax + 1)])
+    return o3.Irreps([(mul, (ell, (-1) ** ell)) for ell in range(lmax + 1)])
 
 
 class RadialBasis(tnn.Module):

@@ -58,7 +58,7 @@ class MaceConfig(BaseModel):
 
     def hidden_irreps(self) -> str:
         """e.g. '32x0e + 32x1o' for channels=32, max_L=1."""
-        return " + ".join(f"{self.channels}x{l}{'e' if l % 2 == 0 else 'o'}" for l in range(self.max_L + 1))
+        return " + ".join(f"{self.channels}x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(self.max_L + 1))
 
 
 class MaceModel(tnn.Module):

@@ -85,7 +85,7 @@ def train_member(
     """
     from sapis.runtime import resolve_device
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     device = resolve_device(cfg.device)
     dtype = _DTYPES[cfg.dtype]
     torch.manual_seed(seed)
@@ -125,7 +125,7 @@ def train_member(
             size = b.edge_index.shape[1] + len(b.numbers)
             if flops_per_unit is None:  # measure one real step; later steps scale with edges + nodes
                 box: list[Any] = []
-                flops_per_unit = measure_flops(lambda b=b: box.append(step_fn(b))) / size
+                flops_per_unit = measure_flops(lambda b=b, box=box: box.append(step_fn(b))) / size
                 _, de, df = box[0]
             else:
                 _, de, df = step_fn(b)
@@ -169,6 +169,7 @@ def train_member(
                 if since_plateau >= cfg.plateau_patience:
                     base_lr, since_plateau = max(cfg.min_lr, base_lr * cfg.plateau_factor), 0
         rec["wall_s"] = time.perf_counter() - t0
+        rec["cpu_s"] = time.process_time() - c0
         history.append(rec)
         if on_epoch is not None:
             on_epoch(rec)
@@ -181,6 +182,7 @@ def train_member(
         "n_params": n_params,
         "train_flops": flops_cum,
         "wall_s": wall,
+        "cpu_s": time.process_time() - c0,
         "history": history,
         "best": best,
         "seed": seed,

@@ -7,6 +7,9 @@ at the cutoff and extensivity at large separation.
 
 from __future__ import annotations
 
+import itertools
+from typing import ClassVar
+
 import numpy as np
 import pytest
 import torch
@@ -32,14 +35,14 @@ def _predict(model: torch.nn.Module, atoms_list: list[Atoms], cutoff: float, dty
     batch = collate([to_graph(a, cutoff, labels=False) for a in atoms_list], dtype)
     e, f, _ = energy_and_forces(model, batch)
     ptr = batch.ptr.tolist()
-    forces = [f[a:b].detach().double().numpy() for a, b in zip(ptr[:-1], ptr[1:], strict=True)]
+    forces = [f[a:b].detach().double().numpy() for a, b in itertools.pairwise(ptr)]
     return e.detach().double().numpy(), forces
 
 
 class PhysicsContract:
     """Mixin: subclasses define ``spec`` (a model spec for :func:`build_model`)."""
 
-    spec: dict
+    spec: ClassVar[dict]
     cutoff: float = 3.0
 
     @pytest.fixture(scope="class")
@@ -130,10 +133,18 @@ class PhysicsContract:
 
 
 class TestSapisTransformer(PhysicsContract):
-    spec = {
+    spec: ClassVar[dict] = {
         "architecture": "sapis",
-        "config": {"channels": 4, "layers": 2, "lmax": 2, "heads": 2, "cutoff": 3.0, "num_radial": 4,
-                   "radial_hidden": 8, "readout_hidden": 4},
+        "config": {
+            "channels": 4,
+            "layers": 2,
+            "lmax": 2,
+            "heads": 2,
+            "cutoff": 3.0,
+            "num_radial": 4,
+            "radial_hidden": 8,
+            "readout_hidden": 4,
+        },
         "elements": ELEMENTS,
         "e0s": {1: -13.6, 6: -1025.3, 8: -2035.6},
         "scale": 1.0,
@@ -141,10 +152,18 @@ class TestSapisTransformer(PhysicsContract):
 
 
 class TestMaceWrapper(PhysicsContract):
-    spec = {
+    spec: ClassVar[dict] = {
         "architecture": "mace",
-        "config": {"channels": 4, "max_L": 1, "max_ell": 2, "correlation": 2, "layers": 2, "cutoff": 3.0,
-                   "num_radial": 4, "radial_mlp": [8]},
+        "config": {
+            "channels": 4,
+            "max_L": 1,
+            "max_ell": 2,
+            "correlation": 2,
+            "layers": 2,
+            "cutoff": 3.0,
+            "num_radial": 4,
+            "radial_mlp": [8],
+        },
         "elements": ELEMENTS,
         "e0s": {1: -13.6, 6: -1025.3, 8: -2035.6},
         "scale": 1.0,

@@ -1,0 +1,190 @@
+"""Ensemble training, checkpoints, prediction, calculator, evaluation, warm start and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.calculators.calculator import CalculatorError
+from ase.io import read
+
+from sapis.errors import ConfigError, InputError, NotFoundError
+from sapis.models import ModelConfig, SapisCalculator, TrainConfig, evaluate, load_ensemble, train_ensemble
+
+TINY = ModelConfig.size("XS", cutoff=4.0, num_radial=4, radial_hidden=8, readout_hidden=4)
+FAST = TrainConfig(max_epochs=2, batch_size=3, seed=0, eval_every=1)
+
+
+@pytest.fixture(scope="module")
+def frames(rmd17_dir: Path) -> dict[str, list[Atoms]]:
+    train = read(rmd17_dir / "train.xyz", index=":8")
+    test = read(rmd17_dir / "test.xyz", index=":4")
+    return {"train": train[:6], "valid": train[6:], "test": test}
+
+
+@pytest.fixture(scope="module")
+def ens_dir(frames: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("ens")
+    train_ensemble(frames["train"], frames["valid"], out, members=2, model=TINY, train=FAST, progress=False)
+    return out
+
+
+def test_training_writes_checkpoints_metadata_and_curves(ens_dir: Path) -> None:
+    desc = json.loads((ens_dir / "ensemble.json").read_text())
+    assert desc["architecture"] == "sapis" and len(desc["members"]) == 2
+    for m in desc["members"]:
+        path = ens_dir / m["path"]
+        ckpt = torch.load(path, weights_only=True)  # plain containers and tensors only
+        assert set(ckpt) == {"format", "spec", "state_dict", "ema_state_dict", "metadata"}
+        assert m["n_params"] > 0 and m["train_flops"] > 0
+        hist = m["history"]
+        assert [h["epoch"] for h in hist] == [1, 2]
+        for key in ("train_e_mae", "train_f_mae", "valid_e_mae", "valid_f_mae", "flops", "wall_s"):
+            assert all(np.isfinite(h[key]) for h in hist), key
+        assert hist[1]["flops"] == pytest.approx(2 * hist[0]["flops"])  # same data each epoch
+    assert desc["members"][0]["sha256"] != desc["members"][1]["sha256"]  # different seeds/bootstraps
+
+
+def test_predict_mean_and_disagreement(ens_dir: Path, frames: dict) -> None:
+    ens = load_ensemble(ens_dir)
+    test = frames["test"]
+    p = ens.predict(test, batch_size=3)
+    assert p["energy"].shape == (4,) and p["energy_std"].shape == (4,)
+    assert len(p["forces"]) == 4 and p["forces"][0].shape == (9, 3) and p["forces_std"][0].shape == (9,)
+    assert np.all(p["energy_std"] > 0)
+    assert np.allclose(p["forces_std_max"], [s.max() for s in p["forces_std"]])
+    members = ens.member_predictions(test)
+    assert np.allclose(p["energy"], np.mean([m["energy"] for m in members], axis=0), atol=1e-6)
+    f_members = np.stack([m["forces"][1] for m in members])
+    dev = np.sqrt(((f_members - f_members.mean(0)) ** 2).sum(-1).mean(0))
+    assert np.allclose(p["forces_std"][1], dev, atol=1e-6)
+    single = load_ensemble(ens_dir / "member_0.pt").predict(test)
+    assert np.allclose(single["energy_std"], 0) and np.allclose(single["forces_std_max"], 0)
+    assert np.allclose(single["energy"], members[0]["energy"], atol=1e-6)
+
+
+def test_descriptors_are_rotation_invariant(ens_dir: Path, frames: dict) -> None:
+    ens = load_ensemble(ens_dir)
+    atoms = frames["test"][0]
+    rotated = atoms.copy()
+    rotated.rotate(73, (1, 2, 3), center="COM")
+    d = ens.descriptors([atoms, rotated])
+    assert d.shape == (2, TINY.channels)
+    assert np.abs(d[0] - d[1]).max() < 1e-4
+    assert ens.flops_per_structure(atoms) > 0 and ens.n_params > 0
+
+
+def test_calculator_results(ens_dir: Path, frames: dict) -> None:
+    calc = SapisCalculator.from_checkpoint(ens_dir)
+    atoms = frames["test"][1].copy()
+    atoms.calc = calc
+    energy = atoms.get_potential_energy()
+    p = load_ensemble(ens_dir).predict([frames["test"][1]])
+    assert energy == pytest.approx(p["energy"][0], abs=1e-6)
+    assert np.allclose(atoms.get_forces(), p["forces"][0], atol=1e-6)
+    for key in ("energy_std", "forces_std", "forces_std_max"):
+        assert key in calc.results
+    assert calc.results["energy_std"] > 0 and calc.results["forces_std"].shape == (9,)
+    bad = Atoms("NaCl", positions=[[0, 0, 0], [2.5, 0, 0]])
+    bad.calc = calc
+    with pytest.raises(CalculatorError, match="unknown to the model"):
+        bad.get_potential_energy()
+
+
+def test_evaluate_matches_manual_errors(ens_dir: Path, frames: dict) -> None:
+    test = frames["test"]
+    m = evaluate(ens_dir, test)
+    p = load_ensemble(ens_dir).predict(test)
+    ref_e = np.array([a.get_potential_energy() for a in test])
+    ref_f = np.concatenate([a.get_forces() for a in test])
+    assert m["energy_mae_meV"] == pytest.approx(1000 * np.abs(p["energy"] - ref_e).mean(), rel=1e-6)
+    assert m["energy_mae_meV_per_atom"] == pytest.approx(m["energy_mae_meV"] / 9, rel=1e-6)
+    assert m["forces_mae_meV_A"] == pytest.approx(1000 * np.abs(np.concatenate(p["forces"]) - ref_f).mean(), rel=1e-6)
+    assert m["forces_rmse_meV_A"] >= m["forces_mae_meV_A"]
+    assert len(m["members"]) == 2 and m["mean_forces_std_meV_A"] > 0
+
+
+def test_warm_start_same_and_larger_capacity(ens_dir: Path, frames: dict, tmp_path: Path) -> None:
+    one = FAST.model_copy(update={"max_epochs": 1, "warm_start": ens_dir})
+    same = train_ensemble(
+        frames["train"], frames["valid"], tmp_path / "same", members=1, model=TINY, train=one, progress=False
+    )
+    meta = torch.load(same.members[0].path, weights_only=True)["metadata"]
+    n_tensors = len(torch.load(ens_dir / "member_0.pt", weights_only=True)["state_dict"])
+    assert meta["warm_loaded"] == n_tensors - 3  # all but the data-dependent z_index, scale, shift buffers
+    bigger = train_ensemble(
+        frames["train"],
+        frames["valid"],
+        tmp_path / "big",
+        members=1,
+        model=TINY.scaled(width=2.0, depth=1),
+        train=one,
+        progress=False,
+    )
+    meta = torch.load(bigger.members[0].path, weights_only=True)["metadata"]
+    assert 0 < meta["warm_loaded"] < n_tensors  # what matches is loaded, the rest starts fresh
+
+
+def test_mace_architecture_trains_and_predicts(frames: dict, tmp_path: Path) -> None:
+    mace_cfg = {
+        "channels": 4,
+        "max_L": 1,
+        "max_ell": 2,
+        "correlation": 2,
+        "layers": 1,
+        "cutoff": 4.0,
+        "num_radial": 4,
+        "radial_mlp": [8],
+    }
+    res = train_ensemble(
+        frames["train"],
+        frames["valid"],
+        tmp_path,
+        members=1,
+        model=mace_cfg,
+        train=FAST.model_copy(update={"max_epochs": 1}),
+        architecture="mace",
+        progress=False,
+    )
+    assert res.architecture == "mace"
+    p = load_ensemble(tmp_path).predict(frames["test"][:2])
+    assert p["energy"].shape == (2,) and np.all(np.isfinite(p["energy"]))
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ or os.environ.get("SAPIS_KEEP_ENV")
+
+
+def test_bad_input_is_rejected_and_nothing_written(frames: dict, tmp_path: Path) -> None:
+    unlabelled = [a.copy() for a in frames["train"]]  # copy() drops the calculator: no labels
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="frame 0: no reference energy"):
+        train_ensemble(unlabelled, None, out, members=1, model=TINY, train=FAST, progress=False)
+    assert not list(out.glob("*.pt"))
+    with pytest.raises(InputError, match="empty"):
+        train_ensemble([], None, out, members=1, model=TINY, train=FAST, progress=False)
+    with pytest.raises(ConfigError, match="architecture"):
+        train_ensemble(frames["train"], None, out, members=1, train=FAST, architecture="nequip", progress=False)
+    with pytest.raises(ConfigError, match="at least one member"):
+        train_ensemble(frames["train"], None, out, members=0, train=FAST, progress=False)
+    with pytest.raises(ConfigError, match="missing for elements"):
+        train_ensemble(frames["train"], None, out, members=1, train=FAST, e0s={1: -13.6}, progress=False)
+    with pytest.raises(NotFoundError):
+        load_ensemble(tmp_path / "nope")
+    assert not list(out.glob("*.pt"))
+
+
+def test_import_has_no_side_effects() -> None:
+    code = (
+        "import os, sys; import sapis.models as m; assert 'torch' not in sys.modules; "
+        "from sapis.models.mace_ref import import_mace; import_mace(); "
+        "assert 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' not in os.environ; "
+        "import torch; assert torch.get_default_dtype() == torch.float32; print('ok')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

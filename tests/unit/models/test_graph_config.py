@@ -1,0 +1,76 @@
+"""Neighbour lists, batching, reference-energy fits and the capacity configuration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+
+from sapis.errors import ConfigError
+from sapis.models.config import ModelConfig
+from sapis.models.graph import DENSE_MAX_ATOMS, GraphData, collate, fit_e0s, neighbour_list, to_graph
+
+
+def _pairs(atoms: Atoms, cutoff: float) -> set[tuple[int, int]]:
+    ei, _ = neighbour_list(atoms, cutoff)
+    return set(zip(ei[0].tolist(), ei[1].tolist(), strict=True))
+
+
+def test_vesin_path_equals_dense_path() -> None:
+    rng = np.random.default_rng(0)
+    big = Atoms("H" * (DENSE_MAX_ATOMS + 16), positions=rng.uniform(0, 8, size=(DENSE_MAX_ATOMS + 16, 3)))
+    small = big[:DENSE_MAX_ATOMS]
+    dense = _pairs(small, 3.0)
+    via_vesin = {(i, j) for i, j in _pairs(big, 3.0) if i < DENSE_MAX_ATOMS and j < DENSE_MAX_ATOMS}
+    assert dense == via_vesin and len(dense) > 0
+    d = np.linalg.norm(big.positions[:, None] - big.positions[None], axis=-1)
+    assert len(_pairs(big, 3.0)) == int((d < 3.0).sum() - len(big))
+
+
+def test_periodic_edges_have_the_right_lengths() -> None:
+    atoms = bulk("Si", "diamond", a=5.43)
+    g = collate([to_graph(atoms, 3.0, labels=False)], dtype=__import__("torch").float64)
+    lengths = g.edge_vectors().norm(dim=-1).numpy()
+    assert len(lengths) == 8  # 4 nearest neighbours of each of the 2 atoms
+    assert np.allclose(lengths, 5.43 * np.sqrt(3) / 4)
+
+
+def test_batch_offsets_edges() -> None:
+    a = Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]])
+    b = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
+    g = collate([to_graph(a, 3.0, labels=False), to_graph(b, 3.0, labels=False)])
+    assert g.n_graphs == 2 and g.batch.tolist() == [0, 0, 1, 1, 1]
+    assert g.edge_index.shape == (2, 2 + 6) and int(g.edge_index[:, 2:].min()) == 2
+
+
+def test_fit_e0s_recovers_per_element_energies() -> None:
+    true = {1: -13.6, 6: -1025.3, 8: -2035.6}
+    rng = np.random.default_rng(1)
+    graphs = []
+    for _ in range(12):
+        numbers = rng.choice([1, 6, 8], size=rng.integers(2, 9))
+        energy = sum(true[int(z)] for z in numbers)
+        graphs.append(
+            GraphData(
+                numbers,
+                np.zeros((len(numbers), 3)),
+                np.zeros((3, 3)),
+                np.zeros((2, 0), int),
+                np.zeros((0, 3), int),
+                energy=energy,
+            )
+        )
+    fitted = fit_e0s(graphs, [1, 6, 8])
+    assert fitted == pytest.approx(true, abs=1e-8)
+
+
+def test_model_config_sizes_and_scaling() -> None:
+    s, m, l_ = ModelConfig.size("S"), ModelConfig.size("m"), ModelConfig.size("L")
+    assert s.channels < m.channels < l_.channels
+    grown = m.scaled(width=1.5, depth=1, lmax=3)
+    assert (grown.channels, grown.layers, grown.lmax) == (48, 3, 3)
+    with pytest.raises(ConfigError, match="unknown model size"):
+        ModelConfig.size("XXL")
+    with pytest.raises(ValueError, match="extra"):
+        ModelConfig(width=3)
