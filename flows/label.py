@@ -176,3 +176,17 @@ def label_worker(
         description=f"DFT labelling worker {result['worker']}",
     )
     return result
+
+
+def launch_label_workers(n: int, deployment: str = "label-worker/sapis-dft", **parameters: Any) -> list[str]:
+    """Queue ``n`` runs of the labelling deployment (``n`` workers on the DFT pool) and return their run ids.
+
+    Returns at once; the pool's workers pick the runs up. ``parameters`` are those of :func:`label_worker`.
+    Called from a flow, the runs are linked to it as subflows, so the UI shows which round asked for them.
+    """
+    from prefect.deployments import run_deployment
+
+    if n < 1:
+        raise ConfigError(f"launch_label_workers: n must be >= 1, got {n}")
+    runs = [run_deployment(deployment, parameters=parameters, timeout=0) for _ in range(n)]
+    return [str(run.id) for run in runs]

@@ -70,7 +70,8 @@ def _check_inputs(name: str, path: str | None, xyz_text: str | None) -> None:
     if xyz_text is not None and not xyz_text.strip():
         raise InputError(PASTED_SOURCE, "the pasted text is empty")
     if path is not None and not Path(path).expanduser().is_file():
-        raise InputError(path, "no such file")
+        problem = "is a directory, not a file" if Path(path).expanduser().is_dir() else "no such file"
+        raise InputError(path, f"{problem} (on the machine running the flow)")
 
 
 def submit_pool_fn(
@@ -91,9 +92,7 @@ def submit_pool_fn(
     _check_inputs(name, path, xyz_text)
     store = Store(url=database_url)
     if path is not None:
-        report = store.submit_pool(
-            [Path(path).expanduser()], name=name, charge=charge, multiplicity=multiplicity
-        )
+        report = store.submit_pool([Path(path).expanduser()], name=name, charge=charge, multiplicity=multiplicity)
         return _report_dict(report)
     assert xyz_text is not None
     with tempfile.TemporaryDirectory(prefix="sapis-submit-") as tmp:
@@ -121,7 +120,8 @@ def submit_pool(
 
     Args:
         name: Pool name (a second submission with the same name adds to it; duplicates are stored once).
-        path: A structure file (any ASE-readable format) on the machine running the flow.
+        path: A structure file (any ASE-readable format) on the machine running the flow; give an absolute
+            path, since a work-pool worker runs flows in a temporary directory.
         xyz_text: Inline xyz/extxyz text, e.g. pasted into the Prefect UI's run form (instead of ``path``).
         charge: Total charge of every structure that does not carry its own ``charge`` in its info.
         multiplicity: Spin multiplicity 2S+1 (default: lowest compatible with the electron count).

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from uuid import UUID
 
 import pytest
 import yaml
@@ -20,6 +21,7 @@ from ase import Atoms
 
 from sapis.errors import ConfigError
 from sapis.flows.deploy import DEPLOYMENT_NAMES, plan_deployments, register_deployments
+from sapis.flows.label import launch_label_workers
 from sapis.storage import Store
 from sapis.tasks.dft import LevelOfTheory
 
@@ -100,20 +102,21 @@ def test_bad_options_are_config_errors(kwargs: dict, message: str) -> None:
     assert message in str(info.value)
 
 
-def test_process_worker_runs_a_queued_label_worker_flow_run(tmp_path: Path) -> None:
+def test_process_worker_runs_queued_label_worker_flow_runs(tmp_path: Path) -> None:
+    """Two queued runs are two workers sharing the store's queue: every label is done once, by one of them."""
+    import re
+
     from prefect import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-    from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    store, fingerprint = _h2_store(tmp_path, [0.74, 0.80])
-    url = store.url
+    store, fingerprint = _h2_store(tmp_path, [0.74, 0.80, 0.86])
     pool = f"dft-{_suffix()}"
     # No database_url parameter: the run uses SAPIS_DATABASE_URL of the worker's machine, as in deploy/README.md.
     register_deployments(dft_pool=pool, only=["label-worker/sapis-dft"])
     with get_client(sync_client=True) as client:
         assert client.read_deployment_by_name("label-worker/sapis-dft").parameters == {}
-    run = run_deployment("label-worker/sapis-dft", parameters={"fingerprint": fingerprint, "max_labels": 5}, timeout=0)
+    run_ids = launch_label_workers(2, fingerprint=fingerprint, max_labels=5)  # run_deployment(timeout=0)
 
     env = {
         **os.environ,
@@ -121,12 +124,11 @@ def test_process_worker_runs_a_queued_label_worker_flow_run(tmp_path: Path) -> N
         "PREFECT_HOME": str(tmp_path / "prefect_home"),
         "PREFECT_WORKER_QUERY_SECONDS": "1",
         "SAPIS_HOME": str(tmp_path / "sapis_home"),
-        "SAPIS_DATABASE_URL": url,
+        "SAPIS_DATABASE_URL": store.url,
         "OMP_NUM_THREADS": "1",
     }
-    prefect_cli = [sys.executable, "-m", "prefect"]
     worker = subprocess.run(
-        [*prefect_cli, "worker", "start", "--pool", pool, "--run-once", "--limit", "1"],
+        [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--run-once", "--limit", "2"],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -137,21 +139,23 @@ def test_process_worker_runs_a_queued_label_worker_flow_run(tmp_path: Path) -> N
     log = worker.stdout[-3000:] + worker.stderr[-3000:]
     assert worker.returncode == 0, log
 
+    done_by_run = []
     with get_client(sync_client=True) as client:
-        state = client.read_flow_run(run.id).state
-        artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id]))
-        )
-    assert state is not None
-    assert state.is_completed(), f"{state!r}\n{log}"
+        for run_id in run_ids:
+            state = client.read_flow_run(UUID(run_id)).state
+            assert state is not None
+            assert state.is_completed(), f"{state!r}\n{log}"
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(run_id)]))
+            )
+            [report] = [a for a in artifacts if a.key == "label-worker"]
+            assert "| labels failed | 0 |" in report.data
+            done_by_run.append(int(re.search(r"\| labels done \| (\d+) \|", report.data).group(1)))
+    assert sum(done_by_run) == 3  # each label computed by exactly one of the two workers
     counts = store.label_counts(fingerprint=fingerprint)
-    assert {k: v for k, v in counts.items() if v} == {"done": 2}
-    [report] = [a for a in artifacts if a.key == "label-worker"]
-    assert "| labels done | 2 |" in report.data
-    assert "| labels failed | 0 |" in report.data
+    assert {k: v for k, v in counts.items() if v} == {"done": 3}
     energies = sorted(a.get_potential_energy() for a in store.labelled(fingerprint))
     assert energies[0] == pytest.approx(-1.1167 * 27.211386, abs=0.01)  # H2 HF/STO-3G at 0.74 Å: -1.1167 Ha
-    assert all(a.info["label_id"] for a in store.labelled(fingerprint))
 
 
 def _h2_store(tmp_path: Path, bonds: list[float]) -> tuple[Store, str]:

@@ -54,6 +54,7 @@ def test_extxyz_text_and_file_path_read_the_same(url: str, tmp_path: Path) -> No
         ({"name": " ", "xyz_text": WATER}, ConfigError, "pool name must not be empty"),
         ({"name": "p", "xyz_text": "  \n"}, InputError, "xyz_text: the pasted text is empty"),
         ({"name": "p", "path": "/nonexistent/pool.xyz"}, InputError, "/nonexistent/pool.xyz: no such file"),
+        ({"name": "p", "path": "/"}, InputError, "/: is a directory, not a file"),
         ({"name": "p", "xyz_text": "garbage"}, InputError, "xyz_text, frame 0: cannot parse"),
         ({"name": "p", "xyz_text": "1\n\nXx 0 0 0\n"}, InputError, "xyz_text, frame 0: unknown element"),
         (
