@@ -107,7 +107,7 @@ class AtomicGraph:
     def edge_vectors(self) -> torch.Tensor:
         """(E, 3) receiver minus sender, with periodic shifts, differentiable in ``positions``."""
         send, recv = self.edge_index
-        return self.positions[recv] - self.positions[send] + self.shifts
+        return self.positions.index_select(0, recv) - self.positions.index_select(0, send) + self.shifts
 
 
 def collate(

@@ -107,9 +107,9 @@ class GraphAttention(tnn.Module):
         )
         self.radial = enn.FullyConnectedNet([num_radial, radial_hidden, self.tp.weight_numel], tnn.functional.silu)
         self.key_dim = 8
-        self.lin_logit = o3.Linear(irreps_mid, o3.Irreps(f"{heads * self.key_dim}x0e"))
+        # values and attention keys from one linear map (one pass over the wide edge messages)
+        self.lin_msg = o3.Linear(irreps_mid, self.irreps_node + o3.Irreps(f"{heads * self.key_dim}x0e"))
         self.attn_vec = tnn.Parameter(torch.randn(heads, self.key_dim) / math.sqrt(self.key_dim))
-        self.lin_value = o3.Linear(irreps_mid, self.irreps_node)
         self.lin_out = o3.Linear(self.irreps_node, self.irreps_node)
         head_of = []  # head that owns each component of the value vector (channels split across heads)
         for mul, ir in self.irreps_node:
@@ -127,17 +127,20 @@ class GraphAttention(tnn.Module):
     ) -> torch.Tensor:
         send, recv = edge_index
         h = self.norm(x)
-        pair = self.lin_src(h)[send] + self.lin_dst(h)[recv]
+        # index_select: its backward is index_add, much cheaper on CPU than the index_put of h[idx]
+        pair = self.lin_src(h).index_select(0, send) + self.lin_dst(h).index_select(0, recv)
         msg = self.tp(pair, sh, self.radial(radial))  # (E, mid_dim)
-        keys = tnn.functional.silu(self.lin_logit(msg)).view(-1, self.heads, self.key_dim)  # smooth, not leaky
+        vk = self.lin_msg(msg)
+        d = self.irreps_node.dim
+        keys = tnn.functional.silu(vk[:, d:]).view(-1, self.heads, self.key_dim)  # smooth, not leaky
         logits = (keys * self.attn_vec.to(x.dtype)).sum(-1)  # (E, H)
         n = x.shape[0]
         m = torch.zeros(n, self.heads, dtype=x.dtype, device=x.device)
         m = m.scatter_reduce(0, recv[:, None].expand_as(logits), logits.detach(), "amax", include_self=True)
-        ex = envelope[:, None] * torch.exp(logits - m[recv])  # (E, H)
+        ex = envelope[:, None] * torch.exp(logits - m.index_select(0, recv))  # (E, H)
         denom = torch.exp(-m).index_add(0, recv, ex)  # null slot with logit 0
-        alpha = ex / denom[recv]  # (E, H)
-        value = self.lin_value(msg) * alpha[:, self.head_of]  # (E, dim)
+        alpha = ex / denom.index_select(0, recv)  # (E, H)
+        value = vk[:, :d] * alpha.index_select(1, self.head_of)  # (E, dim)
         agg = torch.zeros_like(x).index_add(0, recv, value)
         return x + self.lin_out(agg)
 
