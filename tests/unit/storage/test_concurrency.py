@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
+import subprocess
+import sys
 import threading
 from collections import Counter
 
@@ -47,8 +49,26 @@ def _work(url: str, worker: str) -> tuple[list[int], list[int]]:
         store.dispose()
 
 
-def _process_main(url: str, worker: str, queue: mp.Queue) -> None:  # type: ignore[type-arg]
-    queue.put((worker, _work(url, worker)))
+# Each process worker is a fresh interpreter (no state forked from a test session that runs servers in threads).
+_WORKER = """
+import json, sys
+import numpy as np
+from sapis.storage import Store
+url, worker = sys.argv[1], sys.argv[2]
+store = Store(url, upgrade=False)
+rng = np.random.default_rng(int(worker[1:]) + 7)
+claimed, done = [], []
+while True:
+    claims = store.claim_labels(worker, n=int(rng.integers(1, 6)), lease_seconds=120)
+    if not claims:
+        break
+    for c in claims:
+        claimed.append(c.label_id)
+        if store.complete_label(c.label_id, worker, -float(c.config_id), np.zeros((2, 3)), {"wall_s": 0.0}):
+            done.append(c.label_id)
+store.dispose()
+print(json.dumps([claimed, done]))
+"""
 
 
 def _check(store: Store, outcome: dict[str, tuple[list[int], list[int]]]) -> None:
@@ -73,15 +93,16 @@ def _check(store: Store, outcome: dict[str, tuple[list[int], list[int]]]) -> Non
 def test_eight_processes_claim_500_labels_on_postgres(pg_url: str) -> None:
     store = Store(pg_url)
     _fill(store, N_LABELS)
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_process_main, args=(pg_url, f"w{k}", queue)) for k in range(N_WORKERS)]
-    for p in procs:
-        p.start()
-    results = dict(queue.get(timeout=240) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    procs = {
+        f"w{k}": subprocess.Popen([sys.executable, "-c", _WORKER, pg_url, f"w{k}"], stdout=subprocess.PIPE, text=True)
+        for k in range(N_WORKERS)
+    }
+    results: dict[str, tuple[list[int], list[int]]] = {}
+    for worker, p in procs.items():
+        out, _ = p.communicate(timeout=240)
+        assert p.returncode == 0
+        claimed, done = json.loads(out.strip().splitlines()[-1])
+        results[worker] = (claimed, done)
     assert sum(1 for _, ids in results.values() if ids) >= 2, "the work was not shared between workers"
     _check(store, results)
     store.dispose()
