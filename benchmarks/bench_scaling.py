@@ -73,7 +73,7 @@ class Runner:
         iso = ase.io.read(DATA / "isolated_atoms.xyz", index=":")
         self.e0s = {int(a.numbers[0]): float(a.get_potential_energy()) for a in iso}
         self.args, self.out, self.count = args, out, 0
-        self.flops_rate: float | None = None  # FLOPs per second, calibrated by the first round
+        self.flops_rate: float | None = args.flops_per_s  # FLOPs per second; None: calibrate on the first run
 
     def train(self, n: int, capacity: dict[str, Any], epochs: int) -> dict[str, Any]:
         from sapis.models import ModelConfig, TrainConfig, evaluate, train_ensemble
@@ -255,6 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k-W", dest="k_W", type=float, default=1.5, help="width growth factor (controller, capacity)")
     p.add_argument("--epsilon", type=float, default=0.02, help="controller marginal gain threshold")
     p.add_argument("--epochs", type=int, default=25, help="epochs per training run (from scratch)")
+    p.add_argument(
+        "--flops-per-s",
+        type=float,
+        default=None,
+        help="training FLOPs per second for the budget accounting (default: calibrated on the first run); pass "
+        "the rate of an earlier run to compare runs",
+    )
     p.add_argument("--max-epochs", type=int, default=160, help="cap on epochs when doubling them")
     p.add_argument(
         "--honor-undertrained",
@@ -301,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "ratios": ratios,
         "wall_s_total": time.perf_counter() - t0,
+        "flops_per_s_used": runner.flops_rate,
         "limitations": [
             "Tiny budget (minutes of a shared 2-core CPU): XS models trained for a fixed, small number of epochs "
             "from scratch each round, so every error here is far above converged values and dominated by "
