@@ -55,7 +55,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--target-mae",
         type=float,
         default=None,
-        help="target force MAE (meV/Å); default: the random arm's final mean MAE",
+        help="target force MAE (meV/Å); default: the largest final mean MAE among the arms",
     )
     p.add_argument(
         "--nve-models",
@@ -82,7 +82,20 @@ def _machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        git = ["git", "-C", str(root)]
+        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "models", "tasks"], capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        commit, dirty = "", ""
     return {
+        "git_commit": commit,
+        "uncommitted_changes_in_models_tasks": bool(dirty),
         "cores": os.cpu_count(),
         "cpu": cpu,
         "torch_threads": torch.get_num_threads(),
@@ -117,7 +130,7 @@ def _train(train: list, out: Path, a: argparse.Namespace, seed: int, e0s: dict[i
         seed=seed,
         threads=1,
     )
-    res = train_ensemble(train, None, out, members=a.members, model=model, train_config=tc, e0s=e0s, progress=False)
+    res = train_ensemble(train, None, out, members=a.members, model=model, train=tc, e0s=e0s, progress=False)
     return load_ensemble(out), res
 
 
@@ -300,8 +313,8 @@ def _summarise(report: dict, a: argparse.Namespace) -> None:
             "mae_max": curves.max(0).tolist(),
         }
     target = a.target_mae
-    if target is None and "random" in summary:
-        target = summary["random"]["mae_mean"][-1]
+    if target is None:  # the loosest final error among the arms: every arm reaches it, so ratios exist
+        target = max(s["mae_mean"][-1] for s in summary.values())
     report["target_mae_meV_A"] = target
     if target is not None:
         for arm in a.arms:
@@ -330,12 +343,12 @@ def _plot(summary: dict, target: float | None, path: Path, n_seeds: int) -> None
         if n_seeds > 1:
             ax.fill_between(s["n"], s["mae_min"], s["mae_max"], color=f"C{i}", alpha=0.2)
     if target is not None:
-        ax.axhline(target, color="k", ls="--", lw=0.8, label="target (random, final)")
+        ax.axhline(target, color="k", ls="--", lw=0.8, label="target")
     ax.set(
         xlabel="labelled configurations",
         ylabel="test force MAE (meV/Å)",
         yscale="log",
-        title=f"Active learning vs random, rMD17 ethanol ({n_seeds} seed(s), band = min-max)",
+        title=f"AL vs random, rMD17 ethanol ({n_seeds} seed(s), band: min-max)",
     )
     ax.legend(fontsize=8)
     fig.tight_layout()

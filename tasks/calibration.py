@@ -7,7 +7,9 @@ to the second:
 
 * ``scale`` — least-squares factor through the origin, ``err ≈ scale * dev`` (always fitted);
 * ``isotonic`` — a non-decreasing piecewise-linear map (pool-adjacent-violators), used when there are at least
-  ``min_isotonic`` points; outside the fitted range it continues proportionally to ``dev``;
+  ``min_isotonic`` points; below the fitted range it stays flat (selected candidates are the uncertain ones,
+  and the error of a confident prediction does not go to zero with its deviation), above it it grows in
+  proportion to ``dev``;
 * ``per_element`` — one scale per atomic number when per-atom data with ``species`` is given.
 
 The calibrated value is an estimate of the error itself, so a window in eV/Å means the same thing in every
@@ -51,10 +53,8 @@ class Calibration:
         if not self.isotonic:
             return self.scale * x
         xs, ys = np.asarray(self.iso_x), np.asarray(self.iso_y)
-        out = np.interp(x, xs, ys)
-        lo_ratio = ys[0] / max(xs[0], _EPS)
+        out = np.interp(x, xs, ys)  # flat below the fitted range: errors do not vanish with the deviation
         hi_ratio = ys[-1] / max(xs[-1], _EPS)
-        out = np.where(x < xs[0], x * lo_ratio, out)
         return np.where(x > xs[-1], x * hi_ratio, out)
 
     def apply(self, dev: np.ndarray | float) -> np.ndarray:

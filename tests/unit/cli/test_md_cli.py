@@ -35,7 +35,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
         model=ModelConfig(
             channels=4, layers=1, lmax=1, heads=1, cutoff=4.0, num_radial=4, radial_hidden=8, readout_hidden=4
         ),
-        train_config=TrainConfig(max_epochs=2, batch_size=4, device="cpu"),
+        train=TrainConfig(max_epochs=2, batch_size=4, device="cpu"),
         progress=False,
     )
     return out

@@ -82,7 +82,7 @@ def test_scrambled_model_fails(ethanol, tmp_path) -> None:
         model=ModelConfig(
             channels=4, layers=1, lmax=1, heads=1, cutoff=4.0, num_radial=4, radial_hidden=8, readout_hidden=4
         ),
-        train_config=TrainConfig(max_epochs=1, batch_size=4, device="cpu"),
+        train=TrainConfig(max_epochs=1, batch_size=4, device="cpu"),
         progress=False,
     )
     ens = load_ensemble(tmp_path / "ens")

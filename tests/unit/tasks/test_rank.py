@@ -141,7 +141,7 @@ def ensemble_and_data(tmp_path_factory: pytest.TempPathFactory):
         model=ModelConfig(
             channels=4, layers=1, lmax=1, heads=1, cutoff=4.0, num_radial=4, radial_hidden=8, readout_hidden=4
         ),
-        train_config=TrainConfig(max_epochs=6, batch_size=4, lr=1e-2, device="cpu"),
+        train=TrainConfig(max_epochs=6, batch_size=4, lr=1e-2, device="cpu"),
         e0s=e0s,
         progress=False,
     )
