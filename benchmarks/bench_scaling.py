@@ -87,7 +87,7 @@ class Runner:
             self.out / f"run-{self.count:03d}",
             members=1,
             model=ModelConfig(**capacity),
-            train_config=TrainConfig(max_epochs=epochs, batch_size=a.batch_size, lr=a.lr, patience=10_000, seed=a.seed),
+            train=TrainConfig(max_epochs=epochs, batch_size=a.batch_size, lr=a.lr, patience=10_000, seed=a.seed),
             e0s=self.e0s,
             progress=False,
         )
