@@ -54,8 +54,24 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "load_average_at_start": os.getloadavg(),
+        "git_commit": _git_commit(),
         "note": "2-core CPU shared with other engineers' work during the run; wall times are noisy",
     }
+
+
+def _git_commit() -> str:
+    """HEAD of the tree the benchmark ran from (the model code changes under a shared tree), '+dirty' if so."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "models", "tasks"], cwd=repo, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
 
 
 class Runner:
