@@ -118,6 +118,12 @@ def model_spec(
     }
 
 
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _member_job(args: tuple) -> dict[str, Any]:
     """Entry point of a member process (spawn): one thread, then train."""
     spec, tr, va, cfg, seed, path = args
@@ -162,6 +168,7 @@ def train_ensemble(
     tr, va = _prepare(train_set, valid, cutoff, cfg)
     spec = model_spec(tr, architecture, model, e0s)
     jobs = []
+    n_gpus = _gpu_count()
     for i in range(members):
         seed = cfg.seed + i
         rng = np.random.default_rng(10_000 + seed)
@@ -170,6 +177,8 @@ def train_ensemble(
         if cfg.warm_start is not None and Path(cfg.warm_start).is_dir():
             own = Path(cfg.warm_start) / f"member_{i}.pt"
             mcfg = cfg.model_copy(update={"warm_start": own if own.exists() else Path(cfg.warm_start)})
+        if cfg.workers > 1 and n_gpus > 1 and cfg.device in ("auto", "cuda"):  # one member per GPU
+            mcfg = mcfg.model_copy(update={"device": f"cuda:{i % n_gpus}"})
         jobs.append((spec, sample, va, mcfg, seed, out / f"member_{i}.pt"))
     t0 = time.perf_counter()
     if cfg.workers > 1 and members > 1:

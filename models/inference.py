@@ -100,7 +100,8 @@ class Ensemble:
             for i in range(0, len(graphs), batch_size):
                 b = collate(graphs[i : i + batch_size], self.dtype, self.device)
                 feats = self.models[0](b)["node_feats"].double()
-                sums = torch.zeros(b.n_graphs, feats.shape[1], dtype=feats.dtype).index_add(0, b.batch, feats)
+                sums = torch.zeros(b.n_graphs, feats.shape[1], dtype=feats.dtype, device=feats.device)
+                sums = sums.index_add(0, b.batch, feats)
                 out.append((sums / b.n_atoms[:, None].to(feats.dtype)).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0))
 

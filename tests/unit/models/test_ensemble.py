@@ -188,3 +188,11 @@ def test_import_has_no_side_effects() -> None:
     env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_members_train_in_parallel_processes(frames: dict, tmp_path: Path) -> None:
+    cfg = FAST.model_copy(update={"max_epochs": 1, "workers": 2})
+    res = train_ensemble(frames["train"], frames["valid"], tmp_path, members=2, model=TINY, train=cfg, progress=False)
+    assert [m.index for m in res.members] == [0, 1] and all(m.path.exists() for m in res.members)
+    assert load_ensemble(tmp_path).predict(frames["test"][:1])["energy_std"][0] > 0
