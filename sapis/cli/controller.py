@@ -58,8 +58,7 @@ def explain(
 ) -> None:
     """For each round: the decision, the rule that fired and the key fitted numbers.
 
-    Stored decisions are shown as stored; rounds without one are decided afresh from the rounds up to them
-    (marked 'recomputed'); nothing is written to the store.
+    Stored decisions are shown as stored; other rounds are decided afresh ('recomputed'); nothing is written.
     """
     from rich.console import Console
     from rich.progress import track
