@@ -18,6 +18,7 @@ from sapis.storage import Store
 
 GROW_DATA = ("grow_data", "both")
 GROW_CAPACITY = ("grow_capacity", "both")
+MAX_TRAIN_FACTOR = 8.0
 
 
 @dataclass
@@ -36,6 +37,7 @@ class RoundPlan:
     promoted: bool  # the previous ensemble passed its NVE gate, so it may drive committee MD
     out_dir: Path  # this round's artifacts
     calibration: dict[str, Any] = field(default_factory=dict)  # fitted on the previous round's labels
+    train_factor: float = 1.0  # training budget multiplier: doubled by each 'undertrained' verdict (max 8)
 
     @property
     def model_dir(self) -> Path:
@@ -59,6 +61,7 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: Any) -> RoundPla
     k = cfg.select.k
     changed = False
     calibration: dict[str, Any] = {}
+    train_factor = 1.0
     for r in earlier:  # replay decisions in order
         factors = (r.evidence or {}).get("factors", {})
         if r.decision in GROW_DATA:
@@ -69,6 +72,8 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: Any) -> RoundPla
                 depth=int(factors.get("k_D", 0)),
                 lmax=factors.get("lmax"),
             )
+        if (r.evidence or {}).get("rule") == "undertrained":
+            train_factor = min(MAX_TRAIN_FACTOR, 2.0 * train_factor)
         changed = r.decision in GROW_CAPACITY and r is earlier[-1]
         calibration = (r.metrics or {}).get("calibration", calibration)
 
@@ -90,6 +95,7 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: Any) -> RoundPla
         promoted=promoted,
         out_dir=campaign_dir(campaign_id) / f"round-{index:03d}",
         calibration=calibration,
+        train_factor=train_factor,
     )
 
 

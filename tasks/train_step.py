@@ -28,8 +28,8 @@ def train_round(store: Store, plan: RoundPlan, cfg: Any, progress: bool = False)
     train, valid = split_train_valid(labelled, cfg.model.valid_fraction)
     warm = plan.previous_model if (cfg.model.warm_start and not plan.capacity_changed) else None
     train_cfg = TrainConfig(
-        max_epochs=cfg.model.max_epochs,
-        max_minutes=cfg.model.max_minutes,
+        max_epochs=round(cfg.model.max_epochs * plan.train_factor),
+        max_minutes=cfg.model.max_minutes * plan.train_factor,
         lr=cfg.model.lr,
         batch_size=cfg.model.batch_size,
         energy_weight=cfg.model.energy_weight,
@@ -97,6 +97,7 @@ def _metrics_from_checkpoints(rows: list[dict[str, Any]], plan: RoundPlan, cfg: 
         "n_params": rows[0]["n_params"] if rows else None,
         "capacity": plan.capacity,
         "k": plan.k,
+        "train_factor": plan.train_factor,
         "train_flops": flops,
         "train_flops_cum": flops_before + flops,
         "train_wall_s": sum(float(r["wall_s"]) for r in rows),

@@ -36,6 +36,10 @@ def test_plan_replays_decisions(tmp_path: Path) -> None:
     assert p2.capacity_changed and p2.k == p1.k
     assert p2.capacity["channels"] == 2 * p0.capacity["channels"]
     assert p2.capacity["layers"] == p0.capacity["layers"] + 1
+    store.update_round(p2.round_id, status="done", decision="continue", evidence={"rule": "undertrained"})
+    p3 = plan_round(store, cid, 3, cfg)
+    assert (p2.train_factor, p3.train_factor) == (1.0, 2.0)
+    assert not p3.capacity_changed
     # planning again is idempotent: same round row
     assert plan_round(store, cid, 2, cfg).round_id == p2.round_id
 
