@@ -47,6 +47,8 @@ def _prepare(
     def graphs(atoms_list: Sequence[Atoms], name: str) -> list:
         out = []
         for k, atoms in enumerate(atoms_list):
+            if not np.all(np.isfinite(atoms.positions)):
+                raise InputError(name, "positions contain NaN or inf", k)
             g = to_graph(atoms, cutoff)
             if g.energy is None or g.forces is None:
                 raise InputError(name, "no reference energy/forces (REF_energy/REF_forces or energy/forces)", k)

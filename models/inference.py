@@ -41,6 +41,8 @@ class Ensemble:
             unknown = sorted(set(int(z) for z in atoms.numbers) - known)
             if unknown:
                 raise InputError("structures", f"elements {unknown} are unknown to the model ({sorted(known)})", k)
+            if not np.all(np.isfinite(atoms.positions)):
+                raise InputError("structures", "positions contain NaN or inf", k)
             out.append(to_graph(atoms, self.cutoff, labels=False))
         return out
 

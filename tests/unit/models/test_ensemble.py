@@ -175,7 +175,23 @@ def test_bad_input_is_rejected_and_nothing_written(frames: dict, tmp_path: Path)
         train_ensemble(frames["train"], None, out, members=1, train=FAST, e0s={1: -13.6}, progress=False)
     with pytest.raises(NotFoundError):
         load_ensemble(tmp_path / "nope")
+    broken = [a.copy() for a in frames["train"]]
+    for copy, original in zip(broken, frames["train"], strict=True):
+        copy.calc = original.calc  # keep the labels: only the geometry is broken
+    broken[2].positions[1, 0] = np.nan
+    with pytest.raises(InputError, match="frame 2: positions contain NaN"):
+        train_ensemble(broken, None, out, members=1, model=TINY, train=FAST, progress=False)
     assert not list(out.glob("*.pt"))
+
+
+def test_prediction_and_evaluation_reject_bad_structures(ens_dir: Path, frames: dict) -> None:
+    ens = load_ensemble(ens_dir)
+    bad = frames["test"][0].copy()
+    bad.positions[0, 0] = np.inf
+    with pytest.raises(InputError, match="frame 1: positions contain NaN or inf"):
+        ens.predict([frames["test"][1], bad])
+    with pytest.raises(InputError, match="frame 0: no reference energy"):
+        evaluate(ens, [frames["test"][0].copy()])
 
 
 def test_import_has_no_side_effects() -> None:
