@@ -159,6 +159,14 @@ def _by_uncertainty(
         diversity=cfg.select.diversity,
         seed=cfg.seed + plan.index,
     )
+    picked = list(sel.indices)
+    fallback = 0
+    if len(picked) < plan.k:
+        # The window holds too few: early, poorly trained models put every candidate above the ceiling. A round
+        # that labels nothing learns nothing, so fill up by uncertainty x diversity outside the window.
+        extra = _fill_outside_window(scores, sel, picked, exclude, plan.k - len(picked), calibration, cfg, plan)
+        fallback = len(extra)
+        picked += extra
     rows = [
         {
             "config_id": ids[i],
@@ -167,7 +175,7 @@ def _by_uncertainty(
             "score": float(sel.score[i]),
             "calibrated_score": float(sel.calibrated[i]),
         }
-        for r, i in enumerate(sel.indices)
+        for r, i in enumerate(picked)
     ]
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
@@ -175,7 +183,7 @@ def _by_uncertainty(
         config_id=np.asarray(ids),
         deviation=sel.score,
         calibrated=sel.calibrated,
-        selected=np.isin(np.arange(len(ids)), sel.indices),
+        selected=np.isin(np.arange(len(ids)), picked),
     )
     summary = {
         "strategy": "uncertainty x diversity inside the trust window" if cfg.select.diversity else "top-k",
@@ -187,5 +195,44 @@ def _by_uncertainty(
             "max": float(np.max(sel.score)),
         },
         **{k: v for k, v in sel.info.items() if k.startswith("n_")},
+        "n_outside_window": fallback,
     }
     return rows, summary
+
+
+def _fill_outside_window(
+    scores: dict[str, Any],
+    sel: Any,
+    picked: list[int],
+    exclude: np.ndarray | None,
+    n: int,
+    calibration: Any,
+    cfg: Any,
+    plan: RoundPlan,
+) -> list[int]:
+    """Up to ``n`` more picks among candidates outside the window, never near-duplicates of labels or picks."""
+    from sapis.tasks.rank import rank_candidates
+
+    taken = set(picked)
+    rest = [i for i in range(len(sel.score)) if i not in taken]
+    if not rest or n <= 0:
+        return []
+    desc = scores.get("descriptors")
+    sub = {
+        "forces_std_max": np.asarray(sel.score)[rest],
+        "descriptors": None if desc is None else np.asarray(desc)[rest],
+    }
+    known = exclude
+    if desc is not None and picked:
+        chosen = np.asarray(desc)[picked]
+        known = chosen if known is None else np.concatenate([known, chosen])
+    more = rank_candidates(
+        sub,
+        k=n,
+        window=None,
+        calibration=calibration,
+        exclude_descriptors=known,
+        diversity=cfg.select.diversity,
+        seed=cfg.seed + plan.index,
+    )
+    return [rest[i] for i in more.indices]

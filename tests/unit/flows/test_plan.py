@@ -70,3 +70,27 @@ def test_farthest_point_covers_both_molecules_without_repeats() -> None:
     picks = _farthest_point_by_molecule(atoms, 8, np.random.default_rng(1))
     assert len(picks) == len(set(picks)) == 8
     assert {atoms[i].info["molecule_id"] for i in picks} == {1, 2}
+
+
+def test_selection_fills_up_outside_an_empty_window() -> None:
+    """A poorly trained model puts every candidate above the ceiling: the round still labels K, distinct ones."""
+    from types import SimpleNamespace
+
+    from sapis.tasks.rank import rank_candidates
+    from sapis.tasks.select_step import _fill_outside_window
+
+    rng = np.random.default_rng(3)
+    scores = {"forces_std_max": rng.uniform(3.0, 9.0, 40), "descriptors": rng.normal(size=(40, 6))}
+    sel = rank_candidates(scores, k=5, window=(0.0, 2.0))
+    assert sel.indices == []
+    cfg = SimpleNamespace(select=SimpleNamespace(diversity=True), seed=0)
+    plan = SimpleNamespace(index=1)
+    extra = _fill_outside_window(scores, sel, [], None, 5, None, cfg, plan)
+    assert len(extra) == len(set(extra)) == 5
+    # with diversity off it is the top five by deviation
+    cfg.select.diversity = False
+    top = _fill_outside_window(scores, sel, [], None, 5, None, cfg, plan)
+    assert sorted(top) == sorted(np.argsort(scores["forces_std_max"])[-5:].tolist())
+    # picks already made are never repeated
+    again = _fill_outside_window(scores, sel, top[:2], None, 3, None, cfg, plan)
+    assert not set(again) & set(top[:2])
