@@ -76,7 +76,7 @@ class LabelSection(_Section):
     workers: int = Field(default=2, ge=1, description="Local worker processes (mode=local) or runs queued.")
     threads: int = Field(default=1, ge=1, description="OpenMP threads per worker.")
     max_memory_mb: int = Field(default=2000, ge=100)
-    work_pool: str = "sapis-dft"
+    work_pool: str = Field(default="sapis-dft", description="DFT work pool (`sapis deploy --dft-pool`).")
     timeout_minutes: float = Field(default=120.0, gt=0, description="Give up waiting for a round's labels.")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -184,9 +184,10 @@ def launch_label_workers(n: int, deployment: str = "label-worker/sapis-dft", **p
     Returns at once; the pool's workers pick the runs up. ``parameters`` are those of :func:`label_worker`.
     Called from a flow, the runs are linked to it as subflows, so the UI shows which round asked for them.
     """
+    from prefect.client.schemas.objects import FlowRun
     from prefect.deployments import run_deployment
 
     if n < 1:
         raise ConfigError(f"launch_label_workers: n must be >= 1, got {n}")
-    runs = [run_deployment(deployment, parameters=parameters, timeout=0) for _ in range(n)]
+    runs = [cast(FlowRun, run_deployment(deployment, parameters=parameters, timeout=0)) for _ in range(n)]
     return [str(run.id) for run in runs]

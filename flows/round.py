@@ -8,7 +8,8 @@ so a round killed at any point resumes where it stopped.
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -49,7 +50,7 @@ def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[st
     ids = sorted({r["config_id"] for r in rows if r["role"] in ("seed", "selected", "test")})
     if not ids:
         return {"counts": {}, "seconds": 0.0}
-    progress_id = create_progress_artifact(0.0, description=f"DFT labels of round {plan.index}")
+    progress_id = cast(UUID, create_progress_artifact(0.0, description=f"DFT labels of round {plan.index}"))
 
     def on_progress(counts: dict[str, int]) -> None:
         finished = counts.get("done", 0) + counts.get("failed", 0)
@@ -63,13 +64,29 @@ def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[st
         workers=cfg.label.workers,
         threads=cfg.label.threads,
         max_memory_mb=cfg.label.max_memory_mb,
-        work_pool=cfg.label.work_pool,
+        launch=_pool_launcher(url, cfg),
         timeout_s=60 * cfg.label.timeout_minutes,
         on_progress=on_progress,
     )
     if not out.finished:
         raise RuntimeError(f"round {plan.index}: labels not finished after {out.seconds:.0f} s: {out.counts}")
     return {"counts": out.counts, "seconds": out.seconds, "workers": out.workers_started}
+
+
+def _pool_launcher(url: str | None, cfg: CampaignConfig) -> Any:
+    """Queue runs of the ``label-worker/sapis-dft`` deployment (registered by ``sapis deploy`` on the DFT pool)."""
+    from sapis.flows.label import launch_label_workers
+
+    def launch(n: int, fingerprint: str) -> list[str]:
+        return launch_label_workers(
+            n,
+            database_url=url or store_for(url).url,
+            fingerprint=fingerprint,
+            threads=cfg.label.threads,
+            max_memory_mb=cfg.label.max_memory_mb,
+        )
+
+    return launch
 
 
 @task(name="train-ensemble", cache_policy=NONE, tags=["train"])

@@ -58,9 +58,7 @@ class LevelOfTheory(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: str = Field(
-        default="PBE", description="'HF' or a functional PySCF/libxc parses (PBE, B3LYP, wB97X)."
-    )
+    method: str = Field(default="PBE", description="'HF' or a functional PySCF/libxc parses (PBE, B3LYP, wB97X).")
     basis: str = Field(default="def2-svp", description="Orbital basis name known to PySCF.")
     density_fit: bool = Field(default=True, description="Density fitting (RI-J/K) with `auxbasis`.")
     auxbasis: str | None = Field(
@@ -71,9 +69,7 @@ class LevelOfTheory(BaseModel):
     dispersion: Dispersion | None = Field(default=None, description="DFT-D3 variant via the dftd3 package.")
     conv_tol: float = Field(default=1e-9, gt=0, le=1e-5, description="SCF energy convergence, Hartree.")
     conv_tol_grad: float | None = Field(default=None, gt=0, description="SCF orbital-gradient convergence.")
-    max_cycle: int = Field(
-        default=100, ge=1, description="Cycle limit of each ladder step (unless it sets one)."
-    )
+    max_cycle: int = Field(default=100, ge=1, description="Cycle limit of each ladder step (unless it sets one).")
     remedies: tuple[Remedy, ...] = Field(
         default=DEFAULT_LADDER, min_length=1, description="SCF remediation ladder, tried in order."
     )
@@ -125,9 +121,7 @@ class LevelOfTheory(BaseModel):
         try:
             return cls.model_validate(spec)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors()
-            )
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
             raise ConfigError(f"invalid level of theory: {problems}") from None
 
     @property
@@ -354,9 +348,7 @@ def compute_label(
             raise ConfigError(f"{_where(atoms, source)}: PySCF rejects the molecule: {exc}") from None
         dm0 = _fit_guess(guess_dm, mol.nao, mol.spin != 0)
         guess = "reused" if dm0 is not None else "minao"
-        mf, attempts = run_ladder(
-            _mf_factory(mol, level, device), level.remedies, level.max_cycle, dm0, guess
-        )
+        mf, attempts = run_ladder(_mf_factory(mol, level, device), level.remedies, level.max_cycle, dm0, guess)
         if mf is None:
             tried = ", ".join(f"{a['strategy']} ({a['cycles']} cycles)" for a in attempts)
             raise LabelFailed(f"SCF did not converge; tried {tried}", attempts)

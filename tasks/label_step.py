@@ -18,6 +18,7 @@ from typing import Any
 from sapis.storage import Store
 
 ProgressFn = Callable[[dict[str, int]], None]
+LaunchFn = Callable[[int, str], object]  # (number of workers, fingerprint): start remote workers
 
 
 @dataclass
@@ -66,25 +67,6 @@ def _spawn_local_worker(store: Store, fingerprint: str, threads: int, max_memory
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-def _queue_work_pool_runs(
-    store: Store, fingerprint: str, n: int, threads: int, max_memory_mb: int, work_pool: str
-) -> int:
-    from prefect.deployments import run_deployment
-
-    for _ in range(n):
-        run_deployment(
-            f"label-worker/{work_pool}",
-            parameters={
-                "database_url": store.url,
-                "fingerprint": fingerprint,
-                "threads": threads,
-                "max_memory_mb": max_memory_mb,
-            },
-            timeout=0,
-        )
-    return n
-
-
 def label_and_wait(
     store: Store,
     config_ids: list[int],
@@ -94,7 +76,7 @@ def label_and_wait(
     workers: int = 2,
     threads: int = 1,
     max_memory_mb: int = 2000,
-    work_pool: str = "sapis-dft",
+    launch: LaunchFn | None = None,
     timeout_s: float = 7200.0,
     poll_s: float = 2.0,
     on_progress: ProgressFn | None = None,
@@ -102,8 +84,8 @@ def label_and_wait(
     """Make sure every label of ``config_ids`` ends done or failed; return the counts.
 
     Local mode keeps ``workers`` processes alive while work remains (a process that exits while labels are
-    still pending, e.g. after waiting for an expired lease, is replaced). Work-pool mode queues ``workers``
-    runs of the labelling deployment once and watches the store.
+    still pending, e.g. after waiting for an expired lease, is replaced). Work-pool mode calls
+    ``launch(workers, fingerprint)`` once (the flow queues runs of the labelling deployment) and watches the store.
     """
     from sapis.tasks.dft import LevelOfTheory
 
@@ -116,7 +98,10 @@ def label_and_wait(
     last_spawn = 0.0
     orphan_wait_s = 30.0
     if mode == "work-pool":
-        started = _queue_work_pool_runs(store, fingerprint, workers, threads, max_memory_mb, work_pool)
+        if launch is None:
+            raise ValueError("label_and_wait: mode 'work-pool' needs a launch function")
+        launch(workers, fingerprint)
+        started = workers
     try:
         while True:
             counts = store.label_counts(fingerprint=fingerprint, config_ids=config_ids)
