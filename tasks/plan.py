@@ -77,6 +77,10 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: Any) -> RoundPla
         changed = r.decision in GROW_CAPACITY and r is earlier[-1]
         calibration = (r.metrics or {}).get("calibration", calibration)
 
+    chosen = campaign_label_ids(store, campaign_id)
+    already = len(chosen["train"]) + len(chosen["test"])
+    k = max(0, min(k, cfg.targets.max_labels - already))  # never plan past the DFT label budget
+
     previous = campaign_dir(campaign_id) / f"round-{index - 1:03d}" / "ensemble" if index > 0 else None
     if previous is not None and not (previous / "ensemble.json").exists():
         previous = None

@@ -40,6 +40,8 @@ def test_plan_replays_decisions(tmp_path: Path) -> None:
     p3 = plan_round(store, cid, 3, cfg)
     assert (p2.train_factor, p3.train_factor) == (1.0, 2.0)
     assert not p3.capacity_changed
+    capped = cfg.model_copy(update={"targets": cfg.targets.model_copy(update={"max_labels": 5})})
+    assert plan_round(store, cid, 3, capped).k == 5  # no labels yet: K is capped by the budget
     # planning again is idempotent: same round row
     assert plan_round(store, cid, 2, cfg).round_id == p2.round_id
 
