@@ -51,6 +51,9 @@ class ModelSection(_Section):
     energy_weight: float = Field(default=1.0, ge=0)
     valid_fraction: float = Field(default=0.15, ge=0, lt=0.5)
     warm_start: bool = Field(default=True, description="Fine-tune from last round unless capacity changed.")
+    workers: int = Field(
+        default=1, ge=1, description="Members trained at once in separate processes (one per GPU when present)."
+    )
     nve_steps: int = Field(
         default=400, ge=0, description="NVE gate length (0: off); a model that fails it does not drive MD."
     )

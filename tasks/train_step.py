@@ -36,6 +36,7 @@ def train_round(store: Store, plan: RoundPlan, cfg: Any, progress: bool = False)
         forces_weight=cfg.model.forces_weight,
         seed=cfg.seed + 1000 * plan.index,
         warm_start=warm,
+        workers=min(cfg.model.workers, cfg.model.members),
     )
     result = train_ensemble(
         train,
