@@ -69,6 +69,7 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
                 plan.out_dir / "uncertainty.png",
                 (cfg.select.window_lo, cfg.select.window_hi),
                 z["calibrated"][z["selected"]],
+                xlabel="calibrated max-atom force deviation (eV/Å)",
             )
         )
 

@@ -68,6 +68,7 @@ def uncertainty_histogram(
     path: Path,
     window: tuple[float, float] | None = None,
     selected: np.ndarray | None = None,
+    xlabel: str = "max-atom force deviation (eV/Å)",
 ) -> Path:
     """Distribution of the committee force deviation over candidates, with the trust window and picks."""
     plt = _pyplot()
@@ -81,7 +82,7 @@ def uncertainty_histogram(
         for w in window:
             ax.axvline(w, ls="--", color="k", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("max-atom force deviation (eV/Å)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
     ax.legend(fontsize=8)
     fig.tight_layout()

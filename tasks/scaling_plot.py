@@ -19,6 +19,16 @@ def plot_decision(evidence: dict[str, Any], path: Path, title: str = "Scaling co
     fits = evidence.get("fits") or {}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100)
     _panel(axes[0], fits.get("data"), "DFT labels in training set N", "force MAE (meV/Å)", "E(N)")
+    seen = [o for o in evidence.get("observed") or [] if o.get("n_train") and o.get("test_f_mae")]
+    if seen and not (fits.get("data") or {}).get("x"):
+        axes[0].plot(
+            [o["n_train"] for o in seen],
+            [o["test_f_mae"] for o in seen],
+            "o",
+            color="tab:blue",
+            ms=4,
+            label="measured (test)",
+        )
     for name, p in (evidence.get("predictions") or {}).items():
         if p.get("n_next") and p.get("error"):
             marker = {"continue": "s", "grow_data": ">", "grow_capacity": "^", "both": "D"}.get(name, "o")
@@ -39,8 +49,11 @@ def plot_decision(evidence: dict[str, Any], path: Path, title: str = "Scaling co
 
 
 def _panel(ax: Any, fit: dict[str, Any] | None, xlabel: str, ylabel: str, name: str) -> None:
+    from matplotlib.ticker import NullFormatter
+
     ax.set_xscale("log")
     ax.set_yscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels on short log ranges overlap
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(True, which="both", alpha=0.3)
@@ -59,5 +72,6 @@ def _panel(ax: Any, fit: dict[str, Any] | None, xlabel: str, ylabel: str, name: 
         color="tab:red",
         label=f"fit: exponent {fit['alpha']:.2f} ± {se:.2g}" if se is not None else "fit",
     )
-    ax.axhline(fit["e_inf"], ls=":", color="tab:red", label=f"asymptote {fit['e_inf']:.3g}")
+    if fit["e_inf"] > 0.05 * float(y.min()):  # an asymptote near zero would only stretch the axis
+        ax.axhline(fit["e_inf"], ls=":", color="tab:red", label=f"asymptote {fit['e_inf']:.3g}")
     ax.set_title(name, fontsize=9)

@@ -66,9 +66,14 @@ def decide_round(store: Store, campaign_id: int, round_index: int | None = None,
     row = next((r for r in rounds if r.index == index), None)
     if row is None:
         raise NotFoundError(f"campaign {info.name!r} has no round {index}")
-    decision = decide(history_from_store(store, info.id, upto=index), controller_config(info.config))
+    history = history_from_store(store, info.id, upto=index)
+    decision = decide(history, controller_config(info.config))
     evidence = dict(decision.evidence)
     evidence["round_index"] = index
+    evidence["observed"] = [  # what the fits saw, so the figure shows the data even before a fit is possible
+        {"round": h.index, "n_train": h.n_train, "test_f_mae": h.test_f_mae, "valid_f_mae": h.valid_f_mae}
+        for h in history
+    ]
     if plot:
         from sapis.tasks.scaling_plot import plot_decision
 

@@ -7,6 +7,7 @@ exit non-zero; other exceptions are bugs and keep their traceback.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -47,6 +48,8 @@ def run(argv: Sequence[str] | None = None) -> int:
 
     Usage errors are formatted by typer (standalone mode); a :class:`SapisError` becomes one line on stderr.
     """
+    # Prefect's local server phones home unless told not to; many HPC nodes have no internet.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     command = typer.main.get_command(app)
     try:
         command.main(args=list(argv) if argv is not None else None, prog_name="sapis", standalone_mode=True)
