@@ -135,6 +135,44 @@ def worker_run(frames: list, level, threads: int, reuse: bool) -> dict:
     }
 
 
+def md_frames(start, n: int, every: int = 10, temperature: float = 300.0) -> list:
+    """``n`` consecutive frames of GFN2-xTB Langevin MD (0.5 fs steps, one frame every ``every`` steps): the kind
+    of neighbours a campaign labels, where the nearest labelled density is a close starting guess."""
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from tblite.ase import TBLite
+
+    atoms = start.copy()
+    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(0))
+    dyn = Langevin(
+        atoms, 0.5 * units.fs, temperature_K=temperature, friction=0.01 / units.fs, rng=np.random.default_rng(1)
+    )
+    out = []
+    for _ in range(n):
+        dyn.run(every)
+        frame = atoms.copy()
+        frame.calc = None
+        out.append(frame)
+    return out
+
+
+def guess_reuse_on_md(frames: list, level, threads: int) -> dict:
+    """Cold vs reused initial guesses on consecutive MD frames, through the real worker path."""
+    cold = worker_run(frames, level, threads, reuse=False)
+    warm = worker_run(frames, level, threads, reuse=True)
+    return {
+        "n_frames": len(frames),
+        "frame_spacing_fs": 5.0,
+        "cold": cold,
+        "reuse": warm,
+        "reuse_vs_cold_iterations_ratio": warm["mean_scf_iterations_excluding_first"]
+        / cold["mean_scf_iterations_excluding_first"],
+        "reuse_vs_cold_seconds_ratio": warm["worker_seconds"] / cold["worker_seconds"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--fidelity-frames", type=int, default=20, help="frames of test.xyz compared with reference")
@@ -142,6 +180,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="PySCF threads")
     ap.add_argument("--grid-level", type=int, default=5, help="DFT grid level (the reference needs 5)")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "dft.json", help="JSON output")
+    ap.add_argument("--md-frames", type=int, default=10, help="consecutive xTB-MD frames for guess reuse (0: skip)")
+    ap.add_argument("--md-only", action="store_true", help="only the MD guess-reuse case, merged into --out")
     args = ap.parse_args()
 
     import ase.io
@@ -152,8 +192,16 @@ def main() -> None:
     level = LevelOfTheory(
         method="PBE", basis="def2-svp", density_fit=True, auxbasis="def2-universal-jfit", grid_level=args.grid_level
     )
-    n_read = max(args.fidelity_frames, args.throughput_frames)
+    n_read = max(args.fidelity_frames, args.throughput_frames, 1)
     frames = ase.io.read(DATA, index=f":{n_read}")
+    md_case = guess_reuse_on_md(md_frames(frames[0], args.md_frames), level, args.threads) if args.md_frames else None
+    if md_case is not None:
+        print(f"MD reuse/cold SCF iterations: {md_case['reuse_vs_cold_iterations_ratio']:.2f}", flush=True)
+    if args.md_only:
+        out = json.loads(args.out.read_text())
+        out["guess_reuse_md"] = md_case
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+        return
     fid, _ = fidelity(frames[: args.fidelity_frames], level, args.threads)
     cold = worker_run(frames[: args.throughput_frames], level, args.threads, reuse=False)
     print(f"worker cold: {cold['mean_wall_s_per_label']:.2f} s/label", flush=True)
@@ -181,6 +229,7 @@ def main() -> None:
             ],
         },
         "fidelity": fid,
+        "guess_reuse_md": md_case,
         "throughput": {
             "cold": cold,
             "reuse": warm,

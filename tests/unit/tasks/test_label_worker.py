@@ -218,3 +218,18 @@ def test_sigkilled_worker_claim_expires_and_is_completed_once(tmp_path: Path) ->
     assert done.info["config_id"] == cid
     assert done.get_potential_energy() == pytest.approx(compute_label(ethanol, level).energy, abs=1e-6)
     store.dispose()
+
+
+def test_no_guess_from_a_far_neighbour(store: Store) -> None:
+    """A labelled neighbour beyond MAX_GUESS_RMSD is not a better start than the default guess: none is used."""
+    from sapis.tasks.label_worker import MAX_GUESS_RMSD, find_guess
+
+    near, far = molecule("H2O"), molecule("H2O")
+    far.positions[1] += [0.0, 0.0, 1.2]  # one H moved 1.2 Å: RMSD ~0.7 Å
+    _enqueue(store, [near], HF)
+    run_worker(store, worker_id="w")
+    query = store.get_atoms(store.add_configurations([far], {"source": "md"}))[0]
+    assert find_guess(store, HF.fingerprint, query)[0] is None
+    guess, origin = find_guess(store, HF.fingerprint, query, max_rmsd=10 * MAX_GUESS_RMSD)
+    assert guess is not None
+    assert origin["guess_rmsd"] > MAX_GUESS_RMSD
