@@ -14,16 +14,14 @@ the labels each arm needs to reach a target error, and the held-out calibration 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17_ethanol"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -69,41 +67,6 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS / "active_learning.json")
     p.add_argument("--work", type=Path, default=Path("/tmp/sapis_bench_al"), help="scratch for checkpoints")
     return p.parse_args(argv)
-
-
-def _machine() -> dict[str, Any]:
-    import torch
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import subprocess
-
-    root = Path(__file__).resolve().parents[1]
-    try:
-        git = ["git", "-C", str(root)]
-        commit = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(
-            [*git, "status", "--porcelain", "models", "tasks"], capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit, dirty = "", ""
-    return {
-        "git_commit": commit,
-        "uncommitted_changes_in_models_tasks": bool(dirty),
-        "cores": os.cpu_count(),
-        "cpu": cpu,
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "load_average_start": os.getloadavg(),
-        "shared": "the 2-core CPU was shared with ~6 engineers' work; wall times are noisy",
-    }
 
 
 def _train(train: list, out: Path, a: argparse.Namespace, seed: int, e0s: dict[int, float]) -> Any:
@@ -169,7 +132,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
     test = [test_all[i] for i in sorted(test_idx)]
     report: dict[str, Any] = {
         "benchmark": "active_learning",
-        "machine": _machine(),
+        "machine": machine(),
         "budget": {
             k: (str(v) if isinstance(v, Path) or v == float("inf") else v)
             for k, v in vars(a).items()
@@ -369,7 +332,7 @@ def run_nve(a: argparse.Namespace) -> dict[str, Any]:
     calcs: dict[str, Any] = {"GFN2-xTB": xtb_calculator(start)}
     for d in a.nve_models:
         calcs[d.name] = SapisCalculator.from_checkpoint(d)
-    results, out = {}, {"benchmark": "active_learning_nve", "machine": _machine(), "runs": {}}
+    results, out = {}, {"benchmark": "active_learning_nve", "machine": machine(), "runs": {}}
     for name, calc in calcs.items():
         t0 = time.perf_counter()
         res = check_nve(start, calc, temperature_K=a.nve_temperature, steps=a.nve_steps, timestep_fs=0.5)

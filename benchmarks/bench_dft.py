@@ -13,41 +13,17 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "rmd17_ethanol" / "test.xyz"
-
-
-def _machine(threads: int) -> dict:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import pyscf
-
-    return {
-        "cores": os.cpu_count(),
-        "cpu_model": model,
-        "pyscf_threads": threads,
-        "pyscf": pyscf.__version__,
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "loadavg_at_start": list(os.getloadavg()),
-        "note": "2-core machine shared with ~6 other engineers' jobs; wall times are inflated and noisy",
-    }
 
 
 def fidelity(frames: list, level, threads: int) -> tuple[dict, list]:
@@ -185,6 +161,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import ase.io
+    import pyscf
 
     from sapis.tasks.dft import LevelOfTheory
 
@@ -211,7 +188,7 @@ def main() -> None:
     direct_s = float(sum(r["wall_s"] for r in fid["per_frame"][:m]))
     out = {
         "benchmark": "dft",
-        "machine": _machine(args.threads),
+        "machine": machine(pyscf_threads=args.threads, pyscf=pyscf.__version__),
         "level": level.spec,
         "fingerprint": level.fingerprint,
         "data": str(DATA),

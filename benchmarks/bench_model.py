@@ -10,15 +10,14 @@ JSON to benchmarks/results/model.json with the machine noted. Not a test.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17_ethanol"
 PUBLISHED = {
@@ -28,28 +27,6 @@ PUBLISHED = {
     },
     "N1000": {"MACE": {"energy_mae_meV": 0.4, "forces_mae_meV_A": 2.1}},
 }
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "note": "2-core CPU shared with other engineers' work during the run; timings are noisy",
-    }
 
 
 def reach(history: list[dict], target: float) -> dict[str, float] | None:

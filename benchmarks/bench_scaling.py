@@ -22,56 +22,16 @@ run.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import math
-import os
-import platform
 import time
 from pathlib import Path
 from typing import Any
 
+from _machine import machine  # benchmarks/ is on sys.path when a script runs
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17_ethanol"
 RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def machine() -> dict[str, Any]:
-    import torch
-
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "load_average_at_start": os.getloadavg(),
-        "git_commit": _git_commit(),
-        "note": "2-core CPU shared with other engineers' work during the run; wall times are noisy",
-    }
-
-
-def _git_commit() -> str:
-    """HEAD of the tree the benchmark ran from (the model code changes under a shared tree), '+dirty' if so."""
-    import subprocess
-
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "models", "tasks"], cwd=repo, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        return "unknown"
-    return head + ("+dirty" if dirty else "")
 
 
 class Runner:
