@@ -1,16 +1,22 @@
-"""Shared test set-up: one thread per process, a private SAPIS_HOME, and a lazily started Prefect harness.
+"""Shared test set-up: one thread per process, a private SAPIS_HOME, a lazily started Prefect harness, and store
+fixtures on SQLite and PostgreSQL.
 
-Store fixtures (``store`` on SQLite and PostgreSQL) live in ``tests/unit/storage/conftest.py``; flows get the
-Prefect harness through ``tests/integration/conftest.py``.
+Store tests run on both backends (``store``/``db_url``). Other sessions use the same PostgreSQL database at the
+same time, so nothing shared is ever dropped or truncated: each test creates its own schema ``sapis_t_<random>``
+and points ``search_path`` at it through the URL. Flows get the Prefect harness through
+``tests/integration/conftest.py``.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from sapis.storage import Store
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
@@ -61,3 +67,58 @@ def rmd17_dir() -> Path:
     if not path.exists():
         pytest.skip(f"reference data not found at {path}")
     return path
+
+
+def _pg_available() -> str | None:
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(POSTGRES_URL)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        return f"PostgreSQL not reachable at {POSTGRES_URL}: {type(exc).__name__}"
+    return None
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """URL of a fresh, private PostgreSQL schema; the schema is dropped after the test."""
+    from sqlalchemy import create_engine, text
+
+    reason = _pg_available()
+    if reason:
+        pytest.skip(reason)
+    schema = f"sapis_t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(POSTGRES_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    try:
+        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """URL of a fresh SQLite file."""
+    return f"sqlite:///{tmp_path / 'store.db'}"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """A fresh database on each backend."""
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return str(request.getfixturevalue(name))
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[Store]:
+    """A migrated, empty store on each backend."""
+    s = Store(db_url)
+    yield s
+    s.dispose()

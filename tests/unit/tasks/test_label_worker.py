@@ -7,8 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,39 +19,7 @@ from sapis.tasks.dft import LevelOfTheory, compute_label
 from sapis.tasks.label_worker import Heartbeat, nearest, run_worker
 
 HF = LevelOfTheory(method="HF", basis="6-31g", density_fit=False, conv_tol=1e-10)
-POSTGRES_URL = os.environ.get("SAPIS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A private PostgreSQL schema (other engineers share the database), dropped afterwards."""
-    from sqlalchemy import create_engine, text
-
-    admin = create_engine(POSTGRES_URL)
-    try:
-        with admin.connect() as conn:
-            conn.execute(text("SELECT 1"))
-    except Exception as exc:
-        pytest.skip(f"PostgreSQL not reachable: {type(exc).__name__}")
-    schema = f"sapis_t_{uuid.uuid4().hex[:16]}"
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    sep = "&" if "?" in POSTGRES_URL else "?"
-    try:
-        yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        admin.dispose()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    s = Store(url)
-    yield s
-    s.dispose()
 
 
 def _waters(n: int) -> list[Atoms]:
