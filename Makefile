@@ -6,17 +6,26 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install constraints demo test test-all lint bench clean
 
-$(STAMP): pyproject.toml
+# constraints.txt: every package at the version the test suite passed on (pip freeze of such a venv, minus
+# sapis itself), so a fresh machine installs the same set instead of whatever is newest that day.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	# No NVIDIA GPU: pin the CPU build of torch before anything can pull a CUDA build.
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q "torch==2.13.0"; fi
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(BIN)/python -m pip install -q -c constraints.txt "torch==2.13.0"; fi
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Regenerate constraints.txt from the current venv (run after `make test` passed on it). The local version
+# label of a CPU torch build (+cpu) is dropped so the same file also serves machines with a GPU.
+constraints:
+	{ echo "# pip freeze of a venv on which the test suite passed (make constraints); used by make install."; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -viE '^(sapis|-e )' | sed -E 's/^(torch==[^+]+)\+.*/\1/'; \
+	} > constraints.txt
 
 demo: $(STAMP)
 	$(BIN)/sapis demo

@@ -211,4 +211,19 @@ def register_deployments(
         from prefect.settings import PREFECT_API_URL
 
         raise SapisError(f"cannot reach the Prefect API at {PREFECT_API_URL.value()}: {exc}") from exc
+    except httpx.HTTPStatusError as exc:
+        raise api_refused(exc) from exc
     return report
+
+
+def api_refused(exc: Any) -> SapisError:
+    """A one-line error for an HTTP error from the Prefect API (401: missing or wrong basic-auth credentials)."""
+    from prefect.settings import PREFECT_API_URL
+
+    status = exc.response.status_code
+    if status in (401, 403):
+        return SapisError(
+            f"the Prefect API at {PREFECT_API_URL.value()} refused the request ({status}): set "
+            "PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING (user:password)"
+        )
+    return SapisError(f"the Prefect API at {PREFECT_API_URL.value()} answered {status}: {exc.response.text[:200]}")
