@@ -15,6 +15,7 @@ from sqlalchemy import (
     CheckConstraint,
     DateTime,
     Dialect,
+    Double,
     Float,
     ForeignKey,
     Index,
@@ -74,6 +75,9 @@ class Base(DeclarativeBase):
         datetime: UTCDateTime,
         dict[str, Any]: JSON,
         bytes: LargeBinary,
+        # Explicit, so the schema does not depend on the SQLAlchemy release (2.1 maps float to Double by
+        # default, 2.0 to Float; the migration creates Double).
+        float: Double,
     }
 
 
