@@ -8,6 +8,8 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from sapis.tasks.round_metrics import RoundMetrics
+
 
 def _key(*parts: Any) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
@@ -35,42 +37,42 @@ def _calibration_text(cal: dict[str, Any]) -> str:
 
 
 def round_summary_markdown(
-    campaign: str, index: int, m: dict[str, Any], decision: str | None, evidence: dict[str, Any] | None
+    campaign: str, index: int, m: RoundMetrics, decision: str | None, evidence: dict[str, Any] | None
 ) -> str:
     """What a person watching the campaign wants to know about one round."""
     ev = evidence or {}
-    cal = m.get("calibration") or {}
-    nve = m.get("nve") or {}
+    cal = m.calibration or {}
+    passed = m.nve.passed if m.nve else None
+    capacity = m.capacity.model_dump(exclude={"architecture"}) if m.capacity else None
     lines = [
         f"# {campaign}: round {index}",
         "",
         "| quantity | value |",
         "| --- | --- |",
-        f"| labels in the dataset | {_fmt(m.get('n_labels_total'), 'd')} (train {_fmt(m.get('n_train'), 'd')}, "
-        f"valid {_fmt(m.get('n_valid'), 'd')}, test {_fmt(m.get('n_test'), 'd')}) |",
-        f"| labels added / failed this round | {_fmt(m.get('n_labels_added'), 'd')} / "
-        f"{_fmt(m.get('n_labels_failed'), 'd')} |",
-        f"| DFT CPU time this round | {_fmt(m.get('dft_cpu_s'))} s |",
-        f"| candidates explored | {_fmt(m.get('n_candidates'), 'd')} |",
-        f"| model | {m.get('n_params', 'n/a')} parameters per member, capacity {m.get('capacity')} |",
-        f"| training | {_fmt(m.get('train_flops'), '.3g')} FLOPs, {_fmt(m.get('train_wall_s'))} s |",
-        f"| test force MAE (ensemble) | {_fmt(m.get('test_f_mae'))} meV/Å |",
-        f"| test energy MAE (ensemble) | {_fmt(m.get('test_e_mae'))} meV |",
-        f"| validation / training force MAE | {_fmt(m.get('valid_f_mae'))} / {_fmt(m.get('train_f_mae'))} meV/Å |",
+        f"| labels in the dataset | {_fmt(m.n_labels_total, 'd')} (train {_fmt(m.n_train, 'd')}, "
+        f"valid {_fmt(m.n_valid, 'd')}, test {_fmt(m.n_test, 'd')}) |",
+        f"| labels added / failed this round | {_fmt(m.n_labels_added, 'd')} / {_fmt(m.n_labels_failed, 'd')} |",
+        f"| DFT CPU time this round | {_fmt(m.dft_cpu_s)} s |",
+        f"| candidates explored | {_fmt(m.n_candidates, 'd')} |",
+        f"| model | {_fmt(m.n_params, 'd')} parameters per member, capacity {capacity} |",
+        f"| training | {_fmt(m.train_flops, '.3g')} FLOPs, {_fmt(m.train_wall_s)} s |",
+        f"| test force MAE (ensemble) | {_fmt(m.test_f_mae)} meV/Å |",
+        f"| test energy MAE (ensemble) | {_fmt(m.test_e_mae)} meV |",
+        f"| validation / training force MAE | {_fmt(m.valid_f_mae)} / {_fmt(m.train_f_mae)} meV/Å |",
         f"| calibration | {_calibration_text(cal)} |",
-        f"| NVE gate | {'passed' if nve.get('passed') else 'failed' if nve.get('passed') is False else 'n/a'}"
-        f" {nve.get('reason', '') or ''} |",
+        f"| NVE gate | {'passed' if passed else 'failed' if passed is False else 'n/a'}"
+        f" {m.nve.reason if m.nve else ''} |",
         "",
         f"**Controller decision: `{decision or 'n/a'}`** — {ev.get('reason', '')}",
         "",
     ]
-    for key, alt in (
-        ("learning_curve_png", "learning curve"),
-        ("parity_png", "parity plot"),
-        ("uncertainty_png", "uncertainty histogram"),
-        ("calibration_png", "calibration curve"),
+    for png, alt in (
+        (m.learning_curve_png, "learning curve"),
+        (m.parity_png, "parity plot"),
+        (m.uncertainty_png, "uncertainty histogram"),
+        (m.calibration_png, "calibration curve"),
     ):
-        img = embed_png(m.get(key), alt)
+        img = embed_png(png, alt)
         if img:
             lines += [f"## {alt.capitalize()}", img]
     if ev.get("plot_png"):
@@ -82,7 +84,7 @@ def publish_round(
     campaign: str,
     campaign_id: int,
     index: int,
-    metrics: dict[str, Any],
+    metrics: RoundMetrics,
     decision: str | None,
     evidence: dict[str, Any] | None,
     history: list[dict[str, Any]],

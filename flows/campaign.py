@@ -16,6 +16,7 @@ from sapis.errors import ConfigError
 from sapis.flows.config import CampaignConfig
 from sapis.flows.round import active_learning_round, store_for
 from sapis.storage import Store
+from sapis.tasks.round_metrics import RoundMetrics
 
 
 def create_campaign(store: Store, cfg: CampaignConfig) -> int:
@@ -38,15 +39,15 @@ def stop_reason(store: Store, campaign_id: int, cfg: CampaignConfig) -> str | No
     if not rounds:
         return None
     last = rounds[-1]
-    m = last.metrics or {}
+    m = RoundMetrics.from_row(last.metrics)
     if last.decision == "stop":
         return f"the controller decided to stop: {(last.evidence or {}).get('reason', '')}"
-    if m.get("test_f_mae") is not None and m["test_f_mae"] <= cfg.targets.force_mae:
-        return f"target reached: test force MAE {m['test_f_mae']:.1f} <= {cfg.targets.force_mae} meV/Å"
-    if (m.get("n_labels_total") or 0) >= cfg.targets.max_labels:
-        return f"label budget spent: {m['n_labels_total']} >= {cfg.targets.max_labels}"
-    if (m.get("dft_cpu_s_cum") or 0.0) / 3600 >= cfg.targets.max_cpu_hours:
-        return f"DFT budget spent: {m['dft_cpu_s_cum'] / 3600:.2f} >= {cfg.targets.max_cpu_hours} CPU hours"
+    if m.test_f_mae is not None and m.test_f_mae <= cfg.targets.force_mae:
+        return f"target reached: test force MAE {m.test_f_mae:.1f} <= {cfg.targets.force_mae} meV/Å"
+    if (m.n_labels_total or 0) >= cfg.targets.max_labels:
+        return f"label budget spent: {m.n_labels_total} >= {cfg.targets.max_labels}"
+    if (m.dft_cpu_s_cum or 0.0) / 3600 >= cfg.targets.max_cpu_hours:
+        return f"DFT budget spent: {(m.dft_cpu_s_cum or 0.0) / 3600:.2f} >= {cfg.targets.max_cpu_hours} CPU hours"
     if len(rounds) >= cfg.targets.max_rounds:
         return f"round limit reached: {len(rounds)} rounds"
     return None
@@ -82,12 +83,12 @@ def campaign(
 
 def export_campaign(store: Store, campaign_id: int, out: Path | None = None) -> dict[str, Any]:
     """Write the campaign's data (extxyz) and point at its final model (the last round's ensemble)."""
-    from sapis.tasks.plan import campaign_dir
+    from sapis.tasks.plan import campaign_dir, round_dir
 
     rounds = [r for r in store.rounds(campaign_id) if r.status == "done"]
     out = out or campaign_dir(campaign_id)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "labels.extxyz"
     n = store.export_extxyz(data, campaign_id=campaign_id)
-    model = campaign_dir(campaign_id) / f"round-{rounds[-1].index:03d}" / "ensemble" if rounds else None
+    model = round_dir(campaign_id, rounds[-1].index) / "ensemble" if rounds else None
     return {"data": str(data), "n_labels": n, "model": str(model) if model else None}

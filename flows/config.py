@@ -1,8 +1,14 @@
-"""Campaign configuration: a validated TOML file whose defaults are defined here, once.
+"""Campaign configuration: a validated TOML file composed of the task configs themselves.
+
+The level of theory is :class:`sapis.tasks.dft.LevelOfTheory`, exploration extends
+:class:`sapis.tasks.explore.ExploreConfig`, the model is a :class:`sapis.models.ModelConfig` or
+:class:`sapis.models.MaceConfig` (chosen by ``architecture``), training is a :class:`sapis.models.TrainConfig`
+and the controller is :class:`sapis.tasks.scaling.ControllerConfig`: the objects validated here are the objects
+the round's steps receive.
 
 >>> cfg = CampaignConfig(name="water", pools=["water"])
->>> cfg.select.k, cfg.targets.max_rounds
-(12, 3)
+>>> cfg.select.k, cfg.targets.max_rounds, cfg.model.architecture, cfg.model.channels
+(12, 3, 'sapis', 16)
 """
 
 from __future__ import annotations
@@ -14,46 +20,94 @@ from typing import Any, Literal
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sapis.errors import ConfigError, SapisError
+from sapis.errors import ConfigError, config_error
+from sapis.models.config import ARCHITECTURES, AnyModelConfig, MaceConfig, ModelConfig, TrainConfig
+from sapis.tasks.dft import LevelOfTheory
+from sapis.tasks.explore import ExploreConfig, Explorer
+from sapis.tasks.scaling import ControllerConfig
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ExploreSection(_Section):
-    """Coarse MD that proposes candidates each round."""
+def _refuse(data: Any, fields: tuple[str, ...], why: str) -> Any:
+    """Reject keys of a section that the round sets itself (they would be silently overridden)."""
+    if isinstance(data, dict):
+        given = [f for f in fields if f in data]
+        if given:
+            raise ValueError(f"{', '.join(given)}: {why}")
+    return data
 
-    explorers: list[Literal["xtb", "committee", "perturb"]] = Field(
+
+class ExploreSection(ExploreConfig):
+    """Coarse MD that proposes candidates each round: the ExploreConfig every explorer of the round shares, plus
+    which explorers run and how many candidates a round keeps. ``explorer``, ``seed``, ``round_index`` and
+    ``trust_hi`` are set per pass by the round (see :meth:`for_explorer`)."""
+
+    explorer: Explorer = Field(default="xtb", exclude=True)
+    seed: int = Field(default=0, exclude=True)
+    round_index: int | None = Field(default=None, exclude=True)
+    trust_hi: float | None = Field(default=None, gt=0, exclude=True)
+    explorers: list[Explorer] = Field(
         default=["xtb", "perturb"],
-        description="Explorers used; 'committee' runs from the first trained model on.",
+        min_length=1,
+        description="Explorers used; 'committee' runs from the first promoted model on.",
     )
-    temperatures: list[float] = Field(default=[300.0, 600.0, 1000.0], description="Langevin ladder, K.")
-    steps: int = Field(default=200, ge=1, description="MD steps per trajectory.")
-    timestep_fs: float = Field(default=0.5, gt=0)
-    interval: int = Field(default=10, ge=1, description="Keep one frame every `interval` steps.")
-    perturbations: int = Field(default=8, ge=0, description="Perturbed copies per pool structure.")
     max_candidates: int = Field(default=2000, ge=1, description="Cap on candidates stored per round.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _per_round(cls, data: Any) -> Any:
+        return _refuse(
+            data,
+            ("explorer", "seed", "round_index", "trust_hi"),
+            "set by the round (use explore.explorers, the campaign seed and select.window_hi)",
+        )
 
-class ModelSection(_Section):
-    """The ensemble: architecture, initial capacity and training budget."""
+    def for_explorer(self, explorer: Explorer, *, seed: int, round_index: int, trust_hi: float | None) -> ExploreConfig:
+        """The validated ExploreConfig of one pass of ``explorer`` in a round."""
+        shared = self.model_dump(exclude={"explorers", "max_candidates"})
+        return ExploreConfig.model_validate(
+            {**shared, "explorer": explorer, "seed": seed, "round_index": round_index, "trust_hi": trust_hi}
+        )
 
-    architecture: Literal["sapis", "mace"] = "sapis"
-    size: Literal["S", "M", "L"] = Field(default="S", description="Initial capacity preset.")
-    knobs: dict[str, Any] = Field(default_factory=dict, description="Explicit capacity knobs over the preset.")
+
+class TrainSection(TrainConfig):
+    """How each ensemble member is trained (:class:`sapis.models.TrainConfig`, with the campaign's defaults).
+
+    ``seed`` and ``warm_start`` are set per round by the plan (campaign seed; ``ensemble.warm_start``)."""
+
+    max_epochs: int = Field(150, ge=1, description="upper bound on epochs (times the round's train factor)")
+    max_minutes: float | None = Field(2.0, gt=0, description="wall-clock budget per member per round (minutes)")
+    batch_size: int = Field(8, ge=1, description="structures per optimisation step")
+    valid_fraction: float = Field(0.15, ge=0, lt=0.5, description="labels held out for validation")
+    seed: int = Field(0, exclude=True)
+    warm_start: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _per_round(cls, data: Any) -> Any:
+        return _refuse(data, ("seed", "warm_start"), "set by the round (use the campaign seed, ensemble.warm_start)")
+
+    def for_round(self, *, seed: int, factor: float, warm_start: Path | None, members: int) -> TrainConfig:
+        """The validated TrainConfig of a round: budget times ``factor``, the round's seed and warm start."""
+        data = self.model_dump()
+        data.update(
+            max_epochs=round(self.max_epochs * factor),
+            max_minutes=None if self.max_minutes is None else self.max_minutes * factor,
+            seed=seed,
+            warm_start=warm_start,
+            workers=min(self.workers, members),
+        )
+        return TrainConfig.model_validate(data)
+
+
+class EnsembleSection(_Section):
+    """The committee: how many members, whether a round fine-tunes the last one, and its NVE gate."""
+
     members: int = Field(default=3, ge=2, description="Ensemble members (>= 2 for a disagreement).")
-    max_epochs: int = Field(default=150, ge=1)
-    max_minutes: float = Field(default=2.0, gt=0, description="Wall-clock budget per member per round.")
-    batch_size: int = Field(default=8, ge=1)
-    lr: float = Field(default=5e-3, gt=0)
-    forces_weight: float = Field(default=100.0, ge=0)
-    energy_weight: float = Field(default=1.0, ge=0)
-    valid_fraction: float = Field(default=0.15, ge=0, lt=0.5)
     warm_start: bool = Field(default=True, description="Fine-tune from last round unless capacity changed.")
-    workers: int = Field(
-        default=1, ge=1, description="Members trained at once in separate processes (one per GPU when present)."
-    )
     nve_steps: int = Field(
         default=400, ge=0, description="NVE gate length (0: off); a model that fails it does not drive MD."
     )
@@ -92,43 +146,84 @@ class TargetsSection(_Section):
     max_rounds: int = Field(default=3, ge=1)
 
 
+# Keys of the old single [model] section that now live in [train] / [ensemble] (old files still read).
+_LEGACY_TRAIN = ("max_epochs", "max_minutes", "batch_size", "lr", "forces_weight", "energy_weight", "valid_fraction")
+_LEGACY_TRAIN += ("workers",)
+_LEGACY_ENSEMBLE = ("members", "warm_start", "nve_steps")
+
+
 class CampaignConfig(_Section):
     """A whole campaign. Every field has a default except the name and pools."""
 
     name: str = Field(min_length=1)
     pools: list[str] = Field(min_length=1, description="Names of submitted pools to learn.")
     seed: int = 0
-    level: dict[str, Any] = Field(
-        default_factory=lambda: {"method": "PBE", "basis": "def2-svp"},
-        description="Level of theory (sapis.tasks.dft.LevelOfTheory fields).",
-        validate_default=True,
+    level: LevelOfTheory = Field(
+        default_factory=lambda: LevelOfTheory(method="PBE", basis="def2-svp"),
+        description="Level of theory of every label (sapis.tasks.dft.LevelOfTheory).",
     )
     explore: ExploreSection = Field(default_factory=ExploreSection)
-    model: ModelSection = Field(default_factory=ModelSection)
+    model: AnyModelConfig = Field(
+        default_factory=lambda: ModelConfig.size("S"),
+        description="architecture = 'sapis' (ModelConfig) or 'mace' (MaceConfig); `size` picks a preset that "
+        "explicit fields override.",
+    )
+    train: TrainSection = Field(default_factory=TrainSection)
+    ensemble: EnsembleSection = Field(default_factory=EnsembleSection)
     select: SelectSection = Field(default_factory=SelectSection)
     label: LabelSection = Field(default_factory=LabelSection)
     targets: TargetsSection = Field(default_factory=TargetsSection)
-    controller: dict[str, Any] = Field(
-        default_factory=dict, description="sapis.tasks.scaling.ControllerConfig fields.", validate_default=True
-    )
+    controller: ControllerConfig = Field(default_factory=ControllerConfig)
     work_pools: dict[str, str] = Field(default_factory=lambda: {"dft": "sapis-dft", "train": "sapis-gpu"})
 
-    @field_validator("level")
+    @model_validator(mode="before")
     @classmethod
-    def _level_is_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from sapis.tasks.dft import LevelOfTheory
+    def _old_layout(cls, data: Any) -> Any:
+        """Read the earlier layout: training and ensemble keys in [model], and `explore.perturbations`."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        model = data.get("model")
+        if isinstance(model, dict) and any(k in model for k in _LEGACY_TRAIN + _LEGACY_ENSEMBLE):
+            model = dict(model)
+            for keys, section in ((_LEGACY_TRAIN, "train"), (_LEGACY_ENSEMBLE, "ensemble")):
+                moved = {k: model.pop(k) for k in keys if k in model}
+                if moved:
+                    data[section] = {**moved, **dict(data.get(section) or {})}
+            data["model"] = model
+        explore = data.get("explore")
+        if isinstance(explore, dict) and "perturbations" in explore:
+            explore = dict(explore)
+            n = explore.pop("perturbations")
+            if n and "n_perturb" not in explore:
+                explore["n_perturb"] = n
+            elif not n and "perturb" in (explore.get("explorers") or []):
+                raise ValueError(
+                    "explore.perturbations = 0 with the 'perturb' explorer: leave 'perturb' out of "
+                    "explore.explorers to run none, or set explore.n_perturb"
+                )
+            data["explore"] = explore
+        return data
 
-        try:
-            return LevelOfTheory.from_spec(v).spec
-        except SapisError as exc:  # reported by pydantic with the field's location
-            raise ValueError(str(exc)) from None
-
-    @field_validator("controller")
+    @field_validator("model", mode="before")
     @classmethod
-    def _controller_is_valid(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from sapis.tasks.scaling import ControllerConfig
-
-        return ControllerConfig(**v).model_dump(mode="json")
+    def _preset(cls, v: Any) -> Any:
+        """`size` (default 'S') picks a preset; explicit fields (and the old `knobs` table) override it."""
+        if not isinstance(v, dict):
+            return v
+        v = dict(v)
+        knobs = v.pop("knobs", None) or {}
+        if not isinstance(knobs, dict):
+            raise ValueError("knobs must be a table of model fields")
+        v = {**v, **knobs}
+        arch = v.get("architecture", "sapis")
+        size = str(v.pop("size", "S"))
+        if arch not in ARCHITECTURES:
+            return v  # the discriminated union reports it
+        if size.upper() not in ("XS", "S", "M", "L"):
+            raise ValueError(f"unknown model size {size!r}; choose one of XS, S, M, L")
+        preset = (ModelConfig.size(size) if arch == "sapis" else MaceConfig.size(size)).model_dump()
+        return {**preset, **v}
 
     @model_validator(mode="after")
     def _window(self) -> CampaignConfig:
@@ -155,10 +250,7 @@ class CampaignConfig(_Section):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}" for err in exc.errors()
-            )
-            raise ConfigError(f"{source}: {problems}") from None
+            raise config_error(source, exc, drop=ARCHITECTURES) from None
 
     def to_toml(self) -> str:
         """The config as TOML (unset optional values are left out: TOML has no null)."""

@@ -7,6 +7,7 @@ so a round killed at any point resumes where it stopped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any, cast
 from uuid import UUID
@@ -17,7 +18,9 @@ from prefect.cache_policies import NONE
 
 from sapis.flows.config import CampaignConfig
 from sapis.storage import Store
+from sapis.tasks.label_step import LaunchFn
 from sapis.tasks.plan import RoundPlan, campaign_label_ids, plan_round
+from sapis.tasks.round_metrics import LabelStats, RoundMetrics
 
 
 @lru_cache(maxsize=8)
@@ -27,21 +30,21 @@ def store_for(url: str | None) -> Store:
 
 
 @task(name="explore", retries=1, cache_policy=NONE, tags=["md"])
-def explore_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[str, Any]:
+def explore_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     from sapis.tasks.select_step import explore_round
 
     return explore_round(store_for(url), plan, cfg)
 
 
 @task(name="select", retries=1, cache_policy=NONE)
-def select_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[str, Any]:
+def select_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     from sapis.tasks.select_step import select_round
 
     return select_round(store_for(url), plan, cfg)
 
 
 @task(name="label", cache_policy=NONE, tags=["dft"])
-def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[str, Any]:
+def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     """Label the round's chosen configurations; progress shows in the UI while workers run."""
     from sapis.tasks.label_step import label_and_wait
 
@@ -49,7 +52,7 @@ def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[st
     rows = store.selections(plan.campaign_id, round_index=plan.index)
     ids = sorted({r["config_id"] for r in rows if r["role"] in ("seed", "selected", "test")})
     if not ids:
-        return {"counts": {}, "seconds": 0.0}
+        return RoundMetrics(label=LabelStats())
     progress_id = cast(UUID, create_progress_artifact(0.0, description=f"DFT labels of round {plan.index}"))
 
     def on_progress(counts: dict[str, int]) -> None:
@@ -70,10 +73,10 @@ def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[st
     )
     if not out.finished:
         raise RuntimeError(f"round {plan.index}: labels not finished after {out.seconds:.0f} s: {out.counts}")
-    return {"counts": out.counts, "seconds": out.seconds, "workers": out.workers_started}
+    return RoundMetrics(label=LabelStats(counts=out.counts, seconds=out.seconds, workers=out.workers_started))
 
 
-def _pool_launcher(url: str | None, cfg: CampaignConfig) -> Any:
+def _pool_launcher(url: str | None, cfg: CampaignConfig) -> LaunchFn:
     """Queue runs of the ``label-worker/sapis-dft`` deployment (registered by ``sapis deploy`` on the DFT pool)."""
     from sapis.flows.label import launch_label_workers
 
@@ -90,14 +93,14 @@ def _pool_launcher(url: str | None, cfg: CampaignConfig) -> Any:
 
 
 @task(name="train-ensemble", cache_policy=NONE, tags=["train"])
-def train_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[str, Any]:
+def train_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     from sapis.tasks.train_step import train_round
 
     return train_round(store_for(url), plan, cfg)
 
 
 @task(name="evaluate", retries=1, cache_policy=NONE)
-def evaluate_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> dict[str, Any]:
+def evaluate_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     from sapis.tasks.evaluate_step import evaluate_round
 
     return evaluate_round(store_for(url), plan, cfg)
@@ -131,21 +134,21 @@ def active_learning_round(
     index = next_round_index(store, campaign_id) if round_index is None else round_index
     plan = plan_round(store, campaign_id, index, cfg)
     done = {r.index: r for r in store.rounds(campaign_id)}.get(index)
-    metrics: dict[str, Any] = dict(done.metrics or {}) if done else {}
-    log.info("campaign %s round %d: k=%d capacity=%s", info.name, index, plan.k, plan.capacity)
+    metrics = RoundMetrics.from_row(done.metrics if done else None)
+    log.info("campaign %s round %d: k=%d model=%s", info.name, index, plan.k, plan.model)
 
-    def step(name: str, fn: Any) -> None:
-        if metrics.get("steps", {}).get(name):
+    def step(name: str, fn: Callable[[str | None, RoundPlan, CampaignConfig], RoundMetrics]) -> None:
+        nonlocal metrics
+        if metrics.steps.get(name):
             return  # finished before an interruption
         store.update_round(plan.round_id, status="running", step=name)
         result = fn(database_url, plan, cfg)
-        metrics.update({k: v for k, v in result.items() if k not in ("resumed",)})
-        metrics.setdefault("steps", {})[name] = True
-        store.update_round(plan.round_id, metrics=metrics)
+        metrics = metrics.merged(result).merged(RoundMetrics(steps={name: True}))
+        store.update_round(plan.round_id, metrics=metrics.to_row())
 
     step("explore", explore_task)
     step("select", select_task)
-    step("label", lambda *a: {"label": label_task(*a)})
+    step("label", label_task)
     step("train", train_task)
     step("evaluate", evaluate_task)
     if not _round(store, campaign_id, index).decision:
@@ -153,21 +156,25 @@ def active_learning_round(
         scaling_controller(campaign_id=campaign_id, round_index=index, database_url=database_url)
     final = _round(store, campaign_id, index)
     store.update_round(plan.round_id, status="done", step="done")
-    history = [
-        {
-            "round": r.index,
-            "labels": (r.metrics or {}).get("n_labels_total"),
-            "test_f_mae_meV_A": (r.metrics or {}).get("test_f_mae"),
-            "test_e_mae_meV": (r.metrics or {}).get("test_e_mae"),
-            "train_flops": (r.metrics or {}).get("train_flops"),
-            "decision": r.decision,
-        }
-        for r in store.rounds(campaign_id)
-    ]
-    publish_round(info.name, campaign_id, index, final.metrics or {}, final.decision, final.evidence, history)
+    history = []
+    for r in store.rounds(campaign_id):
+        m = RoundMetrics.from_row(r.metrics)
+        history.append(
+            {
+                "round": r.index,
+                "labels": m.n_labels_total,
+                "test_f_mae_meV_A": m.test_f_mae,
+                "test_e_mae_meV": m.test_e_mae,
+                "train_flops": m.train_flops,
+                "decision": r.decision,
+            }
+        )
+    final_metrics = RoundMetrics.from_row(final.metrics)
+    publish_round(info.name, campaign_id, index, final_metrics, final.decision, final.evidence, history)
     ids = campaign_label_ids(store, campaign_id)
+    f_mae = final_metrics.test_f_mae if final_metrics.test_f_mae is not None else float("nan")
     print(
         f"round {index}: {len(ids['train'])} training labels, test force MAE "
-        f"{(final.metrics or {}).get('test_f_mae', float('nan')):.1f} meV/Å, decision {final.decision}"
+        f"{f_mae:.1f} meV/Å, decision {final.decision}"
     )
     return {"index": index, "metrics": final.metrics, "decision": final.decision}

@@ -19,7 +19,9 @@ _EXPORTS = {
     "SapisCalculator": "sapis.models.calculator",
     "evaluate": "sapis.models.metrics",
     "SapisTransformer": "sapis.models.transformer",
-    "MaceConfig": "sapis.models.mace_ref",
+    "MaceConfig": "sapis.models.config",
+    "AnyModelConfig": "sapis.models.config",
+    "model_config_for": "sapis.models.config",
     "import_mace": "sapis.models.mace_ref",
 }
 

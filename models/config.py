@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 # Capacity presets for ``ModelConfig.size``: (channels, layers, lmax, heads).
 _SIZES: dict[str, tuple[int, int, int, int]] = {
@@ -27,6 +28,7 @@ class ModelConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    architecture: Literal["sapis"] = Field("sapis", description="discriminator: the sapis transformer")
     channels: int = Field(32, ge=1, description="multiplicity of every irrep in the node features (width)")
     layers: int = Field(2, ge=1, description="number of attention + feed-forward blocks (depth)")
     lmax: int = Field(2, ge=0, le=4, description="highest angular momentum of node and edge features")
@@ -49,14 +51,106 @@ class ModelConfig(BaseModel):
         return cls(**{"channels": c, "layers": n, "lmax": lmax, "heads": h, **overrides})
 
     def scaled(self, width: float = 1.0, depth: int = 0, lmax: int | None = None) -> ModelConfig:
-        """A copy with ``width`` times the channels, ``depth`` more layers and optionally another ``lmax``."""
-        return self.model_copy(
-            update={
+        """A validated copy with ``width`` times the channels, ``depth`` more layers and optionally another ``lmax``."""
+        return ModelConfig.model_validate(
+            {
+                **self.model_dump(),
                 "channels": max(1, round(self.channels * width)),
                 "layers": max(1, self.layers + depth),
                 "lmax": self.lmax if lmax is None else lmax,
             }
         )
+
+
+class MaceConfig(BaseModel):
+    """Capacity of the MACE reference model (names follow mace's run_train options).
+
+    >>> MaceConfig(channels=8).hidden_irreps()
+    '8x0e + 8x1o'
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    architecture: Literal["mace"] = Field("mace", description="discriminator: mace-torch's ScaleShiftMACE")
+    channels: int = Field(32, ge=1, description="multiplicity of hidden irreps")
+    max_L: int = Field(1, ge=0, le=2, description="highest l of hidden features (0: scalars only)")
+    max_ell: int = Field(3, ge=1, description="highest l of edge spherical harmonics")
+    correlation: int = Field(3, ge=1, description="body order of the product basis minus one")
+    layers: int = Field(2, ge=1, description="interactions")
+    cutoff: float = Field(5.0, gt=0.5, description="r_max in Å")
+    num_radial: int = Field(8, ge=1, description="Bessel functions")
+    num_polynomial_cutoff: int = Field(5, ge=1)
+    radial_mlp: list[int] = Field(default_factory=lambda: [64, 64, 64])
+    mlp_irreps: str = "16x0e"
+
+    @classmethod
+    def size(cls, name: str, **overrides: object) -> MaceConfig:
+        """The sapis preset ``name`` mapped onto MACE: its channels and layers, ``max_L = min(lmax, 1)``."""
+        sapis = ModelConfig.size(name)
+        base = {"channels": sapis.channels, "layers": sapis.layers, "max_L": min(sapis.lmax, 1)}
+        return cls.model_validate({**base, **overrides})
+
+    @classmethod
+    def from_sapis(cls, cfg: ModelConfig) -> MaceConfig:
+        """The MACE model of the same width, depth, cutoff and radial basis as a sapis config."""
+        return cls(
+            channels=cfg.channels,
+            layers=cfg.layers,
+            cutoff=cfg.cutoff,
+            num_radial=cfg.num_radial,
+            max_L=min(cfg.lmax, 1),
+        )
+
+    def scaled(self, width: float = 1.0, depth: int = 0, lmax: int | None = None) -> MaceConfig:
+        """A validated copy with ``width`` times the channels, ``depth`` more interactions, ``max_L = min(lmax, 2)``."""
+        return MaceConfig.model_validate(
+            {
+                **self.model_dump(),
+                "channels": max(1, round(self.channels * width)),
+                "layers": max(1, self.layers + depth),
+                "max_L": self.max_L if lmax is None else min(lmax, 2),
+            }
+        )
+
+    def hidden_irreps(self) -> str:
+        """e.g. '32x0e + 32x1o' for channels=32, max_L=1."""
+        return " + ".join(f"{self.channels}x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(self.max_L + 1))
+
+
+AnyModelConfig = Annotated[ModelConfig | MaceConfig, Field(discriminator="architecture")]
+"""A model's configuration, whichever architecture (pydantic picks the class by ``architecture``)."""
+
+ARCHITECTURES = ("sapis", "mace")
+_ANY_MODEL: TypeAdapter[ModelConfig | MaceConfig] = TypeAdapter(AnyModelConfig)
+
+
+def model_config_for(
+    model: ModelConfig | MaceConfig | Mapping[str, Any] | None, architecture: str | None = None
+) -> ModelConfig | MaceConfig:
+    """The validated config of ``model`` (a config, a dict, or None for the defaults) for ``architecture``.
+
+    A sapis :class:`ModelConfig` asked for as ``architecture="mace"`` maps onto the MACE model of the same
+    width, depth, cutoff and radial basis (:meth:`MaceConfig.from_sapis`). ConfigError names every problem.
+    """
+    from sapis.errors import ConfigError
+
+    if architecture is not None and architecture not in ARCHITECTURES:
+        raise ConfigError(f"unknown architecture {architecture!r} (choose 'sapis' or 'mace')")
+    if isinstance(model, ModelConfig | MaceConfig):
+        if architecture is None or architecture == model.architecture:
+            return model
+        if isinstance(model, ModelConfig):
+            return MaceConfig.from_sapis(model)
+        raise ConfigError("a MaceConfig cannot be trained as architecture 'sapis'")
+    data = dict(model or {})
+    if architecture is not None:
+        data["architecture"] = architecture
+    data.setdefault("architecture", "sapis")
+    try:
+        return _ANY_MODEL.validate_python(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'model'}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"invalid model config: {problems}") from None
 
 
 class TrainConfig(BaseModel):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
-from sapis.models.config import ModelConfig, TrainConfig
+from sapis.models.config import MaceConfig, ModelConfig, TrainConfig, model_config_for
 
 
 @dataclass
@@ -71,8 +71,8 @@ def _prepare(
 
 def model_spec(
     train_graphs: Sequence[Any],
-    architecture: str,
-    model: ModelConfig | Mapping[str, Any] | None,
+    architecture: str | None,
+    model: ModelConfig | MaceConfig | Mapping[str, Any] | None,
     e0s: Mapping[int, float] | None,
 ) -> dict[str, Any]:
     """Architecture, config and data-derived constants (elements, E0s, scale, shift, avg. neighbours)."""
@@ -92,25 +92,10 @@ def model_spec(
     rms = float(np.sqrt(np.mean(forces**2))) if forces.size else 1.0
     n_edges = sum(g.edge_index.shape[1] for g in train_graphs)
     n_nodes = sum(len(g.numbers) for g in train_graphs)
-    if architecture == "sapis":
-        cfg = model if isinstance(model, ModelConfig) else ModelConfig(**(model or {}))
-        cfg_dict = cfg.model_dump()
-    elif architecture == "mace":
-        from sapis.models.mace_ref import MaceConfig
-
-        if isinstance(model, ModelConfig):
-            model = MaceConfig(
-                channels=model.channels,
-                layers=model.layers,
-                cutoff=model.cutoff,
-                num_radial=model.num_radial,
-                max_L=min(model.lmax, 1),
-            )
-        cfg_dict = (model if isinstance(model, MaceConfig) else MaceConfig(**dict(model or {}))).model_dump()
-    else:
-        raise ConfigError(f"unknown architecture {architecture!r} (choose 'sapis' or 'mace')")
+    cfg = model_config_for(model, architecture)
+    cfg_dict = cfg.model_dump()
     return {
-        "architecture": architecture,
+        "architecture": cfg.architecture,
         "config": cfg_dict,
         "elements": elements,
         "e0s": e0,
@@ -143,9 +128,9 @@ def train_ensemble(
     out_dir: Path | str,
     /,
     members: int = 4,
-    model: ModelConfig | Mapping[str, Any] | None = None,
+    model: ModelConfig | MaceConfig | Mapping[str, Any] | None = None,
     train: TrainConfig | None = None,
-    architecture: str = "sapis",
+    architecture: str | None = None,
     e0s: Mapping[int, float] | None = None,
     progress: bool = True,
     train_config: TrainConfig | None = None,
@@ -154,9 +139,10 @@ def train_ensemble(
 
     ``train`` (alias ``train_config``) is the :class:`TrainConfig`; the first three arguments are positional.
     Members run in separate processes when ``train.workers > 1``, sequentially otherwise. ``model`` is a
-    :class:`ModelConfig` (for architecture="mace" its channels/layers/cutoff/num_radial and min(lmax, 1) map
-    onto a MaceConfig) or a MaceConfig/dict. With ``train.warm_start`` set to a previous ensemble directory,
-    member i starts from member i there (every tensor whose name and shape match; the rest starts fresh).
+    :class:`ModelConfig` or :class:`MaceConfig` (its ``architecture`` decides), or a dict of either; an explicit
+    ``architecture="mace"`` maps a ModelConfig onto a MaceConfig (see :func:`model_config_for`). With
+    ``train.warm_start`` set to a previous ensemble directory, member i starts from member i there (every
+    tensor whose name and shape match; the rest starts fresh).
     """
     from sapis.errors import ConfigError
     from sapis.models.checkpoint import sha256
@@ -166,9 +152,9 @@ def train_ensemble(
         raise ConfigError("an ensemble needs at least one member")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cutoff = float(model.cutoff if hasattr(model, "cutoff") else dict(model or {}).get("cutoff", 5.0))
-    tr, va = _prepare(train_set, valid, cutoff, cfg)
-    spec = model_spec(tr, architecture, model, e0s)
+    model_cfg = model_config_for(model, architecture)
+    tr, va = _prepare(train_set, valid, model_cfg.cutoff, cfg)
+    spec = model_spec(tr, None, model_cfg, e0s)
     jobs = []
     n_gpus = _gpu_count()
     for i in range(members):
@@ -205,7 +191,7 @@ def train_ensemble(
         for i, r in enumerate(results)
     ]
     desc = {
-        "architecture": architecture,
+        "architecture": model_cfg.architecture,
         "spec": {**spec, "e0s": {str(k): v for k, v in spec["e0s"].items()}},
         "train_config": cfg.model_dump(mode="json"),
         "n_train": len(tr),
@@ -214,7 +200,7 @@ def train_ensemble(
         "members": [{**asdict(m), "path": m.path.name, "history": m.history} for m in member_results],
     }
     (out / "ensemble.json").write_text(json.dumps(desc, indent=1))
-    return EnsembleResult(out_dir=out, members=member_results, architecture=architecture)
+    return EnsembleResult(out_dir=out, members=member_results, architecture=model_cfg.architecture)
 
 
 def _train_with_progress(i: int, job: tuple, progress: bool, members: int) -> dict[str, Any]:

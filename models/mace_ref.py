@@ -14,9 +14,9 @@ from types import ModuleType
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from torch import nn as tnn
 
+from sapis.models.config import MaceConfig
 from sapis.models.graph import AtomicGraph
 
 _ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
@@ -38,27 +38,6 @@ def import_mace() -> ModuleType:
         else:
             os.environ[_ENV] = old
     return mace
-
-
-class MaceConfig(BaseModel):
-    """Capacity of the MACE reference model (names follow mace's run_train options)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    channels: int = Field(32, ge=1, description="multiplicity of hidden irreps")
-    max_L: int = Field(1, ge=0, le=2, description="highest l of hidden features (0: scalars only)")
-    max_ell: int = Field(3, ge=1, description="highest l of edge spherical harmonics")
-    correlation: int = Field(3, ge=1, description="body order of the product basis minus one")
-    layers: int = Field(2, ge=1, description="interactions")
-    cutoff: float = Field(5.0, gt=0.5, description="r_max in Å")
-    num_radial: int = Field(8, ge=1, description="Bessel functions")
-    num_polynomial_cutoff: int = Field(5, ge=1)
-    radial_mlp: list[int] = Field(default_factory=lambda: [64, 64, 64])
-    mlp_irreps: str = "16x0e"
-
-    def hidden_irreps(self) -> str:
-        """e.g. '32x0e + 32x1o' for channels=32, max_L=1."""
-        return " + ".join(f"{self.channels}x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(self.max_L + 1))
 
 
 class MaceModel(tnn.Module):

@@ -7,6 +7,11 @@ keeps its traceback.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class SapisError(Exception):
     """An error caused by user input or configuration; its message is shown as is."""
@@ -33,3 +38,15 @@ class ConfigError(SapisError):
 
 class NotFoundError(SapisError):
     """A named object (pool, campaign, model directory) does not exist."""
+
+
+def config_error(source: str, exc: ValidationError, drop: tuple[str, ...] = ()) -> ConfigError:
+    """One-line :class:`ConfigError` from a pydantic ``ValidationError``: ``source: field.path: problem; ...``.
+
+    ``drop`` names location parts left out of the field path (e.g. a discriminated union's tag).
+    """
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc'] if str(p) not in drop) or 'config'}: {err['msg']}"
+        for err in exc.errors()
+    )
+    return ConfigError(f"{source}: {problems}")

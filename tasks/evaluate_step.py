@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sapis.storage import Store
 from sapis.tasks import plots
 from sapis.tasks.plan import RoundPlan, campaign_label_ids
+from sapis.tasks.round_metrics import NveGate, RoundMetrics
+
+if TYPE_CHECKING:
+    from ase import Atoms
+
+    from sapis.flows.config import CampaignConfig
 
 
 def _round_label_ids(store: Store, plan: RoundPlan, roles: tuple[str, ...]) -> list[int]:
@@ -16,54 +22,54 @@ def _round_label_ids(store: Store, plan: RoundPlan, roles: tuple[str, ...]) -> l
     return sorted({r["config_id"] for r in rows if r["role"] in roles})
 
 
-def label_cost(store: Store, plan: RoundPlan) -> dict[str, Any]:
+def label_cost(store: Store, plan: RoundPlan) -> RoundMetrics:
     """Labels added and failed in this round and their DFT CPU seconds."""
     ids = _round_label_ids(store, plan, ("seed", "selected", "test"))
     counts = store.label_counts(fingerprint=plan.fingerprint, config_ids=ids) if ids else {}
     done = store.labelled(plan.fingerprint, config_ids=ids) if ids else []
     cpu = sum(float((a.info.get("cost") or {}).get("cpu_s") or 0.0) for a in done)
-    return {
-        "n_labels_added": counts.get("done", 0),
-        "n_labels_failed": counts.get("failed", 0),
-        "dft_cpu_s": cpu,
-    }
+    return RoundMetrics(n_labels_added=counts.get("done", 0), n_labels_failed=counts.get("failed", 0), dft_cpu_s=cpu)
 
 
-def evaluate_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
+def evaluate_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     """Metrics of this round (SPEC 'Round metrics'), plus plot paths; resumable."""
     from sapis.models import evaluate, load_ensemble
 
-    out: dict[str, Any] = {}
+    out = RoundMetrics()
     ens = load_ensemble(plan.model_dir)
     ids = campaign_label_ids(store, plan.campaign_id)
     test = store.labelled(plan.fingerprint, config_ids=ids["test"])
     if test:
         m = evaluate(ens, test)
-        out.update(
+        pred = ens.predict(test)
+        ref = np.concatenate([a.get_forces() for a in test])
+        out = RoundMetrics(
             test_f_mae=m["forces_mae_meV_A"],
             test_f_rmse=m.get("forces_rmse_meV_A"),
             test_e_mae=m["energy_mae_meV"],
             test_e_mae_per_atom=m.get("energy_mae_meV_per_atom"),
             n_test=len(test),
             test_members=m.get("members"),
+            parity_png=str(plots.parity(ref, np.concatenate(pred["forces"]), plan.out_dir / "parity.png")),
         )
-        pred = ens.predict(test)
-        ref = np.concatenate([a.get_forces() for a in test])
-        out["parity_png"] = str(plots.parity(ref, np.concatenate(pred["forces"]), plan.out_dir / "parity.png"))
 
-    out.update(label_cost(store, plan))
-    earlier = [r for r in store.rounds(plan.campaign_id) if r.index < plan.index]
-    out["dft_cpu_s_cum"] = sum(float((r.metrics or {}).get("dft_cpu_s", 0.0)) for r in earlier) + out["dft_cpu_s"]
-    out["n_labels_total"] = len(ids["train"]) + len(ids["test"])
+    cost = label_cost(store, plan)
+    out = out.merged(cost)
+    out = out.merged(
+        RoundMetrics(
+            dft_cpu_s_cum=sum(m.dft_cpu_s or 0.0 for m in plan.earlier) + (cost.dft_cpu_s or 0.0),
+            n_labels_total=len(ids["train"]) + len(ids["test"]),
+        )
+    )
 
     new = store.labelled(plan.fingerprint, config_ids=_round_label_ids(store, plan, ("selected",)))
     if plan.previous_model is not None and len(new) >= 3:
-        out.update(_calibrate(plan, new))
+        out = out.merged(_calibrate(plan, new))
 
     scores = plan.out_dir / "candidate_scores.npz"
     if scores.exists():
         z = np.load(scores)
-        out["uncertainty_png"] = str(
+        out.uncertainty_png = str(
             plots.uncertainty_histogram(
                 z["calibrated"],
                 plan.out_dir / "uncertainty.png",
@@ -73,14 +79,14 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
             )
         )
 
-    if cfg.model.nve_steps > 0:
-        out["nve"] = _nve_gate(store, plan, cfg.model.nve_steps)
+    if cfg.ensemble.nve_steps > 0:
+        out.nve = _nve_gate(store, plan, cfg.ensemble.nve_steps)
 
-    curve = [((r.metrics or {}).get("n_labels_total"), (r.metrics or {}).get("test_f_mae")) for r in earlier]
-    curve.append((out["n_labels_total"], out.get("test_f_mae")))
-    curve = [(n, e) for n, e in curve if n and e]
+    points = [(r.n_labels_total, r.test_f_mae) for r in plan.earlier]
+    points.append((out.n_labels_total, out.test_f_mae))
+    curve = [(n, e) for n, e in points if n and e]
     if curve:
-        out["learning_curve_png"] = str(
+        out.learning_curve_png = str(
             plots.learning_curve(
                 [n for n, _ in curve],
                 [e for _, e in curve],
@@ -91,7 +97,7 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
     return out
 
 
-def _calibrate(plan: RoundPlan, new: list) -> dict[str, Any]:
+def _calibrate(plan: RoundPlan, new: list[Atoms]) -> RoundMetrics:
     """The previous ensemble chose these labels: compare its predicted deviation with its actual error."""
     from sapis.models import load_ensemble
     from sapis.tasks.calibration import fit_calibration, plot_calibration
@@ -102,10 +108,10 @@ def _calibrate(plan: RoundPlan, new: list) -> dict[str, Any]:
     err = np.array([np.linalg.norm(f - a.get_forces(), axis=1).max() for f, a in zip(pred["forces"], new, strict=True)])
     cal = fit_calibration(dev, err)
     png = plot_calibration(cal, dev, err, plan.out_dir / "calibration.png")
-    return {"calibration": cal.to_dict(), "calibration_png": str(png)}
+    return RoundMetrics(calibration=cal.to_dict(), calibration_png=str(png))
 
 
-def _nve_gate(store: Store, plan: RoundPlan, steps: int) -> dict[str, Any]:
+def _nve_gate(store: Store, plan: RoundPlan, steps: int) -> NveGate:
     """NVE run of the ensemble mean from the first pool structure: energy drift and physicality."""
     from sapis.models import SapisCalculator
     from sapis.tasks.nve import check_nve
@@ -113,8 +119,6 @@ def _nve_gate(store: Store, plan: RoundPlan, steps: int) -> dict[str, Any]:
     pools = store.campaign_pools(plan.campaign_id)
     start = store.pool_atoms(pools[0].id)[0] if pools else None
     if start is None:
-        return {"passed": None, "reasons": ["no structure to run"]}
+        return NveGate(passed=None, reasons=["no structure to run"])
     res = check_nve(start, SapisCalculator.from_checkpoint(plan.model_dir), steps=steps, seed=plan.index)
-    out = res.summary()
-    out["reason"] = "; ".join(res.reasons)
-    return out
+    return NveGate.model_validate({**res.summary(), "reason": "; ".join(res.reasons)})

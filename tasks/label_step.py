@@ -13,9 +13,9 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from sapis.storage import Store
+from sapis.tasks.dft import LevelOfTheory
 
 ProgressFn = Callable[[dict[str, int]], None]
 LaunchFn = Callable[[int, str], object]  # (number of workers, fingerprint): start remote workers
@@ -35,12 +35,9 @@ class LabelOutcome:
         return self.counts.get("pending", 0) == 0 and self.counts.get("running", 0) == 0
 
 
-def enqueue(store: Store, config_ids: list[int], level: dict[str, Any]) -> int:
+def enqueue(store: Store, config_ids: list[int], level: LevelOfTheory) -> int:
     """Enqueue labels for ``config_ids`` at ``level`` (idempotent); return how many are new."""
-    from sapis.tasks.dft import LevelOfTheory
-
-    lot = LevelOfTheory.from_spec(level)
-    return store.enqueue_labels(config_ids, lot.fingerprint, lot.spec)
+    return store.enqueue_labels(config_ids, level.fingerprint, level.spec)
 
 
 def _spawn_local_worker(store: Store, fingerprint: str, threads: int, max_memory_mb: int) -> subprocess.Popen:
@@ -70,7 +67,7 @@ def _spawn_local_worker(store: Store, fingerprint: str, threads: int, max_memory
 def label_and_wait(
     store: Store,
     config_ids: list[int],
-    level: dict[str, Any],
+    level: LevelOfTheory,
     *,
     mode: str = "local",
     workers: int = 2,
@@ -87,9 +84,7 @@ def label_and_wait(
     still pending, e.g. after waiting for an expired lease, is replaced). Work-pool mode calls
     ``launch(workers, fingerprint)`` once (the flow queues runs of the labelling deployment) and watches the store.
     """
-    from sapis.tasks.dft import LevelOfTheory
-
-    fingerprint = LevelOfTheory.from_spec(level).fingerprint
+    fingerprint = level.fingerprint
     enqueue(store, config_ids, level)
     start = time.monotonic()
     procs: list[subprocess.Popen] = []

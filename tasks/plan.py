@@ -9,12 +9,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ase import Atoms
 
+from sapis.models.config import MaceConfig, ModelConfig, TrainConfig
 from sapis.settings import get_settings
 from sapis.storage import Store
+from sapis.tasks.calibration import Calibration
+from sapis.tasks.dft import LevelOfTheory
+from sapis.tasks.round_metrics import RoundMetrics
+
+if TYPE_CHECKING:
+    from sapis.flows.config import CampaignConfig
 
 GROW_DATA = ("grow_data", "both")
 GROW_CAPACITY = ("grow_capacity", "both")
@@ -28,16 +35,22 @@ class RoundPlan:
     campaign_id: int
     index: int
     round_id: int
-    fingerprint: str
-    level: dict[str, Any]
-    capacity: dict[str, Any]  # model knobs (channels, layers, lmax, heads, cutoff, ...)
+    level: LevelOfTheory  # every label of the round is computed at this level
+    model: ModelConfig | MaceConfig  # this round's capacity, after replaying the controller's growth decisions
+    train: TrainConfig  # this round's training (budget x train_factor, seed, warm start)
+    members: int  # ensemble members
     capacity_changed: bool  # True: no warm start across a capacity change
     k: int  # labels to add this round
     previous_model: Path | None  # ensemble trained in the previous round (ranks this round's candidates)
     promoted: bool  # the previous ensemble passed its NVE gate, so it may drive committee MD
     out_dir: Path  # this round's artifacts
-    calibration: dict[str, Any] = field(default_factory=dict)  # fitted on the previous round's labels
+    calibration: Calibration | None = None  # fitted on the previous round's labels
     train_factor: float = 1.0  # training budget multiplier: doubled by each 'undertrained' verdict (max 8)
+    earlier: list[RoundMetrics] = field(default_factory=list)  # metrics of the rounds before this one
+
+    @property
+    def fingerprint(self) -> str:
+        return self.level.fingerprint
 
     @property
     def model_dir(self) -> Path:
@@ -48,19 +61,21 @@ def campaign_dir(campaign_id: int) -> Path:
     return get_settings().artifacts / "campaigns" / f"{campaign_id:04d}"
 
 
-def plan_round(store: Store, campaign_id: int, index: int, cfg: Any) -> RoundPlan:
-    """Plan round ``index`` of a campaign from its config (``CampaignConfig``) and earlier decisions."""
-    from sapis.models import ModelConfig
-    from sapis.tasks.dft import LevelOfTheory
+def round_dir(campaign_id: int, index: int) -> Path:
+    """Where round ``index`` of a campaign keeps its artifacts (its ensemble in ``ensemble/``)."""
+    return campaign_dir(campaign_id) / f"round-{index:03d}"
 
-    level = LevelOfTheory.from_spec(cfg.level)
+
+def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) -> RoundPlan:
+    """Plan round ``index`` of a campaign from its config and earlier decisions."""
     round_id = store.start_round(campaign_id, index)
     earlier = [r for r in store.rounds(campaign_id) if r.index < index]
+    earlier_metrics = [RoundMetrics.from_row(r.metrics) for r in earlier]
 
-    capacity = ModelConfig.size(cfg.model.size).model_copy(update=cfg.model.knobs)
+    capacity: ModelConfig | MaceConfig = cfg.model
     k = cfg.select.k
     changed = False
-    calibration: dict[str, Any] = {}
+    calibration: Calibration | None = None
     train_factor = 1.0
     for r in earlier:  # replay decisions in order
         factors = (r.evidence or {}).get("factors", {})
@@ -75,31 +90,39 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: Any) -> RoundPla
         if (r.evidence or {}).get("rule") == "undertrained":
             train_factor = min(MAX_TRAIN_FACTOR, 2.0 * train_factor)
         changed = r.decision in GROW_CAPACITY and r is earlier[-1]
-        calibration = (r.metrics or {}).get("calibration", calibration)
+    for m in earlier_metrics:
+        if m.calibration:
+            calibration = Calibration.from_dict(m.calibration)
 
     chosen = campaign_label_ids(store, campaign_id)
     already = len(chosen["train"]) + len(chosen["test"])
     k = max(0, min(k, cfg.targets.max_labels - already))  # never plan past the DFT label budget
 
-    previous = campaign_dir(campaign_id) / f"round-{index - 1:03d}" / "ensemble" if index > 0 else None
+    previous = round_dir(campaign_id, index - 1) / "ensemble" if index > 0 else None
     if previous is not None and not (previous / "ensemble.json").exists():
         previous = None
-    nve = ((earlier[-1].metrics or {}).get("nve") or {}) if earlier else {}
-    promoted = previous is not None and nve.get("passed") is not False
+    nve = earlier_metrics[-1].nve if earlier_metrics else None
+    promoted = previous is not None and (nve or {}).get("passed") is not False
+    warm = previous if (cfg.ensemble.warm_start and not changed) else None
+    train = cfg.train.for_round(
+        seed=cfg.seed + 1000 * index, factor=train_factor, warm_start=warm, members=cfg.ensemble.members
+    )
     return RoundPlan(
         campaign_id=campaign_id,
         index=index,
         round_id=round_id,
-        fingerprint=level.fingerprint,
-        level=level.spec,
-        capacity=capacity.model_dump(mode="json"),
+        level=cfg.level,
+        model=capacity,
+        train=train,
+        members=cfg.ensemble.members,
         capacity_changed=changed,
         k=k,
         previous_model=previous,
         promoted=promoted,
-        out_dir=campaign_dir(campaign_id) / f"round-{index:03d}",
+        out_dir=round_dir(campaign_id, index),
         calibration=calibration,
         train_factor=train_factor,
+        earlier=earlier_metrics,
     )
 
 

@@ -6,22 +6,28 @@ its rows does not run again.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
 
 from sapis.storage import Store
 from sapis.tasks.plan import RoundPlan, campaign_label_ids
+from sapis.tasks.round_metrics import RoundMetrics
+
+if TYPE_CHECKING:
+    from sapis.flows.config import CampaignConfig
+    from sapis.tasks.calibration import Calibration
+    from sapis.tasks.rank import Selection
 
 
-def explore_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
+def explore_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     """Run the configured explorers from the campaign's pool structures; store the candidates."""
-    from sapis.tasks.explore import ExploreConfig, explore
+    from sapis.tasks.explore import explore
 
     done = store.selections(plan.campaign_id, role="candidate", round_index=plan.index)
     if done:
-        return {"n_candidates": len(done), "resumed": True}
+        return RoundMetrics(n_candidates=len(done), resumed=True)
 
     seeds: list[Atoms] = []
     for pool in store.campaign_pools(plan.campaign_id):
@@ -35,16 +41,11 @@ def explore_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
     candidates: list[Atoms] = []
     filtered: dict[str, int] = {}
     for i, name in enumerate(explorers):
-        ecfg = ExploreConfig(
-            explorer=name,
-            temperatures=cfg.explore.temperatures,
-            steps=cfg.explore.steps,
-            timestep_fs=cfg.explore.timestep_fs,
-            interval=cfg.explore.interval,
+        ecfg = cfg.explore.for_explorer(
+            name,
             seed=cfg.seed + 7919 * plan.index + i,
             round_index=plan.index,
             trust_hi=cfg.select.window_hi if name == "committee" else None,
-            n_perturb=(cfg.explore.perturbations or None) if name == "perturb" else None,
         )
         res = explore(seeds, ecfg, model_dir=plan.previous_model if name == "committee" else None)
         candidates.extend(res.candidates)
@@ -64,10 +65,10 @@ def explore_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
     ids = store.add_configurations(candidates, provenance)
     unique = list(dict.fromkeys(ids))
     store.add_selections(plan.round_id, [{"config_id": c, "role": "candidate"} for c in unique])
-    return {"n_candidates": len(unique), "filtered": filtered, "explorers": explorers}
+    return RoundMetrics(n_candidates=len(unique), filtered=filtered, explorers=list(explorers))
 
 
-def select_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
+def select_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     """Choose this round's labels: a diverse seed and a random test set in round 0, then by uncertainty."""
     chosen = [
         r
@@ -75,7 +76,7 @@ def select_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
         if r["role"] in ("seed", "selected", "test")
     ]
     if chosen:
-        return {"n_selected": sum(r["role"] != "test" for r in chosen), "resumed": True}
+        return RoundMetrics(n_selected=sum(r["role"] != "test" for r in chosen), resumed=True)
 
     cand_rows = store.selections(plan.campaign_id, role="candidate", round_index=plan.index)
     labelled = campaign_label_ids(store, plan.campaign_id)
@@ -86,16 +87,17 @@ def select_round(store: Store, plan: RoundPlan, cfg: Any) -> dict[str, Any]:
 
     if plan.previous_model is None:
         rows = _cold_start(cand_ids, atoms, cfg, rng)
-        summary: dict[str, Any] = {"strategy": "cold-start: random test set, farthest-point seed"}
+        summary = RoundMetrics(strategy="cold-start: random test set, farthest-point seed")
     else:
         rows, summary = _by_uncertainty(store, plan, cfg, cand_ids, atoms, taken)
     store.add_selections(plan.round_id, rows)
-    summary["n_selected"] = sum(r["role"] != "test" for r in rows)
-    summary["n_test"] = sum(r["role"] == "test" for r in rows)
-    return summary
+    counts = RoundMetrics(
+        n_selected=sum(r["role"] != "test" for r in rows), n_test=sum(r["role"] == "test" for r in rows)
+    )
+    return summary.merged(counts)
 
 
-def _cold_start(ids: list[int], atoms: list[Atoms], cfg: Any, rng: np.random.Generator) -> list[dict]:
+def _cold_start(ids: list[int], atoms: list[Atoms], cfg: CampaignConfig, rng: np.random.Generator) -> list[dict]:
     """Round 0: a random held-out test set, then a farthest-point seed set in a cheap invariant space."""
     order = rng.permutation(len(ids))
     n_test = min(cfg.select.test_size, max(1, len(ids) // 4))
@@ -138,18 +140,17 @@ def _farthest_point_by_molecule(atoms: list[Atoms], k: int, rng: np.random.Gener
 
 
 def _by_uncertainty(
-    store: Store, plan: RoundPlan, cfg: Any, ids: list[int], atoms: list[Atoms], taken: set[int]
-) -> tuple[list[dict], dict[str, Any]]:
+    store: Store, plan: RoundPlan, cfg: CampaignConfig, ids: list[int], atoms: list[Atoms], taken: set[int]
+) -> tuple[list[dict], RoundMetrics]:
     """Rank candidates by the previous ensemble's disagreement; select K inside the window, diversely."""
     from sapis.models import load_ensemble
-    from sapis.tasks.calibration import Calibration
     from sapis.tasks.rank import rank_candidates, score_candidates
 
     ens = load_ensemble(plan.previous_model)
     scores = score_candidates(ens, atoms)
     known = store.get_atoms(sorted(taken))
     exclude = ens.descriptors(known) if known else None
-    calibration = Calibration.from_dict(plan.calibration) if plan.calibration else None
+    calibration = plan.calibration
     sel = rank_candidates(
         scores,
         k=plan.k,
@@ -185,29 +186,29 @@ def _by_uncertainty(
         calibrated=sel.calibrated,
         selected=np.isin(np.arange(len(ids)), picked),
     )
-    summary = {
-        "strategy": "uncertainty x diversity inside the trust window" if cfg.select.diversity else "top-k",
-        "window_eV_A": list(sel.bounds),
-        "calibrated": calibration is not None,
-        "deviation_eV_A": {
+    summary = RoundMetrics(
+        strategy="uncertainty x diversity inside the trust window" if cfg.select.diversity else "top-k",
+        window_eV_A=[float(b) for b in sel.bounds],
+        calibrated=calibration is not None,
+        deviation_eV_A={
             "min": float(np.min(sel.score)),
             "median": float(np.median(sel.score)),
             "max": float(np.max(sel.score)),
         },
-        **{k: v for k, v in sel.info.items() if k.startswith("n_")},
-        "n_outside_window": fallback,
-    }
+        ranking={k: v for k, v in sel.info.items() if k.startswith("n_")},
+        n_outside_window=fallback,
+    )
     return rows, summary
 
 
 def _fill_outside_window(
     scores: dict[str, Any],
-    sel: Any,
+    sel: Selection,
     picked: list[int],
     exclude: np.ndarray | None,
     n: int,
-    calibration: Any,
-    cfg: Any,
+    calibration: Calibration | None,
+    cfg: CampaignConfig,
     plan: RoundPlan,
 ) -> list[int]:
     """Up to ``n`` more picks among candidates outside the window, never near-duplicates of labels or picks."""

@@ -55,26 +55,28 @@ def add_pool(campaign_id: int, pool: str, database_url: DbOpt = None) -> None:
 
 def campaign_status(store: Any, campaign_id: int) -> dict[str, Any]:
     """The campaign and its rounds as plain data (what `status --json` prints)."""
+    from sapis.tasks.round_metrics import RoundMetrics
+
     info = store.campaign(campaign_id)
     rounds = []
     for r in store.rounds(campaign_id):
-        m = r.metrics or {}
+        m = RoundMetrics.from_row(r.metrics)
         rounds.append(
             {
                 "round": r.index,
                 "status": r.status,
                 "step": r.step,
-                "labels": m.get("n_labels_total"),
-                "added": m.get("n_labels_added"),
-                "failed": m.get("n_labels_failed"),
-                "test_f_mae_meV_A": m.get("test_f_mae"),
-                "test_e_mae_meV": m.get("test_e_mae"),
-                "n_params": m.get("n_params"),
-                "train_flops": m.get("train_flops"),
-                "dft_cpu_s": m.get("dft_cpu_s"),
+                "labels": m.n_labels_total,
+                "added": m.n_labels_added,
+                "failed": m.n_labels_failed,
+                "test_f_mae_meV_A": m.test_f_mae,
+                "test_e_mae_meV": m.test_e_mae,
+                "n_params": m.n_params,
+                "train_flops": m.train_flops,
+                "dft_cpu_s": m.dft_cpu_s,
                 "decision": r.decision,
                 "reason": (r.evidence or {}).get("reason"),
-                "plots": {k: v for k, v in m.items() if k.endswith("_png")},
+                "plots": m.plots,
             }
         )
     return {

@@ -35,16 +35,22 @@ explorers = ["xtb", "committee"]
 temperatures = [300.0, 900.0]
 steps = 60
 interval = 5
-perturbations = 0
 
 [model]
 size = "S"
-knobs = {{ channels = 8, layers = 1, lmax = 1, heads = 2 }}
-members = 2
+channels = 8
+layers = 1
+lmax = 1
+heads = 2
+
+[train]
 max_epochs = 25
 max_minutes = 0.25
-nve_steps = 100
 batch_size = 4
+
+[ensemble]
+members = 2
+nve_steps = 100
 
 [select]
 seed_size = 6

@@ -14,7 +14,7 @@ def test_defaults_and_roundtrip(tmp_path: Path) -> None:
     path.write_text(cfg.to_toml())
     again = CampaignConfig.load(path)
     assert again == cfg
-    assert again.level["method"] == "PBE"
+    assert again.level.method == "PBE"
 
 
 @pytest.mark.parametrize(
@@ -40,4 +40,4 @@ def test_demo_config_is_valid() -> None:
     from importlib.resources import files
 
     cfg = CampaignConfig.load(str(files("sapis.flows") / "demo.toml"))
-    assert cfg.pools == ["demo-molecules"] and cfg.model.members >= 2
+    assert cfg.pools == ["demo-molecules"] and cfg.ensemble.members >= 2

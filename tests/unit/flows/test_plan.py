@@ -28,14 +28,14 @@ def test_plan_replays_decisions(tmp_path: Path) -> None:
     assert p0.k == cfg.select.k and p0.previous_model is None and not p0.capacity_changed
     store.update_round(p0.round_id, status="done", decision="grow_data", evidence={"factors": {"k_N": 2.0}})
     p1 = plan_round(store, cid, 1, cfg)
-    assert p1.k == 2 * cfg.select.k and p1.capacity == p0.capacity
+    assert p1.k == 2 * cfg.select.k and p1.model == p0.model
     store.update_round(
         p1.round_id, status="done", decision="grow_capacity", evidence={"factors": {"k_W": 2.0, "k_D": 1}}
     )
     p2 = plan_round(store, cid, 2, cfg)
     assert p2.capacity_changed and p2.k == p1.k
-    assert p2.capacity["channels"] == 2 * p0.capacity["channels"]
-    assert p2.capacity["layers"] == p0.capacity["layers"] + 1
+    assert p2.model.channels == 2 * p0.model.channels
+    assert p2.model.layers == p0.model.layers + 1
     store.update_round(p2.round_id, status="done", decision="continue", evidence={"rule": "undertrained"})
     p3 = plan_round(store, cid, 3, cfg)
     assert (p2.train_factor, p3.train_factor) == (1.0, 2.0)
