@@ -147,8 +147,16 @@ class TargetsSection(_Section):
 
 
 # Keys of the old single [model] section that now live in [train] / [ensemble] (old files still read).
-_LEGACY_TRAIN = ("max_epochs", "max_minutes", "batch_size", "lr", "forces_weight", "energy_weight", "valid_fraction")
-_LEGACY_TRAIN += ("workers",)
+_LEGACY_TRAIN: tuple[str, ...] = (
+    "max_epochs",
+    "max_minutes",
+    "batch_size",
+    "lr",
+    "forces_weight",
+    "energy_weight",
+    "valid_fraction",
+    "workers",
+)
 _LEGACY_ENSEMBLE = ("members", "warm_start", "nve_steps")
 
 

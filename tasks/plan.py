@@ -102,7 +102,7 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) 
     if previous is not None and not (previous / "ensemble.json").exists():
         previous = None
     nve = earlier_metrics[-1].nve if earlier_metrics else None
-    promoted = previous is not None and (nve or {}).get("passed") is not False
+    promoted = previous is not None and (nve is None or nve.passed is not False)
     warm = previous if (cfg.ensemble.warm_start and not changed) else None
     train = cfg.train.for_round(
         seed=cfg.seed + 1000 * index, factor=train_factor, warm_start=warm, members=cfg.ensemble.members
