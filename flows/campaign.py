@@ -89,6 +89,8 @@ def export_campaign(store: Store, campaign_id: int, out: Path | None = None) -> 
     out = out or campaign_dir(campaign_id)
     out.mkdir(parents=True, exist_ok=True)
     data = out / "labels.extxyz"
-    n = store.export_extxyz(data, campaign_id=campaign_id)
+    # only the campaign's own level of theory: a pool added with labels at another level must not mix in
+    cfg = CampaignConfig.parse(store.campaign(campaign_id).config, source=f"campaign {campaign_id}")
+    n = store.export_extxyz(data, campaign_id=campaign_id, fingerprint=cfg.level.fingerprint)
     model = round_dir(campaign_id, rounds[-1].index) / "ensemble" if rounds else None
     return {"data": str(data), "n_labels": n, "model": str(model) if model else None}

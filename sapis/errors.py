@@ -50,3 +50,7 @@ def config_error(source: str, exc: ValidationError, drop: tuple[str, ...] = ()) 
         for err in exc.errors()
     )
     return ConfigError(f"{source}: {problems}")
+
+
+class StoreError(SapisError):
+    """The store cannot be reached, read or written (URL, server, file, lock or schema revision)."""

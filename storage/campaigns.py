@@ -59,6 +59,7 @@ def create_campaign(session: Session, name: str, config: Mapping[str, Any]) -> i
     name = (name or "").strip()
     if not name:
         raise ConfigError("campaign name must not be empty")
+    configs.check_name("campaign name", name)
     if session.execute(select(Campaign.id).where(Campaign.name == name)).scalar_one_or_none() is not None:
         raise ConfigError(f"campaign {name!r} already exists")
     row = Campaign(

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from sapis.errors import ConfigError, InputError, NotFoundError
 from sapis.storage import structures as st
-from sapis.storage.orm import Configuration, LevelOfTheory, Molecule
+from sapis.storage.orm import MAX_NAME, Configuration, LevelOfTheory, Molecule
 
 CHUNK = 500  # ids per IN (...) clause
 PROVENANCE_COLUMNS = ("source", "explorer", "campaign_id", "round_index", "temperature", "step", "parent_id")
@@ -38,6 +38,21 @@ def upsert(session: Session, table: Any) -> Any:
 
         return sqlite_insert(tbl).on_conflict_do_nothing()
     raise ConfigError(f"unsupported database dialect {dialect!r} (use SQLite or PostgreSQL)")
+
+
+def check_name(what: str, value: str) -> str:
+    """``value`` stripped; InputError if it is empty or longer than :data:`MAX_NAME` characters (the same limit on
+    SQLite, which would store anything, and PostgreSQL, which would fail mid-transaction).
+
+    >>> check_name("pool name", " water ")
+    'water'
+    """
+    value = (value or "").strip()
+    if not value:
+        raise InputError(what, "must not be empty")
+    if len(value) > MAX_NAME:
+        raise InputError(what, f"{len(value)} characters is too long (at most {MAX_NAME})")
+    return value
 
 
 def chunks(seq: Sequence[Any], n: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -82,21 +97,31 @@ def prepare(
     source: str,
     frame: int | None,
     provenance: Mapping[str, Any] | None = None,
+    allow_fragments: bool = False,
 ) -> Prepared:
-    """Check ``atoms`` (structure and spin) and compute its hash; InputError naming source/frame if bad."""
+    """Check ``atoms`` (structure, charge, spin, fragments) and compute its hash; InputError naming source/frame
+    if bad. Separated fragments are refused unless ``allow_fragments`` (then recorded in the provenance, so the
+    labeller accepts them too)."""
     problem = st.structure_problem(atoms)
     if problem is None:
         problem = st.spin_problem(atoms, charge, multiplicity)
+    if problem is None:
+        problem = st.fragment_problem(atoms, charge, multiplicity, allow_fragments)
     if problem is not None:
         raise InputError(source, problem, frame)
-    mult = st.default_multiplicity(atoms, charge) if multiplicity is None else int(multiplicity)
+    prov = dict(provenance or {})
+    if allow_fragments and len(st.fragments(atoms)) > 1:
+        prov["allow_fragments"] = True
+        mult = st.default_multiplicity(atoms, charge, True) if multiplicity is None else int(multiplicity)
+    else:
+        mult = st.default_multiplicity(atoms, charge) if multiplicity is None else int(multiplicity)
     return Prepared(
         atoms=atoms,
         charge=int(charge),
         multiplicity=mult,
         hash=st.content_hash(atoms, charge, mult),
         formula=atoms.get_chemical_formula(mode="hill"),
-        provenance=dict(provenance or {}),
+        provenance=prov,
     )
 
 
@@ -189,24 +214,26 @@ def add_configurations(
     items = []
     for i, (a, prov) in enumerate(zip(atoms, provs, strict=True)):
         pid = prov.get("parent_id")
-        pq, pm = parent_mol.get(int(pid), (0, None)) if pid is not None else (0, None)
+        pq, pm, frag = parent_mol.get(int(pid), (0, None, False)) if pid is not None else (0, None, False)
         charge = int(a.info.get("charge", pq))
         mult = a.info.get("multiplicity", pm if charge == pq else None)
         source = f"structure {i} ({prov.get('source', 'unknown')})"
-        items.append(prepare(a, charge, None if mult is None else int(mult), source, None, prov))
+        frag = frag or bool(prov.get("allow_fragments"))
+        items.append(prepare(a, charge, None if mult is None else int(mult), source, None, prov, frag))
     ids, _ = insert_prepared(session, items)
     return ids
 
 
-def _parent_molecules(session: Session, parents: set[int]) -> dict[int, tuple[int, int]]:
+def _parent_molecules(session: Session, parents: set[int]) -> dict[int, tuple[int, int, bool]]:
+    """(charge, multiplicity, fragments allowed) of each parent configuration."""
     if not parents:
         return {}
     rows = session.execute(
-        select(Configuration.id, Molecule.charge, Molecule.multiplicity)
+        select(Configuration.id, Molecule.charge, Molecule.multiplicity, Configuration.provenance)
         .join(Molecule, Molecule.id == Configuration.molecule_id)
         .where(Configuration.id.in_(sorted(parents)))
     ).all()
-    found = {r.id: (r.charge, r.multiplicity) for r in rows}
+    found = {r.id: (r.charge, r.multiplicity, bool((r.provenance or {}).get("allow_fragments"))) for r in rows}
     missing = parents - set(found)
     if missing:
         raise NotFoundError(f"parent configuration(s) not found: {sorted(missing)[:10]}")
@@ -260,6 +287,7 @@ def ensure_level(session: Session, fingerprint: str, spec: Mapping[str, Any]) ->
     """Record the level of theory ``fingerprint`` -> ``spec``; ConfigError if it names a different spec."""
     if not fingerprint or not fingerprint.strip():
         raise ConfigError("level-of-theory fingerprint is empty")
+    check_name("level-of-theory fingerprint", fingerprint)
     clean = jsonable(spec)
     session.execute(upsert(session, LevelOfTheory), [{"fingerprint": fingerprint, "spec": clean, "created_at": _now()}])
     stored = session.execute(select(LevelOfTheory.spec).where(LevelOfTheory.fingerprint == fingerprint)).scalar_one()

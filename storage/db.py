@@ -7,6 +7,8 @@ current schema, so concurrent processes never race to create tables.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,41 +18,99 @@ from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from sapis.errors import ConfigError
+from sapis.errors import StoreError
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-SQLITE_BUSY_TIMEOUT_MS = 60_000
+SQLITE_BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for another writer's lock in all
+SQLITE_NOTICE_AFTER_MS = 3_000  # when it says that it is waiting
+PG_CONNECT_TIMEOUT_S = 10
+log = logging.getLogger(__name__)
+
+
+def _display(url: Any) -> str:
+    try:
+        return str(make_url(url).render_as_string(hide_password=True))
+    except Exception:
+        return str(url)
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get their folder created, WAL, a busy timeout and foreign keys."""
+    """An engine for ``url`` (SQLite or PostgreSQL via psycopg 3); StoreError for a URL that cannot work.
+
+    ``postgres://`` and ``postgresql://`` (no driver) mean psycopg 3, the driver sapis ships with. SQLite files
+    get their folder created, WAL, a busy timeout and foreign keys.
+    """
     try:
         parsed = make_url(url)
     except Exception as exc:
-        raise ConfigError(f"invalid database URL {url!r}: {exc}") from exc
+        raise StoreError(f"invalid database URL {url!r}: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "postgres" or parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    elif backend not in ("sqlite", "postgresql"):
+        raise StoreError(
+            f"database URL {_display(url)!r}: {backend!r} is not supported; use sqlite:///PATH or "
+            "postgresql+psycopg://USER@HOST:PORT/DB"
+        )
     if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            folder = Path(parsed.database).expanduser().parent
+            blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+            if blocker is not None:
+                raise StoreError(f"SQLite store {parsed.database}: {blocker} is a file, not a folder")
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"SQLite store {parsed.database}: cannot create {folder}: {exc.strerror}") from None
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _sqlite_events(engine)
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    try:
+        return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S})
+    except Exception as exc:  # e.g. an unknown driver after "postgresql+"
+        raise StoreError(f"database URL {_display(url)!r}: {exc}") from None
 
 
 def _sqlite_events(engine: Engine) -> None:
+    where = engine.url.database
+
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we emit BEGIN ourselves
         cur = dbapi_connection.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.execute("PRAGMA synchronous=NORMAL")
         cur.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        raw = conn.connection.driver_connection
+        raw.execute(f"PRAGMA busy_timeout={SQLITE_NOTICE_AFTER_MS}")
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+            raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+                raise
+        # another process holds the write lock: say so now, then wait the rest of the timeout
+        log.warning("the SQLite store %s is locked by another writer; waiting up to %d s", where,
+                    SQLITE_BUSY_TIMEOUT_MS // 1000)  # fmt: skip
+        raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS - SQLITE_NOTICE_AFTER_MS}")
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            raise StoreError(
+                f"the SQLite store {where} stayed locked by another writer for {SQLITE_BUSY_TIMEOUT_MS // 1000} s; "
+                "nothing was written (is another sapis process, or an sqlite3 shell, holding a transaction?)"
+            ) from None
+        finally:
+            raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -58,11 +118,45 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def store_error(exc: BaseException, url: Any) -> StoreError | None:
+    """A one-line StoreError for a database that cannot be reached, opened or written (None for anything
+    else, e.g. an integrity error the caller handles, which keeps its traceback if unhandled)."""
+    from sqlalchemy import exc as sa_exc
+
+    if isinstance(exc, sa_exc.IntegrityError | sqlite3.IntegrityError):
+        return None
+    if isinstance(exc, sa_exc.DBAPIError) and isinstance(exc, sa_exc.OperationalError | sa_exc.DatabaseError):
+        orig: Any = exc.orig
+    elif isinstance(exc, sqlite3.OperationalError | sqlite3.DatabaseError):
+        orig = exc
+    else:
+        return None
+    if isinstance(exc, sa_exc.ProgrammingError | sa_exc.DataError) or isinstance(orig, sqlite3.ProgrammingError):
+        return None
+    lines = [ln.strip() for ln in str(orig).strip().splitlines() if ln.strip()]
+    msg = lines[0] if lines else type(orig).__name__
+    if "not a database" in msg:
+        msg += " (the file is not a SQLite store)"
+    elif "readonly" in msg or "read-only" in msg:
+        msg += " (the file or its folder is not writable)"
+    elif "unable to open" in msg:
+        msg += " (missing folder or no permission)"
+    return StoreError(f"cannot use the store {_display(url)}: {msg}")
+
+
 @contextmanager
 def session_scope(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """One transaction: commits on normal exit, rolls back on any exception."""
-    with factory() as session, session.begin():
-        yield session
+    """One transaction: commits on normal exit, rolls back on any exception. A database that cannot be
+    reached or written raises StoreError (one line) instead of a driver traceback."""
+    try:
+        with factory() as session, session.begin():
+            yield session
+    except Exception as exc:
+        bind = factory.kw.get("bind")
+        err = store_error(exc, getattr(bind, "url", "?"))
+        if err is None:
+            raise
+        raise err from None
 
 
 def _alembic_config(connection: Connection | None = None) -> Any:
@@ -97,15 +191,68 @@ def upgrade(engine: Engine, revision: str = "head") -> str | None:
     the lock, so the loser of a race finds the schema already at head and does nothing.
     """
     from alembic import command
+    from alembic.util import CommandError
 
+    if revision != "head":
+        from alembic.script import ScriptDirectory
+
+        script = ScriptDirectory.from_config(_alembic_config())
+        try:
+            found = script.get_revision(revision)
+        except Exception:
+            found = None
+        if found is None:
+            known = ", ".join(r.revision for r in script.walk_revisions())
+            raise StoreError(f"unknown schema revision {revision!r}; give head or one of: {known}")
+    current = current_revision(engine)
+    if not known_revision(current):
+        raise StoreError(
+            f"the store {_display(engine.url)} is at schema revision {current}, newer than this sapis knows "
+            f"(newest here: {head_revision()}); upgrade sapis, not the store"
+        )
     with engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(hashtext('sapis-migrate:' || current_schema()))"))
-        command.upgrade(_alembic_config(conn), revision)
+        try:
+            command.upgrade(_alembic_config(conn), revision)
+        except CommandError as exc:
+            raise StoreError(f"cannot upgrade the store to {revision!r}: {exc}") from None
     return current_revision(engine)
 
 
+def known_revision(revision: str | None) -> bool:
+    """Whether this code ships migration ``revision`` (None, an empty database, counts as known)."""
+    from alembic.script import ScriptDirectory
+
+    if revision is None:
+        return True
+    try:
+        return ScriptDirectory.from_config(_alembic_config()).get_revision(revision) is not None
+    except Exception:
+        return False
+
+
 def ensure_schema(engine: Engine) -> None:
-    """Upgrade to head unless the database is already there (the cheap common case)."""
-    if current_revision(engine) != head_revision():
+    """Upgrade to head unless the database is already there (the cheap common case).
+
+    StoreError when the database cannot be reached or opened, or is at a revision this code does not know
+    (written by a newer sapis: upgrading sapis, not the store, is the fix).
+    """
+    try:
+        rev = current_revision(engine)
+        head = head_revision()
+        if rev == head:
+            return
+        if not known_revision(rev):
+            raise StoreError(
+                f"the store {_display(engine.url)} is at schema revision {rev}, newer than this sapis knows "
+                f"(newest here: {head}); it was written by a newer sapis: upgrade sapis, not the store"
+            )
         upgrade(engine)
+    except StoreError:
+        raise
+    except Exception as exc:
+        err = store_error(exc, engine.url)
+        if err is None:
+            raise
+        raise err from None

@@ -93,6 +93,19 @@ def to_training_atoms(atoms: Atoms) -> Atoms:
     return out
 
 
+def one_level(frames: Sequence[Atoms]) -> str | None:
+    """The single level-of-theory fingerprint of ``frames`` (None when empty); ConfigError when they mix
+    levels, since a training file with two levels of theory teaches a model two different energy surfaces."""
+    from sapis.errors import ConfigError
+
+    levels = sorted({str(a.info[keys.FINGERPRINT]) for a in frames})
+    if len(levels) > 1:
+        raise ConfigError(
+            f"the selection mixes {len(levels)} levels of theory ({', '.join(levels)}); choose one with --fingerprint"
+        )
+    return levels[0] if levels else None
+
+
 def write_extxyz(frames: Sequence[Atoms], path: str | Path) -> int:
     """Write training frames as extxyz atomically (tmp file, then rename); returns the frame count."""
     import ase.io

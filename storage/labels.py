@@ -23,7 +23,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from sapis.errors import InputError, NotFoundError
+from sapis.errors import ConfigError, InputError, NotFoundError
 from sapis.storage import configs
 from sapis.storage import structures as st
 from sapis.storage.orm import Configuration, Label, LevelOfTheory, utcnow
@@ -111,6 +111,8 @@ def claim_labels(
     """Atomically claim up to ``n`` pending (or lease-expired) labels for ``worker``."""
     if not worker:
         raise InputError("claim_labels", "worker id must not be empty")
+    configs.check_name("worker id", worker)
+    check_lease(lease_seconds)
     if n < 1:
         return []
     now = db_now(session)
@@ -152,12 +154,36 @@ def claim_labels(
     ]
 
 
+def check_lease(lease_seconds: float) -> float:
+    """ConfigError unless the lease is a positive, finite number of seconds (a zero lease expires before the
+    result is written: the label would be recomputed forever and never stored)."""
+    value = float(lease_seconds)
+    if not (value > 0 and value < float("inf")):
+        raise ConfigError(f"lease must be a positive number of seconds, got {lease_seconds:g}")
+    return value
+
+
+def release_labels(session: Session, label_ids: Sequence[int], worker: str) -> int:
+    """Hand ``worker``'s running claims on ``label_ids`` back as pending (attempt not counted), e.g. when the
+    worker is interrupted; returns how many were released. Claims already finished or lost are left alone."""
+    if not label_ids:
+        return 0
+    res = session.execute(
+        update(Label)
+        .where(Label.id.in_(list(label_ids)), Label.status == "running", Label.worker == worker)
+        .values(status="pending", worker=None, lease_expires=None, started_at=None, attempt=Label.attempt - 1)
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(res, "rowcount", 0))
+
+
 def _held(label_id: int, worker: str, now: Any) -> Any:
     return (Label.id == label_id) & (Label.status == "running") & (Label.worker == worker) & (Label.lease_expires > now)
 
 
 def heartbeat(session: Session, label_id: int, worker: str, lease_seconds: float) -> bool:
     """Extend ``worker``'s lease on ``label_id``; False if the claim was lost."""
+    check_lease(lease_seconds)
     now = db_now(session)
     res = session.execute(
         update(Label)

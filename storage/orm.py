@@ -47,6 +47,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+# Longest pool/campaign name, level fingerprint, worker id, formula (characters); one limit on every database,
+# checked before the write (:func:`sapis.storage.configs.check_name`).
+MAX_NAME = 200
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """A timestamp stored as UTC; naive values read back (SQLite) are marked UTC."""
 
@@ -86,7 +91,7 @@ class Pool(Base):
 
     __tablename__ = "pools"
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -99,7 +104,7 @@ class Molecule(Base):
         CheckConstraint("multiplicity >= 1", name="multiplicity_positive"),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
-    formula: Mapped[str] = mapped_column(String(200))
+    formula: Mapped[str] = mapped_column(String(MAX_NAME))
     charge: Mapped[int]
     multiplicity: Mapped[int]
 
@@ -142,7 +147,7 @@ class LevelOfTheory(Base):
     """A level-of-theory fingerprint and the settings it stands for (method, basis, code version, ...)."""
 
     __tablename__ = "levels"
-    fingerprint: Mapped[str] = mapped_column(String(200), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(MAX_NAME), primary_key=True)
     spec: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -171,7 +176,7 @@ class Label(Base):
     config_id: Mapped[int] = mapped_column(ForeignKey("configurations.id"), index=True)
     fingerprint: Mapped[str] = mapped_column(ForeignKey("levels.fingerprint"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    worker: Mapped[str | None] = mapped_column(String(200))
+    worker: Mapped[str | None] = mapped_column(String(MAX_NAME))
     lease_expires: Mapped[datetime | None]
     attempt: Mapped[int] = mapped_column(default=0)  # number of claims so far
     energy: Mapped[float | None] = mapped_column(Float(precision=53))  # eV
@@ -192,7 +197,7 @@ class Campaign(Base):
 
     __tablename__ = "campaigns"
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), unique=True)
+    name: Mapped[str] = mapped_column(String(MAX_NAME), unique=True)
     config: Mapped[dict[str, Any]]
     status: Mapped[str] = mapped_column(String(16), default="created")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -56,6 +56,7 @@ def read_sources(
     charge: int,
     multiplicity: int | None,
     with_labels: bool,
+    allow_fragments: bool = False,
 ) -> list[_Frame]:
     """Read and validate every frame of every source (nothing touches the database)."""
     frames: list[_Frame] = []
@@ -66,9 +67,9 @@ def read_sources(
             name, items = str(src), st.read_structures(src)
         for i, atoms in enumerate(items):
             frame = None if isinstance(src, Atoms) else i
-            q = _int_info(atoms, "charge", charge, name, frame)
-            m = _int_info(atoms, "multiplicity", multiplicity, name, frame)
-            prep = configs.prepare(atoms, q, m, name, frame, {"source": "submitted"})
+            q = st.integer_info(atoms, "charge", charge, name, frame)
+            m = st.integer_info(atoms, "multiplicity", multiplicity, name, frame)
+            prep = configs.prepare(atoms, q, m, name, frame, {"source": "submitted"}, allow_fragments)
             energy, forces = (None, None)
             if with_labels:
                 try:
@@ -84,20 +85,6 @@ def read_sources(
     return frames
 
 
-def _int_info(atoms: Atoms, key: str, default: Any, source: str, frame: int | None) -> Any:
-    """An integer ``atoms.info[key]`` (charge, multiplicity) from the file, else ``default``."""
-    value = atoms.info.get(key)
-    if value is None:
-        return default
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        raise InputError(source, f"{key} {value!r} is not a number", frame) from None
-    if not as_float.is_integer():
-        raise InputError(source, f"{key} {as_float:g} is not an integer", frame)
-    return int(as_float)
-
-
 def submit_pool(
     session: Session,
     sources: Sequence[str | Path | Atoms],
@@ -106,20 +93,19 @@ def submit_pool(
     multiplicity: int | None = None,
     label_fingerprint: str | None = None,
     label_spec: Mapping[str, Any] | None = None,
+    allow_fragments: bool = False,
 ) -> SubmitReport:
     """Validate all sources, then store pool, configurations and imported labels in the caller's transaction.
 
     Any bad frame raises InputError before anything is written. Re-submitting the same set under the same name
     adds nothing; the same name for a different set is rejected.
     """
-    name = (name or "").strip()
-    if not name:
-        raise InputError("pool name", "must not be empty")
+    name = configs.check_name("pool name", name)
     if not sources:
         raise InputError(f"pool {name!r}", "no input files given")
-    if label_fingerprint is not None and not label_fingerprint.strip():
-        raise InputError("--label-fingerprint", "must not be empty")
-    frames = read_sources(sources, charge, multiplicity, with_labels=label_fingerprint is not None)
+    if label_fingerprint is not None:
+        configs.check_name("--label-fingerprint", label_fingerprint)
+    frames = read_sources(sources, charge, multiplicity, label_fingerprint is not None, allow_fragments)
     hashes = [f.prepared.hash for f in frames]
 
     pool_id = session.execute(select(Pool.id).where(Pool.name == name)).scalar_one_or_none()
@@ -198,9 +184,15 @@ def import_labels(
 
 
 def pool_id(session: Session, pool: str | int) -> int:
-    """The id of a pool given by name or id; NotFoundError if there is none."""
-    cond = Pool.id == pool if isinstance(pool, int) else Pool.name == pool
-    found = session.execute(select(Pool.id).where(cond)).scalar_one_or_none()
+    """The id of a pool given by id (an int) or by name (a str); a str of digits that names no pool is taken as
+    an id, so a pool literally named "1" is found by that name. NotFoundError if there is none."""
+    found = None
+    if isinstance(pool, str):
+        found = session.execute(select(Pool.id).where(Pool.name == pool)).scalar_one_or_none()
+        if found is None and pool.strip().isdigit():
+            found = session.execute(select(Pool.id).where(Pool.id == int(pool))).scalar_one_or_none()
+    else:
+        found = session.execute(select(Pool.id).where(Pool.id == int(pool))).scalar_one_or_none()
     if found is None:
         raise NotFoundError(f"pool {pool!r} not found")
     return found

@@ -55,7 +55,7 @@ class Store:
     @staticmethod
     def _lease(lease_seconds: float | None) -> float:
         if lease_seconds is not None:
-            return float(lease_seconds)
+            return labels.check_lease(lease_seconds)
         from sapis.settings import get_settings
 
         return get_settings().lease_seconds
@@ -69,18 +69,23 @@ class Store:
         multiplicity: int | None = None,
         label_fingerprint: str | None = None,
         label_spec: dict[str, Any] | None = None,
+        allow_fragments: bool = False,
     ) -> SubmitReport:
         """Submit structures as pool ``name``, all-or-nothing (:func:`sapis.storage.pools.submit_pool`)."""
         from sqlalchemy.exc import IntegrityError
 
         try:
             with self.session() as s:
-                return pools.submit_pool(s, sources, name, charge, multiplicity, label_fingerprint, label_spec)
+                return pools.submit_pool(
+                    s, sources, name, charge, multiplicity, label_fingerprint, label_spec, allow_fragments
+                )
         except IntegrityError:
             # a concurrent submission created the same pool or rows first; the retry sees them and either
             # finds the same set (adds nothing) or rejects a different set with a clear message
             with self.session() as s:
-                return pools.submit_pool(s, sources, name, charge, multiplicity, label_fingerprint, label_spec)
+                return pools.submit_pool(
+                    s, sources, name, charge, multiplicity, label_fingerprint, label_spec, allow_fragments
+                )
 
     def pools(self) -> list[PoolInfo]:
         """All pools with counts."""
@@ -119,6 +124,11 @@ class Store:
         """Atomically claim up to ``n`` pending or lease-expired labels."""
         with self.session() as s:
             return labels.claim_labels(s, worker, n, self._lease(lease_seconds), fingerprint)
+
+    def release_labels(self, label_ids: Sequence[int], worker: str) -> int:
+        """Hand ``worker``'s running claims back as pending (an interrupted worker); returns how many."""
+        with self.session() as s:
+            return labels.release_labels(s, label_ids, worker)
 
     def heartbeat(self, label_id: int, worker: str, lease_seconds: float | None = None) -> bool:
         """Extend a held lease; False if the claim was lost."""
@@ -167,8 +177,12 @@ class Store:
         campaign_id: int | None = None,
         fingerprint: str | None = None,
     ) -> int:
-        """Write done labels as extxyz with REF_energy/REF_forces and the fingerprint; returns frame count."""
+        """Write done labels as extxyz with REF_energy/REF_forces and the fingerprint; returns frame count.
+
+        ConfigError (nothing written) when the selection mixes levels of theory and no ``fingerprint`` is given.
+        """
         frames = self.labelled(fingerprint, pool=pool, campaign_id=campaign_id)
+        export.one_level(frames)
         return export.write_extxyz(frames, path)
 
     # campaigns

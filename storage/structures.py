@@ -23,6 +23,10 @@ from sapis.errors import InputError
 
 MAX_Z = len(chemical_symbols) - 1  # 118
 HASH_DECIMALS = 6  # positions and cell rounded to 1e-6 Å for the content hash
+# Two atoms farther apart than this times the sum of their covalent radii are not in contact; a structure whose
+# atoms split into groups out of contact is fragmented (a hydrogen-bonded or stacked dimer is still one piece).
+FRAGMENT_FACTOR = 2.5
+MAX_EXTRA_ELECTRONS_PER_ATOM = 2  # a more negative charge than -2 per atom is not a molecule anyone computes
 
 
 def read_structures(path: str | Path) -> list[Atoms]:
@@ -83,12 +87,17 @@ def _molecule_from_dict(d: Any, src: str, frame: int) -> Atoms:
     for i, site in enumerate(d["sites"]):
         try:
             species = site["species"]
+            if not isinstance(species, list) or not species or not all(isinstance(x, Mapping) for x in species):
+                raise TypeError("'species' must be a non-empty list of {'element': ..., 'occu': ...} objects")
             best = max(species, key=lambda s: float(s.get("occu", 1.0)))
             occu = float(best.get("occu", 1.0))
             element = str(best["element"])
-            pos = [float(x) for x in site["xyz"]]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(src, f"site {i}: malformed site ({type(exc).__name__}: {exc})", frame) from exc
+            xyz_raw = site["xyz"]
+            if not isinstance(xyz_raw, list):
+                raise TypeError("'xyz' must be a list of 3 numbers")
+            pos = [float(x) for x in xyz_raw]
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(src, f"site {i}: malformed site ({type(exc).__name__}: {exc})", frame) from None
         if len(species) != 1 or not math.isclose(occu, 1.0):
             raise InputError(src, f"site {i}: disordered site (partial occupancy) is not supported", frame)
         if element not in chemical_symbols[1:]:
@@ -98,17 +107,125 @@ def _molecule_from_dict(d: Any, src: str, frame: int) -> Atoms:
         symbols.append(element)
         xyz.append(pos)
     atoms = Atoms(symbols=symbols, positions=np.array(xyz, dtype=float).reshape(-1, 3))
-    if d.get("charge") is not None:
-        charge = float(d["charge"])
-        if not charge.is_integer():
-            raise InputError(src, f"non-integer charge {charge}", frame)
-        atoms.info["charge"] = int(charge)
-    if d.get("spin_multiplicity") is not None:
-        mult = float(d["spin_multiplicity"])
-        if not mult.is_integer():
-            raise InputError(src, f"non-integer spin multiplicity {mult}", frame)
-        atoms.info["multiplicity"] = int(mult)
+    for key, name in (("charge", "charge"), ("spin_multiplicity", "multiplicity")):
+        value = d.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InputError(src, f"{key} {value!r} is not a number", frame)
+        if not math.isfinite(value) or not float(value).is_integer():
+            raise InputError(src, f"non-integer {key.replace('_', ' ')} {value}", frame)
+        atoms.info[name] = int(value)
     return atoms
+
+
+def integer_info(atoms: Atoms, key: str, default: Any, source: str, frame: int | None) -> Any:
+    """An integer ``atoms.info[key]`` (charge, multiplicity) from the file, else ``default``.
+
+    InputError (file, frame) for a value that is not a number or not an integer: a charge of 1.5 is never
+    truncated to 1.
+
+    >>> integer_info(Atoms("H2", info={"charge": 1.0}), "charge", 0, "a.xyz", 0)
+    1
+    >>> integer_info(Atoms("H2", info={"charge": 1.5}), "charge", 0, "a.xyz", 0)
+    Traceback (most recent call last):
+    ...
+    sapis.errors.InputError: a.xyz, frame 0: charge 1.5 is not an integer
+    """
+    value = atoms.info.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        raise InputError(source, f"{key} {value!r} is not a number", frame)
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        raise InputError(source, f"{key} {value!r} is not a number", frame) from None
+    if not math.isfinite(as_float) or not as_float.is_integer():
+        raise InputError(source, f"{key} {as_float:g} is not an integer", frame)
+    return int(as_float)
+
+
+def fragments(atoms: Atoms, factor: float = FRAGMENT_FACTOR) -> list[list[int]]:
+    """Groups of atom indices in contact (``d < factor * (r_cov_i + r_cov_j)``), largest first.
+
+    One group for a connected molecule; periodic structures are one group by definition (not checked).
+    """
+    n = len(atoms)
+    if n < 2 or atoms.pbc.any() or not np.isfinite(atoms.positions).all():
+        return [list(range(n))]
+    from ase.data import covalent_radii
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
+
+    radii = covalent_radii[atoms.numbers]
+    pairs = cKDTree(atoms.positions).query_pairs(factor * 2 * float(radii.max()), output_type="ndarray")
+    if len(pairs):
+        d = np.linalg.norm(atoms.positions[pairs[:, 0]] - atoms.positions[pairs[:, 1]], axis=1)
+        pairs = pairs[d < factor * (radii[pairs[:, 0]] + radii[pairs[:, 1]])]
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)) if len(pairs) else None
+    labels = np.arange(n) if graph is None else connected_components(graph, directed=False)[1]
+    groups: dict[int, list[int]] = {}
+    for i, lab in enumerate(labels):
+        groups.setdefault(int(lab), []).append(i)
+    return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
+
+
+def min_unpaired_fragments(atoms: Atoms, groups: list[list[int]], charge: int) -> int:
+    """Fewest unpaired electrons of well-separated fragments: one per odd-electron fragment, less what the
+    total ``charge`` can pair up (at infinite separation each radical fragment keeps its electron)."""
+    odd = sum(int(atoms.numbers[g].sum()) % 2 for g in groups)
+    return max(odd - abs(int(charge)), n_electrons(atoms, charge) % 2)
+
+
+def fragment_problem(atoms: Atoms, charge: int, multiplicity: int | None, allow_fragments: bool = False) -> str | None:
+    """Why a fragmented structure cannot be stored or labelled as given (None if it can).
+
+    Fragments are refused unless ``allow_fragments``; allowed fragments still need a multiplicity that leaves
+    every radical fragment its unpaired electron (two H atoms 50 Å apart are a triplet, not a closed-shell
+    singlet 20 eV too high).
+    """
+    groups = fragments(atoms)
+    if len(groups) < 2:
+        return None
+    gap = _fragment_gap(atoms, groups)
+    if not allow_fragments:
+        return (
+            f"structure falls into {len(groups)} fragments (closest atoms of different fragments {gap:.2f} Å "
+            f"apart); give --allow-fragments to store or label separated fragments"
+        )
+    need = min_unpaired_fragments(atoms, groups, charge)
+    if multiplicity is not None and multiplicity - 1 < need:
+        return (
+            f"{len(groups)} separated fragments with charge {charge} keep at least {need} unpaired electrons: "
+            f"multiplicity {multiplicity} is wrong, it must be at least {need + 1}"
+        )
+    return None
+
+
+def _fragment_gap(atoms: Atoms, groups: list[list[int]]) -> float:
+    from scipy.spatial import cKDTree
+
+    first = cKDTree(atoms.positions[groups[0]])
+    rest = [i for g in groups[1:] for i in g]
+    return float(first.query(atoms.positions[rest])[0].min())
+
+
+def charge_problem(atoms: Atoms, charge: int) -> str | None:
+    """Why ``charge`` is impossible or absurd for ``atoms`` (None if fine): no electrons left, or more than
+    :data:`MAX_EXTRA_ELECTRONS_PER_ATOM` extra electrons per atom."""
+    nelec = n_electrons(atoms, charge)
+    if nelec < 0:
+        return f"charge {charge} leaves a negative number of electrons ({nelec})"
+    if nelec == 0:
+        return f"charge {charge} leaves no electrons"
+    lowest = -MAX_EXTRA_ELECTRONS_PER_ATOM * len(atoms)
+    if charge < lowest:
+        return (
+            f"charge {charge} is absurd for {len(atoms)} atoms (at most {-lowest} extra electrons: charge >= {lowest})"
+        )
+    return None
 
 
 def structure_problem(atoms: Atoms, min_distance: float = keys.MIN_DISTANCE) -> str | None:
@@ -166,16 +283,22 @@ def n_electrons(atoms: Atoms, charge: int) -> int:
     return int(atoms.numbers.sum()) - int(charge)
 
 
-def default_multiplicity(atoms: Atoms, charge: int) -> int:
-    """Lowest spin multiplicity consistent with the electron count (1 for even, 2 for odd)."""
+def default_multiplicity(atoms: Atoms, charge: int, allow_fragments: bool = False) -> int:
+    """Lowest spin multiplicity consistent with the electron count (1 for even, 2 for odd); for allowed
+    separated fragments, one unpaired electron per radical fragment (:func:`min_unpaired_fragments`)."""
+    if allow_fragments:
+        groups = fragments(atoms)
+        if len(groups) > 1:
+            return 1 + min_unpaired_fragments(atoms, groups, charge)
     return 1 + n_electrons(atoms, charge) % 2
 
 
 def spin_problem(atoms: Atoms, charge: int, multiplicity: int | None) -> str | None:
     """Why ``charge``/``multiplicity`` are impossible for ``atoms`` (None if consistent)."""
+    problem = charge_problem(atoms, charge)
+    if problem is not None:
+        return problem
     nelec = n_electrons(atoms, charge)
-    if nelec < 0:
-        return f"charge {charge} leaves a negative number of electrons ({nelec})"
     if multiplicity is None:
         return None
     if multiplicity < 1:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sapis.errors import ConfigError, InputError, SapisError
 from sapis.keys import MIN_DISTANCE
+from sapis.storage import structures as st
 from sapis.tasks.scf import DEFAULT_LADDER, Remedy, run_ladder
 
 Dispersion = Literal["d3bj", "d3zero", "d3bjm", "d3zerom", "d3op"]
@@ -208,11 +209,14 @@ def check_molecule(
     multiplicity: int | None = None,
     source: str | None = None,
     frame: int | None = None,
+    allow_fragments: bool | None = None,
 ) -> tuple[int, int]:
     """InputError unless ``atoms`` is a sane finite molecule with a consistent charge and multiplicity.
 
-    Charge and multiplicity default to ``atoms.info`` and then to neutral, lowest spin by electron parity.
-    Returns ``(charge, multiplicity)``.
+    Charge and multiplicity default to ``atoms.info`` (integers only: 1.5 is an error, never truncated) and then
+    to neutral, lowest spin by electron parity. Separated fragments are refused unless ``allow_fragments``
+    (default: what the configuration's provenance recorded at submission), and then need a multiplicity that
+    leaves each radical fragment its unpaired electron. Returns ``(charge, multiplicity)``.
     """
     where = _where(atoms, source)
 
@@ -236,16 +240,24 @@ def check_molecule(
         i, j = np.unravel_index(np.argmin(d), d.shape)
         if d[i, j] < MIN_DISTANCE:
             raise bad(f"atoms {i} and {j} are {d[i, j]:.2f} Å apart (minimum {MIN_DISTANCE} Å)")
-    q = int(atoms.info.get("charge", 0) if charge is None else charge)
+    q = int(st.integer_info(atoms, "charge", 0, where, frame) if charge is None else charge)
     n_elec = int(numbers.sum()) - q
     if n_elec <= 0:
         raise bad(f"charge {q} leaves {n_elec} electrons")
-    m = multiplicity if multiplicity is not None else atoms.info.get("multiplicity")
-    m = int(m) if m is not None else (1 if n_elec % 2 == 0 else 2)
+    problem = st.charge_problem(atoms, q)
+    if problem is not None:
+        raise bad(problem)
+    if allow_fragments is None:
+        allow_fragments = bool((atoms.info.get("provenance") or {}).get("allow_fragments"))
+    m = multiplicity if multiplicity is not None else st.integer_info(atoms, "multiplicity", None, where, frame)
+    m = int(m) if m is not None else st.default_multiplicity(atoms, q, allow_fragments)
     if m < 1:
         raise bad(f"multiplicity must be >= 1, got {m}")
     if (n_elec - (m - 1)) % 2 or m - 1 > n_elec:
         raise bad(f"multiplicity {m} is impossible with {n_elec} electrons (charge {q})")
+    problem = st.fragment_problem(atoms, q, m, allow_fragments)
+    if problem is not None:
+        raise bad(problem)
     return q, m
 
 
@@ -321,6 +333,7 @@ def compute_label(
     device: Literal["cpu", "gpu"] = "cpu",
     source: str | None = None,
     frame: int | None = None,
+    allow_fragments: bool | None = None,
 ) -> LabelResult:
     """Energy (eV) and forces (eV/Å) of ``atoms`` at ``level``.
 
@@ -329,7 +342,7 @@ def compute_label(
     ``max_memory_mb`` bound this call, so several workers can share a node. ``device="gpu"`` runs the same
     spec with gpu4pyscf (imported only then). Raises :class:`LabelFailed` when no ladder step converges.
     """
-    q, m = check_molecule(atoms, charge, multiplicity, source, frame)
+    q, m = check_molecule(atoms, charge, multiplicity, source, frame, allow_fragments)
     level.check_elements(set(atoms.get_chemical_symbols()))
     if device == "gpu":
         try:

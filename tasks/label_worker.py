@@ -43,7 +43,8 @@ class WorkerReport:
     compute_s: float = 0.0  # wall time inside compute_label (the rest is orchestration overhead)
     scf_iterations: int = 0
     reused_guesses: int = 0
-    stopped: str = ""  # why the worker stopped: "empty", "max_labels", "max_minutes"
+    stopped: str = ""  # why the worker stopped: "empty", "max_labels", "max_minutes", "interrupted"
+    released: int = 0  # claims handed back as pending when interrupted
     label_ids: list[int] = field(default_factory=list)
 
 
@@ -192,15 +193,21 @@ def run_worker(
 ) -> WorkerReport:
     """Claim and compute labels one at a time until none is pending, or ``max_labels``/``max_minutes`` is hit.
 
+    On KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) the claim in progress is released as pending
+    at once, so no label waits for its lease to expire, and the report says ``stopped="interrupted"``.
+
     Every claim ends as done (energy, forces, cost with SCF attempts, density artifact) or failed (with the
     reason: invalid input, bad level spec, or an SCF no remedy converged); a claim whose lease was lost is
     counted as ``lost`` and left to the store. ``max_minutes`` is checked before each claim, not mid-label.
     """
+    from sapis.storage.labels import check_lease
+
     worker = worker_id or default_worker_id()
-    lease = float(lease_seconds if lease_seconds is not None else get_settings().lease_seconds)
+    lease = check_lease(lease_seconds if lease_seconds is not None else get_settings().lease_seconds)
     report = WorkerReport(worker=worker)
     levels: dict[str, LevelOfTheory | SapisError] = {}
     t0 = time.perf_counter()
+    held: set[int] = set()  # claims whose outcome is not written yet
     bar = _progress(progress, max_labels)
     try:
         while True:
@@ -212,6 +219,7 @@ def run_worker(
                 report.stopped = "max_minutes"
                 break
             claims = store.claim_labels(worker, n=1, lease_seconds=lease, fingerprint=fingerprint)
+            held.update(c.label_id for c in claims)
             if not claims:
                 report.stopped = "empty"
                 break
@@ -220,6 +228,7 @@ def run_worker(
             with Heartbeat(store, [c.label_id for c in claims], worker, lease) as hb:
                 for claim in claims:
                     outcome = _label_one(store, claim, worker, levels, threads, max_memory_mb, reuse_guess, device)
+                    held.discard(claim.label_id)
                     hb.release(claim.label_id)
                     if claim.label_id in hb.lost:
                         log.warning("label %s: lease lost while computing", claim.label_id)
@@ -230,6 +239,9 @@ def run_worker(
                     report.label_ids.append(claim.label_id)
                     if bar is not None:
                         bar.update(bar.task_ids[0], advance=1, description=f"labels ({report.failed} failed)")
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the CLI: hand the claim back at once
+        report.stopped = "interrupted"
+        report.released = store.release_labels(sorted(held), worker) if held else 0
     finally:
         if bar is not None:
             bar.stop()

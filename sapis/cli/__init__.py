@@ -8,8 +8,11 @@ exit non-zero; other exceptions are bugs and keep their traceback.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from typing import Any
 
 import typer
 
@@ -51,6 +54,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     # Prefect's local server phones home unless told not to; many HPC nodes have no internet.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     command = typer.main.get_command(app)
+    previous = _interrupt_on_sigterm()
     try:
         command.main(args=list(argv) if argv is not None else None, prog_name="sapis", standalone_mode=True)
     except SystemExit as exc:
@@ -61,7 +65,22 @@ def run(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         typer.echo("Interrupted.", err=True)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt_on_sigterm() -> Any:
+    """Make SIGTERM (``kill``, a batch system's stop, a parent process stopping its workers) behave like Ctrl-C,
+    so the same clean-up runs: claimed labels are released, finished frames kept. Returns the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def _raise(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, _raise)
 
 
 def main() -> None:

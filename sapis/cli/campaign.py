@@ -47,9 +47,20 @@ def resume(
 @app.command("add-pool")
 def add_pool(campaign_id: int, pool: str, database_url: DbOpt = None) -> None:
     """Attach a submitted POOL to a campaign; its structures join the next round's exploration."""
+    from sapis.errors import ConfigError
     from sapis.storage import Store
 
-    Store(database_url).attach_pool(campaign_id, pool)
+    store = Store(database_url)
+    try:
+        info = store.campaign(campaign_id)
+        if info.status == "done":
+            raise ConfigError(
+                f"campaign {campaign_id} has finished (status 'done'): no further round will run, so pool {pool!r} "
+                "would never join; start a new campaign that lists it under `pools`"
+            )
+        store.attach_pool(campaign_id, pool)
+    finally:
+        store.dispose()
     typer.echo(f"pool {pool} joins campaign {campaign_id} from its next round")
 
 

@@ -33,28 +33,21 @@ def export(
     The file reads with `ase.io.read(OUT, ":")` and MACE's training tools (energy_key=REF_energy,
     forces_key=REF_forces). Mixing levels of theory is refused: give --fingerprint when there are several.
     """
-    from sapis.errors import ConfigError, NotFoundError
+    from sapis.errors import NotFoundError
     from sapis.storage import Store
 
     store = Store(database_url)
     try:
         if campaign is not None:
             store.campaign(campaign)
-        pool_ref: str | int | None = int(pool) if pool is not None and pool.isdigit() else pool
-        if pool_ref is not None and isinstance(pool_ref, int) and not any(p.id == pool_ref for p in store.pools()):
-            pool_ref = pool  # a pool named with digits
-        frames = store.labelled(fingerprint, pool=pool_ref, campaign_id=campaign)
-        levels = sorted({str(a.info["fingerprint"]) for a in frames})
-        if len(levels) > 1:
-            raise ConfigError(
-                f"the selection mixes {len(levels)} levels of theory ({', '.join(levels)}); choose one with "
-                "--fingerprint"
-            )
+        # a name first (a pool may be called "1"), then an id: sapis.storage.pools.pool_id
+        frames = store.labelled(fingerprint, pool=pool, campaign_id=campaign)
+        from sapis.storage.export import one_level, write_extxyz
+
+        level = one_level(frames)
         if not frames:
             raise NotFoundError("no done labels match the selection; nothing written")
-        from sapis.storage.export import write_extxyz
-
         n = write_extxyz(frames, out)
     finally:
         store.dispose()
-    typer.echo(f"wrote {n} labelled structures ({levels[0]}) to {out}")
+    typer.echo(f"wrote {n} labelled structures ({level}) to {out}")

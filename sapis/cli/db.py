@@ -34,6 +34,11 @@ def upgrade(
     try:
         before = db.current_revision(engine)
         after = db.upgrade(engine, revision)
+    except Exception as exc:
+        err = db.store_error(exc, engine.url)
+        if err is None:
+            raise
+        raise err from None
     finally:
         engine.dispose()
     if before == after:
@@ -50,8 +55,18 @@ def current(database_url: DbOpt = None) -> None:
     engine = db.make_engine(_url(database_url))
     try:
         rev = db.current_revision(engine)
+    except Exception as exc:
+        err = db.store_error(exc, engine.url)
+        if err is None:
+            raise
+        raise err from None
     finally:
         engine.dispose()
     head = db.head_revision()
-    state = "head" if rev == head else f"behind head {head}; run `sapis db upgrade`"
+    if rev == head:
+        state = "head"
+    elif not db.known_revision(rev):
+        state = f"newer than this sapis knows (newest here: {head}); upgrade sapis, not the store"
+    else:
+        state = f"behind head {head}; run `sapis db upgrade`"
     typer.echo(f"{rev or '(empty)'} ({state})")

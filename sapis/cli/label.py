@@ -62,18 +62,25 @@ def label_file(
     multiplicity: Annotated[
         int | None, typer.Option(help="Spin multiplicity 2S+1 (default: the file's, else lowest by parity).")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="PySCF threads (default: SAPIS_DFT_THREADS).")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="PySCF threads (default: SAPIS_DFT_THREADS).")] = None,
     max_memory_mb: Annotated[
-        int | None, typer.Option(help="PySCF memory, MB (default: SAPIS_DFT_MAX_MEMORY_MB).")
+        int | None, typer.Option(min=100, help="PySCF memory, MB (default: SAPIS_DFT_MAX_MEMORY_MB).")
     ] = None,
     reuse_guess: Annotated[bool, typer.Option(help="Start each SCF from the nearest labelled frame's density.")] = True,
+    allow_fragments: Annotated[
+        bool,
+        typer.Option(
+            "--allow-fragments",
+            help="Label structures that fall into separated fragments (each radical fragment keeps its unpaired "
+            "electron: the default multiplicity is then high-spin).",
+        ),
+    ] = False,
 ) -> None:
     """(default) Label every frame of PATH and write OUT (extxyz).
 
     Frames whose SCF no remedy converges are listed and left out of OUT; the exit status is then 1. Invalid
     input (level, charge, multiplicity, structure) stops before any compute and writes nothing.
     """
-    from sapis.errors import InputError
     from sapis.settings import get_settings
     from sapis.storage.structures import read_structures
     from sapis.tasks.dft import LevelOfTheory
@@ -84,16 +91,39 @@ def label_file(
         "grid_level": grid_level, "dispersion": dispersion, "conv_tol": conv_tol, "max_cycle": max_cycle,
     }  # fmt: skip
     level = LevelOfTheory.from_spec(spec)
-    if out.resolve() == path.resolve():
-        raise InputError(str(out), "--out must differ from the input file")
+    check_output(out, (path,))
     frames = read_structures(path)
     n_failed = label_frames(
         frames, level, out, source=str(path), charge=charge, multiplicity=multiplicity,
         threads=threads or settings.dft_threads, max_memory_mb=max_memory_mb or settings.dft_max_memory_mb,
-        reuse_guess=reuse_guess, progress=True,
+        reuse_guess=reuse_guess, progress=True, allow_fragments=allow_fragments,
     )  # fmt: skip
     if n_failed:
         raise typer.Exit(code=1)
+
+
+def check_output(out: Path, inputs: tuple[Path, ...] = ()) -> None:
+    """InputError unless ``out`` can be written as a file: not an input, not a directory, every existing parent
+    a directory, and the folder writable. Checked before any compute, so a bad path costs nothing."""
+    from sapis.errors import InputError
+
+    for path in inputs:
+        if out.resolve() == path.resolve():
+            raise InputError(str(out), "--out must differ from the input file")
+    if out.is_dir():
+        raise InputError(str(out), "--out is a directory; give a file name")
+    for parent in out.resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(str(out), f"cannot create the output: {parent} is a file, not a directory")
+            break
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        probe = out.with_name(f".{out.name}.probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(str(out), f"cannot write the output: {exc.strerror or exc}") from None
 
 
 def label_frames(
@@ -107,11 +137,14 @@ def label_frames(
     max_memory_mb: int = 4000,
     reuse_guess: bool = True,
     progress: bool = False,
+    allow_fragments: bool = False,
 ) -> int:
-    """Check every frame, then label them, writing OUT atomically; returns the number of failed frames.
+    """Check every frame and OUT, then label the frames; returns the number of failed frames.
 
-    Bad input (charge/multiplicity, structure, basis coverage) raises before any compute. Each frame that fails
-    (SCF not converged) is reported on stderr with its reason and skipped.
+    Bad input (charge/multiplicity, structure, fragments, basis coverage, output path) raises before any
+    compute. Each finished frame is appended at once to ``.OUT.partial`` beside OUT, which replaces OUT at the
+    end, also on Ctrl-C/SIGTERM (what finished is kept, and said). A run that labels nothing leaves an existing
+    OUT untouched. Each frame that fails (SCF not converged) is reported on stderr with its reason and skipped.
     """
     import ase.io
     from ase import Atoms
@@ -120,12 +153,16 @@ def label_frames(
     from sapis.tasks.dft import LabelFailed, check_molecule, compute_label
     from sapis.tasks.label_worker import nearest
 
-    spins = [check_molecule(a, charge, multiplicity, source, i) for i, a in enumerate(frames)]
+    spins = [check_molecule(a, charge, multiplicity, source, i, allow_fragments) for i, a in enumerate(frames)]
     level.check_elements({s for a in frames for s in a.get_chemical_symbols()})
+    check_output(out)
+    partial = out.with_name(f".{out.name}.partial")
+    partial.unlink(missing_ok=True)
     done: list[Atoms] = []
     dms: dict[int, Any] = {}
     failed: list[tuple[int, str]] = []
     bar = _bar(progress, len(frames))
+    interrupted = False
     try:
         for i, (atoms, (q, m)) in enumerate(zip(frames, spins, strict=True)):
             guess = None
@@ -133,7 +170,10 @@ def label_frames(
                 near, _ = nearest([d for d in done if d.info["charge"] == q and d.info["multiplicity"] == m], atoms)
                 guess = None if near is None else dms[near.info["frame"]]
             try:
-                res = compute_label(atoms, level, q, m, threads, max_memory_mb, guess, source=source, frame=i)
+                res = compute_label(
+                    atoms, level, q, m, threads, max_memory_mb, guess, source=source, frame=i,
+                    allow_fragments=allow_fragments,
+                )  # fmt: skip
             except LabelFailed as exc:
                 failed.append((i, exc.reason))
             else:
@@ -142,18 +182,26 @@ def label_frames(
                                       "frame": i, "charge": q, "multiplicity": m,
                                       "scf_iterations": res.scf_iterations})  # fmt: skip
                 labelled.arrays[keys.REF_FORCES] = res.forces
+                ase.io.write(partial, labelled, format="extxyz", append=True)
                 done.append(labelled)
                 dms[i] = res.dm
             if bar is not None:
                 bar.update(bar.task_ids[0], advance=1, description=f"labels ({len(failed)} failed)")
+    except KeyboardInterrupt:
+        interrupted = True
     finally:
         if bar is not None:
             bar.stop()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    ase.io.write(tmp, done, format="extxyz")
-    tmp.replace(out)
-    typer.echo(f"labelled {len(done)}/{len(frames)} frames of {source} -> {out} (fingerprint {level.fingerprint})")
+    if done:
+        partial.replace(out)
+        written = f"-> {out}"
+    else:
+        partial.unlink(missing_ok=True)
+        written = f"nothing written ({out} left {'unchanged' if out.exists() else 'absent'})"
+    if interrupted:
+        typer.echo(f"interrupted: labelled {len(done)}/{len(frames)} frames of {source} {written}", err=True)
+        raise KeyboardInterrupt
+    typer.echo(f"labelled {len(done)}/{len(frames)} frames of {source} {written} (fingerprint {level.fingerprint})")
     for i, reason in failed:
         typer.echo(f"{source}, frame {i}: not labelled: {reason}", err=True)
     return len(failed)
@@ -172,14 +220,20 @@ def _bar(enabled: bool, total: int) -> Any:
 
 @app.command("work")
 def work(
-    max_labels: Annotated[int | None, typer.Option(help="Stop after this many labels (default: no limit).")] = None,
-    max_minutes: Annotated[float | None, typer.Option(help="Claim no new label after this many minutes.")] = None,
-    threads: Annotated[int | None, typer.Option(help="PySCF threads (default: SAPIS_DFT_THREADS).")] = None,
+    max_labels: Annotated[
+        int | None, typer.Option(min=1, help="Stop after this many labels (default: no limit).")
+    ] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(min=0.0, help="Claim no new label after this many minutes.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="PySCF threads (default: SAPIS_DFT_THREADS).")] = None,
     fingerprint: Annotated[str | None, typer.Option(help="Only labels at this level fingerprint.")] = None,
     max_memory_mb: Annotated[
-        int | None, typer.Option(help="PySCF memory, MB (default: SAPIS_DFT_MAX_MEMORY_MB).")
+        int | None, typer.Option(min=100, help="PySCF memory, MB (default: SAPIS_DFT_MAX_MEMORY_MB).")
     ] = None,
-    lease_seconds: Annotated[float | None, typer.Option(help="Claim lease (default: SAPIS_LEASE_SECONDS).")] = None,
+    lease_seconds: Annotated[
+        float | None, typer.Option(help="Claim lease in seconds, > 0 (default: SAPIS_LEASE_SECONDS).")
+    ] = None,
     worker_id: Annotated[
         str | None, typer.Option(help="Worker name recorded on labels (default host:pid:rand).")
     ] = None,
@@ -203,6 +257,9 @@ def work(
         f"worker {rep.worker}: {rep.done} done, {rep.failed} failed, {rep.lost} lost in {rep.seconds:.1f} s "
         f"(stopped: {rep.stopped})"
     )
+    if rep.stopped == "interrupted":
+        typer.echo(f"interrupted: {rep.released} claimed label(s) released as pending", err=True)
+        raise typer.Exit(code=130)
 
 
 def register(root: typer.Typer) -> None:

@@ -87,7 +87,7 @@ def md(
 
 
 def _start_structure(path: Path, frame: int, charge: int | None, multiplicity: int | None) -> Any:
-    from sapis.storage.structures import read_structures, spin_problem, structure_problem
+    from sapis.storage.structures import integer_info, read_structures, spin_problem, structure_problem
 
     frames = read_structures(path)
     if not -len(frames) <= frame < len(frames):
@@ -97,13 +97,14 @@ def _start_structure(path: Path, frame: int, charge: int | None, multiplicity: i
     problem = structure_problem(atoms)
     if problem is not None:
         raise InputError(str(path), problem, frame=index)
-    if charge is not None:
-        atoms.info["charge"] = charge
-    if multiplicity is not None:
-        atoms.info["multiplicity"] = multiplicity
-    c = int(atoms.info.get("charge", 0) or 0)
-    m = atoms.info.get("multiplicity")
-    spin = spin_problem(atoms, c, None if m is None else int(m))
+    c = charge if charge is not None else integer_info(atoms, "charge", 0, str(path), index)
+    m = multiplicity if multiplicity is not None else integer_info(atoms, "multiplicity", None, str(path), index)
+    atoms.info["charge"] = c  # integers from here on: the trajectory records what the run used
+    if m is None:
+        atoms.info.pop("multiplicity", None)
+    else:
+        atoms.info["multiplicity"] = m
+    spin = spin_problem(atoms, c, m)
     if spin is not None:
         raise InputError(str(path), spin, frame=index)
     return atoms

@@ -40,14 +40,22 @@ def submit(
             "level-of-theory name (e.g. rmd17-pbe-def2svp); without it, labels in files are ignored.",
         ),
     ] = None,
+    allow_fragments: Annotated[
+        bool,
+        typer.Option(
+            "--allow-fragments",
+            help="Accept structures that fall into separated fragments (refused by default); each radical "
+            "fragment keeps its unpaired electron, so the default multiplicity is then high-spin.",
+        ),
+    ] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
     database_url: DbOpt = None,
 ) -> None:
     """Validate every frame of PATHS and store them as pool NAME, all or nothing.
 
     Any bad frame (unreadable file, unknown element, NaN coordinates, atoms closer than 0.5 Å, impossible
-    charge/multiplicity) rejects the whole submission and leaves the store unchanged. Resubmitting the same
-    structures adds nothing.
+    charge/multiplicity, separated fragments without --allow-fragments) rejects the whole submission and
+    leaves the store unchanged. Resubmitting the same structures adds nothing.
     """
     from rich.console import Console
 
@@ -56,10 +64,13 @@ def submit(
     console = Console(stderr=True)
     with console.status(f"validating and storing {len(paths)} file(s)..."):
         store = Store(database_url)
-        rep = store.submit_pool(
-            list(paths), name, charge=charge, multiplicity=multiplicity, label_fingerprint=label_fingerprint
-        )
-        store.dispose()
+        try:
+            rep = store.submit_pool(
+                list(paths), name, charge=charge, multiplicity=multiplicity, label_fingerprint=label_fingerprint,
+                allow_fragments=allow_fragments,
+            )  # fmt: skip
+        finally:
+            store.dispose()
     if json_out:
         typer.echo(json.dumps(rep.__dict__))
         return
