@@ -10,6 +10,8 @@ import typer
 
 from sapis.errors import ConfigError, InputError, SapisError
 
+MAX_SENSIBLE_TEMPERATURE = 5000.0  # K; above it covalent bonds break within femtoseconds (a warning, not a limit)
+
 
 class MDEnsemble(StrEnum):
     """Thermodynamic ensemble of the run."""
@@ -59,6 +61,12 @@ def md(
     from sapis.runtime import set_threads
 
     set_threads(threads)
+    if temperature > MAX_SENSIBLE_TEMPERATURE:
+        typer.echo(
+            f"sapis: warning: {temperature:g} K is far above {MAX_SENSIBLE_TEMPERATURE:g} K, where molecules fall "
+            "apart: expect atoms to fly off; the run stops at the first broken frame",
+            err=True,
+        )
     atoms = _start_structure(structure, frame, charge, multiplicity)
     calc = _calculator(model, calculator)
     summary = run_md(

@@ -1,0 +1,85 @@
+"""`sapis campaign ...`: an export holds one level of theory; add-pool on a finished campaign is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ase.io
+import pytest
+from ase.build import molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+
+from sapis.cli import run
+from sapis.storage import Store
+from sapis.tasks.dft import LevelOfTheory
+
+from .conftest import fails_cleanly
+
+HF = LevelOfTheory(method="HF", basis="sto-3g", density_fit=False)
+
+
+def _labelled(n: int, energy: float, shift: float) -> list:
+    out = []
+    for k in range(n):
+        a = molecule("H2O")
+        a.positions[0, 2] += shift + 0.01 * k
+        a.calc = SinglePointCalculator(a, energy=energy - k, forces=[[0.0] * 3] * 3)
+        out.append(a)
+    return out
+
+
+def test_campaign_export_holds_only_the_campaigns_level(
+    db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pool labelled at another level (added with add-pool) never mixes into the campaign's labels.extxyz."""
+    store = Store(db_url)
+    try:
+        store.submit_pool(_labelled(2, -10.0, 0.0), "own", label_fingerprint=HF.fingerprint, label_spec=HF.spec)
+        store.submit_pool(_labelled(3, -20.0, 0.5), "other", label_fingerprint="other-level")
+        cid = store.create_campaign("c", {"name": "c", "pools": ["own"], "level": HF.spec})
+        store.attach_pool(cid, "own")
+    finally:
+        store.dispose()
+    assert run(["campaign", "add-pool", str(cid), "other", "--database-url", db_url]) == 0
+    capsys.readouterr()
+    out = tmp_path / "exp"
+    assert run(["campaign", "export", str(cid), "--out", str(out), "--database-url", db_url]) == 0
+    frames = ase.io.read(out / "labels.extxyz", ":")
+    assert {a.info["fingerprint"] for a in frames} == {HF.fingerprint}
+    assert sorted(a.info["REF_energy"] for a in frames) == [-11.0, -10.0]
+    # the data export refuses the same mixed selection without --fingerprint, and writes nothing
+    mixed = tmp_path / "mixed.xyz"
+    argv = ["data", "export", "--out", str(mixed), "--campaign", str(cid), "--database-url", db_url]
+    msg = fails_cleanly(capsys, argv)
+    assert msg.startswith("the selection mixes 2 levels of theory")
+    assert not mixed.exists()
+
+
+def test_add_pool_to_a_finished_campaign_is_refused(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    store = Store(db_url)
+    try:
+        store.submit_pool([molecule("H2O")], "late")
+        cid = store.create_campaign("done-one", {})
+        store.set_campaign_status(cid, "done")
+    finally:
+        store.dispose()
+    msg = fails_cleanly(capsys, ["campaign", "add-pool", str(cid), "late", "--database-url", db_url])
+    assert msg == (
+        f"campaign {cid} has finished (status 'done'): no further round will run, so pool 'late' would never join; "
+        "start a new campaign that lists it under `pools`"
+    )
+    store = Store(db_url)
+    assert store.campaign_pools(cid) == []
+    store.dispose()
+
+
+def test_overlong_campaign_name(db_url: str) -> None:
+    from sapis.errors import InputError
+
+    store = Store(db_url)
+    try:
+        with pytest.raises(InputError, match=r"campaign name: 201 characters is too long \(at most 200\)"):
+            store.create_campaign("c" * 201, {})
+        assert store.campaigns() == []
+    finally:
+        store.dispose()
