@@ -82,10 +82,13 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         path = members[0]
     if not path.exists():
         raise NotFoundError(f"{path}: checkpoint not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        from sapis.errors import InputError
+    from sapis.errors import InputError
 
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch's message may advise weights_only=False: never pass that on
+        raise InputError(str(path), f"corrupt or not a sapis model checkpoint ({type(exc).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise InputError(str(path), "not a sapis model checkpoint")
     return ckpt
 
@@ -94,9 +97,27 @@ def model_from_checkpoint(
     path: Path, device: str = "cpu", dtype: torch.dtype | None = None, ema: bool = True
 ) -> torch.nn.Module:
     """Rebuild a model from a checkpoint file with its EMA (default) or raw weights, in eval mode."""
+    from sapis.errors import InputError, SapisError
+
     ckpt = load_checkpoint(path)
-    model = build_model(ckpt["spec"])
-    model.load_state_dict(ckpt["ema_state_dict"] if ema else ckpt["state_dict"])
+    try:
+        model = build_model(ckpt["spec"])
+    except SapisError:
+        raise
+    except Exception as exc:  # unknown or invalid config keys (a newer or edited checkpoint)
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            detail = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        else:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(str(path), f"model config not understood: {detail}") from None
+    try:
+        model.load_state_dict(ckpt["ema_state_dict"] if ema else ckpt["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln or "key(s)" in ln]
+        detail = lines[0] if lines else type(exc).__name__
+        raise InputError(str(path), f"weights do not fit the checkpoint's model config: {detail}") from None
     if dtype is None:
         dtype = {"float64": torch.float64}.get(ckpt["metadata"].get("train_config", {}).get("dtype"), torch.float32)
     return model.to(device=device, dtype=dtype).eval()

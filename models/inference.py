@@ -131,8 +131,15 @@ def load_ensemble(path: Path | str, device: str = "cpu", dtype: str | None = Non
         raise NotFoundError(f"{path}: model directory not found")
     info: dict = {}
     if (path / "ensemble.json").exists():
-        info = json.loads((path / "ensemble.json").read_text())
-        files = [path / m["path"] for m in info["members"]]
+        from sapis.errors import InputError
+
+        try:
+            info = json.loads((path / "ensemble.json").read_text())
+            files = [path / str(m["path"]) for m in info["members"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise InputError(
+                str(path / "ensemble.json"), f"invalid ensemble file ({type(exc).__name__}: {exc})"
+            ) from None
     else:
         files = sorted(path.glob("member_*.pt"))
     if not files:

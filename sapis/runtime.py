@@ -28,9 +28,31 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(device: str = "auto") -> str:
-    """'auto' -> 'cuda' when a CUDA device is present, else 'cpu'."""
-    if device != "auto":
-        return device
+    """The torch device to use: 'auto' means ``SAPIS_DEVICE`` (default auto), and auto picks CUDA when present.
+
+    ConfigError when CUDA is asked for (here or through ``SAPIS_DEVICE``) and torch sees no CUDA device, instead
+    of torch's traceback deep inside training.
+    """
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    from sapis.errors import ConfigError
+
+    if device == "auto":
+        from sapis.settings import get_settings
+
+        device = get_settings().device
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ConfigError(
+                f"device {device!r} asked for (--device or SAPIS_DEVICE), but torch {torch.__version__} ({build}) "
+                "sees no CUDA device; use cpu"
+            )
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ConfigError(f"device {device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+    elif device != "cpu":
+        raise ConfigError(f"unknown device {device!r} (choose auto, cpu or cuda)")
+    return device

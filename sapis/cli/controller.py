@@ -69,6 +69,10 @@ def explain(
     from sapis.tasks.scaling import decide
     from sapis.tasks.scaling_step import controller_config, history_from_store
 
+    if plot is not None:
+        from sapis.cli.paths import check_output
+
+        check_output(plot)
     store = Store(database_url)
     info = store.campaign(_campaign_ref(campaign))
     rounds = store.rounds(info.id)

@@ -33,9 +33,11 @@ def export(
     The file reads with `ase.io.read(OUT, ":")` and MACE's training tools (energy_key=REF_energy,
     forces_key=REF_forces). Mixing levels of theory is refused: give --fingerprint when there are several.
     """
+    from sapis.cli.paths import check_output
     from sapis.errors import NotFoundError
     from sapis.storage import Store
 
+    check_output(out)
     store = Store(database_url)
     try:
         if campaign is not None:

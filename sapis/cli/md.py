@@ -67,6 +67,9 @@ def md(
             "apart: expect atoms to fly off; the run stops at the first broken frame",
             err=True,
         )
+    from sapis.cli.paths import check_output
+
+    check_output(out, (structure,))
     atoms = _start_structure(structure, frame, charge, multiplicity)
     calc = _calculator(model, calculator)
     summary = run_md(

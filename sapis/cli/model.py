@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from sapis.errors import ConfigError, InputError, NotFoundError
+
+MIN_FRAMES_FOR_SPLIT = 10  # sapis.models.ensemble holds out --valid-fraction only from this many structures
 
 app = typer.Typer(help="Train and evaluate ensembles of equivariant potentials.", no_args_is_help=True)
 
@@ -83,7 +87,7 @@ def train(
     warm_start: Annotated[
         Path | None, typer.Option(help="Previous ensemble directory or checkpoint to start from (fine-tuning).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[str, typer.Option(help="auto (SAPIS_DEVICE, else CUDA when present), cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
     seed: Annotated[int, typer.Option(help="Base seed; member i uses seed + i.")] = 0,
     workers: Annotated[int, typer.Option(min=1, help="Members trained at once in separate processes.")] = 1,
@@ -101,8 +105,9 @@ def train(
         raise ConfigError(f"unknown architecture {architecture!r} (choose 'sapis' or 'mace')")
     if dtype not in ("float32", "float64"):
         raise ConfigError(f"unknown dtype {dtype!r} (choose float32 or float64)")
-    if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
-        raise ConfigError(f"unknown device {device!r} (choose auto, cpu or cuda)")
+    from sapis.runtime import resolve_device
+
+    device = resolve_device(device)  # SAPIS_DEVICE for auto; no CUDA device for 'cuda' -> one line, before reading
     if warm_start is not None and not warm_start.exists():
         raise NotFoundError(f"{warm_start}: warm-start checkpoint not found")
     knobs = {"channels": channels, "layers": layers, "lmax": lmax, "heads": heads, "cutoff": cutoff}
@@ -127,6 +132,12 @@ def train(
     train_set = _read_labelled(train_path, "training")
     valid = _read_labelled(valid_path, "validation") if valid_path else None
     e0s = _isolated_atoms(isolated_atoms) if isolated_atoms else None
+    if valid is None and len(train_set) < MIN_FRAMES_FOR_SPLIT:
+        typer.echo(
+            f"sapis: warning: only {len(train_set)} training structures: no validation set is held out below "
+            f"{MIN_FRAMES_FOR_SPLIT}, so the 'valid' errors reported are training errors (give --valid)",
+            err=True,
+        )
     res = train_ensemble(
         train_set,
         valid,
@@ -166,7 +177,9 @@ def evaluate_cmd(
     if not model.exists():
         raise NotFoundError(f"{model}: model not found")
     frames = _read_labelled(data, "evaluation")
-    metrics = evaluate(load_ensemble(model), frames, batch_size=batch_size)
+    # stdout carries the result: a library's notices (mace-torch's cuequivariance line) go to stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        metrics = evaluate(load_ensemble(model), frames, batch_size=batch_size)
     if as_json:
         typer.echo(json.dumps(metrics, indent=1))
         return

@@ -83,3 +83,12 @@ def test_overlong_campaign_name(db_url: str) -> None:
         assert store.campaigns() == []
     finally:
         store.dispose()
+
+
+def test_controller_plot_under_a_file(sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    plot = a_file / "fits.png"
+    msg = fails_cleanly(capsys, ["controller", "explain", "1", "--plot", str(plot), "--database-url", sqlite_url])
+    assert msg == f"{plot}: cannot create the output: {a_file} is a file, not a directory"
+    assert a_file.read_text() == "x"
