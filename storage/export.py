@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -61,10 +62,12 @@ def labelled(
             .where(CampaignPool.campaign_id == campaign_id)
         )
         q = q.where(or_(Configuration.campaign_id == campaign_id, Configuration.id.in_(attached)))
-    parts: list[Sequence[int] | None] = [None] if config_ids is None else list(configs.chunks(list(config_ids)))
+    conds: list[Any] = (
+        [None] if config_ids is None else list(configs.matching(session, Configuration.id, list(config_ids)))
+    )
     out: list[Atoms] = []
-    for part in parts:
-        qq = q if part is None else q.where(Configuration.id.in_(list(part)))
+    for cond in conds:
+        qq = q if cond is None else q.where(cond)
         for row in session.execute(qq):
             atoms = configs.row_atoms(row)
             forces = None if row.forces is None else st.unpack(row.forces, (row.n_atoms, 3))

@@ -60,11 +60,12 @@ def enqueue_labels(
     known: set[int] = set()
     live: set[int] = set()
     failed: dict[int, int] = {}
-    for part in configs.chunks(ids):
-        known.update(session.execute(select(Configuration.id).where(Configuration.id.in_(part))).scalars())
+    for cond in configs.matching(session, Configuration.id, ids):
+        known.update(session.execute(select(Configuration.id).where(cond)).scalars())
+    for cond in configs.matching(session, Label.config_id, ids):
         rows = session.execute(
             select(Label.config_id, Label.status, func.count())
-            .where(Label.fingerprint == fingerprint, Label.config_id.in_(part))
+            .where(Label.fingerprint == fingerprint, cond)
             .group_by(Label.config_id, Label.status)
         ).all()
         for cid, status, n in rows:
@@ -271,9 +272,9 @@ def label_counts(
     base = select(Label.status, func.count()).group_by(Label.status)
     if fingerprint is not None:
         base = base.where(Label.fingerprint == fingerprint)
-    parts: list[Sequence[int] | None] = [None] if config_ids is None else list(configs.chunks(list(config_ids)))
-    for part in parts:
-        q = base if part is None else base.where(Label.config_id.in_(list(part)))
+    conds: list[Any] = [None] if config_ids is None else list(configs.matching(session, Label.config_id, config_ids))
+    for cond in conds:
+        q = base if cond is None else base.where(cond)
         for status, n in session.execute(q).all():
             counts[status] = counts.get(status, 0) + int(n)
     return counts

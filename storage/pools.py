@@ -149,12 +149,12 @@ def import_labels(
     """Store the frames' energies/forces as done labels under ``fingerprint``; returns how many were new."""
     configs.ensure_level(session, fingerprint, spec)
     have: set[int] = set()
-    for part in configs.chunks(sorted(set(ids))):
+    for cond in configs.matching(session, Label.config_id, sorted(set(ids))):
         have.update(
             session.execute(
                 select(Label.config_id).where(
                     Label.fingerprint == fingerprint,
-                    Label.config_id.in_(part),
+                    cond,
                     Label.status.in_(("pending", "running", "done")),
                 )
             ).scalars()

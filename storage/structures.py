@@ -150,25 +150,43 @@ def fragments(atoms: Atoms, factor: float = FRAGMENT_FACTOR) -> list[list[int]]:
     """Groups of atom indices in contact (``d < factor * (r_cov_i + r_cov_j)``), largest first.
 
     One group for a connected molecule; periodic structures are one group by definition (not checked).
+
+    >>> fragments(Atoms("H2", positions=[[0, 0, 0], [0, 0, 50]]))
+    [[0], [1]]
     """
     n = len(atoms)
     if n < 2 or atoms.pbc.any() or not np.isfinite(atoms.positions).all():
         return [list(range(n))]
     from ase.data import covalent_radii
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-    from scipy.spatial import cKDTree
 
     radii = covalent_radii[atoms.numbers]
-    pairs = cKDTree(atoms.positions).query_pairs(factor * 2 * float(radii.max()), output_type="ndarray")
-    if len(pairs):
-        d = np.linalg.norm(atoms.positions[pairs[:, 0]] - atoms.positions[pairs[:, 1]], axis=1)
-        pairs = pairs[d < factor * (radii[pairs[:, 0]] + radii[pairs[:, 1]])]
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(n, n)) if len(pairs) else None
-    labels = np.arange(n) if graph is None else connected_components(graph, directed=False)[1]
+    pos = atoms.positions
+    if n <= 256:  # dense distances: cheaper than a tree for the molecules a pool usually holds
+        d = np.sqrt(((pos[:, None, :] - pos[None, :, :]) ** 2).sum(-1))
+        i, j = np.nonzero(np.triu(d < factor * (radii[:, None] + radii[None, :]), k=1))
+    else:
+        from scipy.spatial import cKDTree
+
+        pairs = cKDTree(pos).query_pairs(factor * 2 * float(radii.max()), output_type="ndarray")
+        if len(pairs):
+            dd = np.linalg.norm(pos[pairs[:, 0]] - pos[pairs[:, 1]], axis=1)
+            pairs = pairs[dd < factor * (radii[pairs[:, 0]] + radii[pairs[:, 1]])]
+        i, j = (pairs[:, 0], pairs[:, 1]) if len(pairs) else (np.empty(0, int), np.empty(0, int))
+    parent = list(range(n))
+
+    def root(k: int) -> int:
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for a, b in zip(i.tolist(), j.tolist(), strict=True):
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
     groups: dict[int, list[int]] = {}
-    for i, lab in enumerate(labels):
-        groups.setdefault(int(lab), []).append(i)
+    for k in range(n):
+        groups.setdefault(root(k), []).append(k)
     return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
 
 

@@ -1,0 +1,164 @@
+"""Store operations at growing size on SQLite and PostgreSQL: is every bulk operation linear in the rows?
+
+For each backend and each N (default 10k and 100k structures) on a fresh database:
+  submit   ``Store.submit_pool`` of N structures with their labels imported (validation, hashing, de-dup, insert)
+  resubmit the same N again (everything found by content hash: nothing new)
+  enqueue  ``Store.enqueue_labels`` of the N configurations at a second level (N pending labels)
+  claim    ``Store.claim_labels`` one at a time, 500 claims, from the queue of N (ms per claim: flat if indexed)
+  export   ``Store.export_extxyz`` of the pool's N done labels
+The baseline of each row is the same operation at the smallest N in the same run: linear scaling shows as a
+time ratio equal to the size ratio (10 for 10k -> 100k); the exponent log(t2/t1)/log(N2/N1) is reported.
+
+The structures are the frames of --data (rMD17 ethanol train.xyz), each copied with small random displacements
+until N distinct structures exist, so hashing and validation do real work.
+
+    nice -n 5 .venv/bin/python benchmarks/bench_store.py --data ../shared/data/rmd17_ethanol/train.xyz \\
+        --sizes 10000 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _machine import machine  # benchmarks/ is on sys.path when a script runs
+
+REPO = Path(__file__).resolve().parents[1]
+PG = os.environ.get("SAPIS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def make_frames(data: Path, n: int, seed: int = 0) -> list[Any]:
+    import ase.io
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    base = ase.io.read(data, ":")
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        src = base[k % len(base)]
+        a = src.copy()
+        a.positions = a.positions + rng.normal(scale=0.01, size=a.positions.shape)
+        e, f = src.get_potential_energy(), src.get_forces()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f)
+        out.append(a)
+    return out
+
+
+class Database:
+    """A fresh SQLite file or a private PostgreSQL schema, removed afterwards."""
+
+    def __init__(self, backend: str, workdir: Path) -> None:
+        self.backend = backend
+        if backend == "sqlite":
+            self.url = f"sqlite:///{workdir / f'bench_{uuid.uuid4().hex[:8]}.db'}"
+            self.schema = None
+        else:
+            from sqlalchemy import create_engine, text
+
+            self.schema = f"sapis_bench_{uuid.uuid4().hex[:10]}"
+            self.admin = create_engine(PG)
+            with self.admin.begin() as conn:
+                conn.execute(text(f'CREATE SCHEMA "{self.schema}"'))
+            sep = "&" if "?" in PG else "?"
+            self.url = f"{PG}{sep}options=-csearch_path%3D{self.schema}"
+
+    def drop(self) -> None:
+        if self.schema is not None:
+            from sqlalchemy import text
+
+            with self.admin.begin() as conn:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE'))
+            self.admin.dispose()
+
+
+def timed(fn: Any) -> tuple[float, Any]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def run_one(backend: str, frames: list[Any], n_claims: int, workdir: Path) -> dict[str, Any]:
+    from sapis.storage import Store
+
+    db = Database(backend, workdir)
+    try:
+        store = Store(db.url)
+        n = len(frames)
+        t_submit, rep = timed(lambda: store.submit_pool(frames, "bench", label_fingerprint="bench-ref"))
+        assert rep.n_new == n and rep.n_labels == n, rep
+        t_resubmit, rep2 = timed(lambda: store.submit_pool(frames, "bench", label_fingerprint="bench-ref"))
+        assert rep2.n_new == 0 and rep2.n_labels == 0, rep2
+        ids = [int(a.info["config_id"]) for a in store.pool_atoms("bench")]
+        t_enqueue, n_new = timed(lambda: store.enqueue_labels(ids, "bench-queue", {"name": "bench-queue"}))
+        assert n_new == n
+        t0 = time.perf_counter()
+        for _ in range(n_claims):
+            (_claim,) = store.claim_labels("bench-worker", n=1, lease_seconds=600, fingerprint="bench-queue")
+        t_claims = time.perf_counter() - t0
+        out = workdir / f"export_{backend}_{n}.extxyz"
+        t_export, n_out = timed(lambda: store.export_extxyz(out, pool="bench", fingerprint="bench-ref"))
+        assert n_out == n
+        out.unlink()
+        store.dispose()
+    finally:
+        db.drop()
+    row = {
+        "backend": backend,
+        "n": n,
+        "submit_s": t_submit,
+        "resubmit_s": t_resubmit,
+        "enqueue_s": t_enqueue,
+        "claim_ms_each": 1e3 * t_claims / n_claims,
+        "export_s": t_export,
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True, help="extxyz with reference labels (rMD17 train.xyz)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
+    ap.add_argument("--claims", type=int, default=500, help="claims timed per database")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "store.json")
+    args = ap.parse_args()
+    sizes = sorted(args.sizes)
+    t_all = time.perf_counter()
+    info = machine(threads=1, sizes=sizes, backends=args.backends, claims=args.claims, data=str(args.data))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        frames_all = make_frames(args.data, sizes[-1])
+        for n in sizes:
+            for backend in args.backends:  # both backends at each size, so load hits both alike
+                rows.append(run_one(backend, frames_all[:n], args.claims, Path(tmp)))
+    ops = ("submit_s", "resubmit_s", "enqueue_s", "claim_ms_each", "export_s")
+    scaling = []
+    for backend in args.backends:
+        mine = [r for r in rows if r["backend"] == backend]
+        base = mine[0]
+        for r in mine[1:]:
+            size_ratio = r["n"] / base["n"]
+            entry: dict[str, Any] = {"backend": backend, "n": r["n"], "baseline_n": base["n"]}
+            for op in ops:
+                ratio = r[op] / base[op] if base[op] > 0 else float("nan")
+                entry[f"{op}_ratio"] = ratio
+                entry[f"{op}_exponent"] = math.log(ratio) / math.log(size_ratio) if ratio > 0 else float("nan")
+            scaling.append(entry)
+    result = {"machine": info, "wall_s": time.perf_counter() - t_all, "rows": rows, "scaling": scaling}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps(scaling, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
