@@ -114,6 +114,25 @@ def plan_deployments(
     ]  # fmt: skip
 
 
+def check_campaign(campaign_id: int, database_url: str | None = None) -> str:
+    """The name of campaign ``campaign_id`` in the store; a :class:`ConfigError` if the store has no such campaign.
+
+    Scheduling rounds of a campaign the store does not know would fail every scheduled run; check it at
+    registration, against the store the scheduled runs will use.
+    """
+    from sapis.errors import NotFoundError
+    from sapis.storage import Store
+
+    store = Store(database_url)
+    try:
+        return store.campaign(campaign_id).name
+    except NotFoundError as exc:
+        known = ", ".join(f"{c.id} ({c.name})" for c in store.campaigns()) or "none"
+        raise ConfigError(f"--campaign {campaign_id}: no such campaign in {store!r} (campaigns: {known})") from exc
+    finally:
+        store.dispose()
+
+
 def ensure_work_pool(name: str) -> str:
     """Create the process work pool ``name`` unless it exists; returns ``"created"`` or ``"existing"``."""
     from prefect import get_client
@@ -170,7 +189,17 @@ def register_deployments(
 
     if campaign_id is not None and campaign_id < 1:
         raise ConfigError(f"--campaign must be a campaign id >= 1, got {campaign_id}")
+    if database_url is not None:
+        from sapis.flows.label import _has_password
+
+        if _has_password(database_url):
+            raise ConfigError(
+                "--database-url contains a password, which every deployment would show as a run parameter in "
+                "the UI: set SAPIS_DATABASE_URL (or ~/.pgpass) on the machines that run the flows instead"
+            )
     plans = plan_deployments(dft_pool, train_pool, cron, campaign_id, database_url)
+    if campaign_id is not None and (only is None or "active-learning-round/scheduled" in only):
+        check_campaign(campaign_id, database_url)
     if only is not None:
         unknown = sorted(set(only) - set(DEPLOYMENT_NAMES))
         if unknown:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
+from datetime import UTC
 from typing import Any, cast
+from uuid import UUID
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
@@ -139,6 +141,7 @@ def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
 @flow(name="label-worker")
 def label_worker(
     database_url: str | None = None,
+    database_url_secret: str | None = None,
     fingerprint: str | None = None,
     max_labels: int | None = None,
     max_minutes: float | None = None,
@@ -153,6 +156,8 @@ def label_worker(
 
     Args:
         database_url: SQLAlchemy URL of the store (default: ``SAPIS_DATABASE_URL`` of the machine running it).
+        database_url_secret: Name of a Prefect Secret block holding the store URL (used instead of
+            ``database_url``, so a password never shows among the run's parameters in the UI).
         fingerprint: Only claim labels of this level of theory (default: any pending label).
         max_labels: Stop after this many labels (done or failed).
         max_minutes: Stop claiming new labels after this many minutes.
@@ -163,6 +168,8 @@ def label_worker(
     _check_budget(max_labels, max_minutes, threads, max_memory_mb)
     if parallel < 1:
         raise ConfigError(f"label-worker: parallel must be >= 1, got {parallel}")
+    if database_url_secret is not None:  # takes precedence over a database_url baked into the deployment
+        database_url = resolve_secret_url(database_url_secret)
     args = (database_url, fingerprint, max_labels, max_minutes, threads, max_memory_mb)
     name = worker_name()
     if parallel == 1:
@@ -191,3 +198,76 @@ def launch_label_workers(n: int, deployment: str = "label-worker/sapis-dft", **p
         raise ConfigError(f"launch_label_workers: n must be >= 1, got {n}")
     runs = [cast(FlowRun, run_deployment(deployment, parameters=parameters, timeout=0)) for _ in range(n)]
     return [str(run.id) for run in runs]
+
+
+def _has_password(url: str) -> bool:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).password is not None
+    except Exception:  # not a URL SQLAlchemy parses: treat as secret
+        return True
+
+
+def store_reference(url: str | None) -> dict[str, str]:
+    """Run parameters that name the store ``url`` for a labelling run, without exposing a password.
+
+    ``None`` (the round uses ``SAPIS_DATABASE_URL``) gives no parameter: the worker uses the same setting of
+    its own machine. A URL without a password is passed as is; one with a password is saved in a Prefect
+    Secret block (``sapis-store-<hash>``) whose name is passed instead.
+    """
+    if url is None:
+        return {}
+    if not _has_password(url):
+        return {"database_url": url}
+    import hashlib
+
+    from prefect.blocks.system import Secret
+    from pydantic import SecretStr
+
+    name = "sapis-store-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+    Secret(value=SecretStr(url)).save(name, overwrite=True)
+    return {"database_url_secret": name}
+
+
+def resolve_secret_url(name: str) -> str:
+    """The store URL saved in the Prefect Secret block ``name`` (one-line error if there is none)."""
+    from prefect.blocks.system import Secret
+
+    try:
+        block = cast("Secret[str]", Secret.load(name))  # sync in a sync context
+        return str(block.get())
+    except ValueError as exc:  # Prefect: "Unable to find block document named ..."
+        raise ConfigError(f"label-worker: no Prefect Secret block named {name!r} holds a store URL") from exc
+
+
+#: Prefect state types of a labelling run that has not started yet.
+_QUEUED = frozenset({"SCHEDULED", "PENDING"})
+
+
+def queued_runs(run_ids: list[str], claimants: Collection[str] = (), startup_s: float = 300.0) -> int:
+    """How many of these flow runs will still start claiming labels.
+
+    A run counts while it is scheduled or pending, and while it runs but has claimed nothing yet (no label
+    carries its worker name ``prefect:<run name>@...`` in ``claimants``) for at most ``startup_s`` after its
+    start. A run that claimed a label and was then killed does not count, even if Prefect still shows it
+    running (nobody reports the crash when its worker died with it).
+    """
+    from datetime import datetime
+
+    from prefect import get_client
+
+    if not run_ids:
+        return 0
+    n = 0
+    now = datetime.now(UTC)
+    with get_client(sync_client=True) as client:
+        for run_id in run_ids:
+            run = client.read_flow_run(UUID(run_id))
+            kind = run.state.type.value if run.state is not None else None
+            if kind in _QUEUED:
+                n += 1
+            elif kind == "RUNNING" and run.start_time is not None:
+                claimed = any(c.startswith(f"prefect:{run.name}@") for c in claimants)
+                n += not claimed and (now - run.start_time).total_seconds() < startup_s
+    return n

@@ -43,7 +43,9 @@ def select_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundM
     return select_round(store_for(url), plan, cfg)
 
 
-@task(name="label", cache_policy=NONE, tags=["dft"])
+# Not tagged `dft`: this task only waits for the labelling workers. Holding a `dft` slot while waiting would
+# deadlock a `sapis deploy --dft-limit 1` deployment (the worker's `dft-labels` task needs that slot).
+@task(name="label", cache_policy=NONE)
 def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     """Label the round's chosen configurations; progress shows in the UI while workers run."""
     from sapis.tasks.label_step import label_and_wait
@@ -67,29 +69,37 @@ def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMe
         workers=cfg.label.workers,
         threads=cfg.label.threads,
         max_memory_mb=cfg.label.max_memory_mb,
-        launch=_pool_launcher(url, cfg),
+        launch=_pool_launcher(url),
+        waiting=_queued_runs,
         timeout_s=60 * cfg.label.timeout_minutes,
         on_progress=on_progress,
     )
+    for note in out.failures:  # dead local workers, or labelling runs replaced after their leases expired
+        get_run_logger().warning("round %d labels: %s", plan.index, note)
     if not out.finished:
         raise RuntimeError(f"round {plan.index}: labels not finished after {out.seconds:.0f} s: {out.counts}")
     return RoundMetrics(label=LabelStats(counts=out.counts, seconds=out.seconds, workers=out.workers_started))
 
 
-def _pool_launcher(url: str | None, cfg: CampaignConfig) -> LaunchFn:
-    """Queue runs of the ``label-worker/sapis-dft`` deployment (registered by ``sapis deploy`` on the DFT pool)."""
-    from sapis.flows.label import launch_label_workers
+def _pool_launcher(url: str | None) -> LaunchFn:
+    """Queue runs of the ``label-worker/sapis-dft`` deployment (registered by ``sapis deploy`` on the DFT pool).
+
+    The runs get the level fingerprint and, only where this round was given an explicit store URL, a reference
+    to it (a Prefect Secret block, so no password shows in the UI); threads, memory and, by default, the store
+    come from the DFT machine's own ``SAPIS_*`` settings.
+    """
+    from sapis.flows.label import launch_label_workers, store_reference
 
     def launch(n: int, fingerprint: str) -> list[str]:
-        return launch_label_workers(
-            n,
-            database_url=url or store_for(url).url,
-            fingerprint=fingerprint,
-            threads=cfg.label.threads,
-            max_memory_mb=cfg.label.max_memory_mb,
-        )
+        return launch_label_workers(n, fingerprint=fingerprint, **store_reference(url))
 
     return launch
+
+
+def _queued_runs(run_ids: list[str], claimants: set[str]) -> int:
+    from sapis.flows.label import queued_runs
+
+    return queued_runs(run_ids, claimants)
 
 
 @task(name="train-ensemble", cache_policy=NONE, tags=["train"])

@@ -212,14 +212,15 @@ def pools(session: Session, ids: Sequence[int] | None = None) -> list[PoolInfo]:
     if ids is not None:
         q = q.where(Pool.id.in_(list(ids)))
     rows = session.execute(q).all()
-    labelled: dict[int, int] = dict(
-        session.execute(
+    labelled: dict[int, int] = {
+        int(pool_id): int(n)
+        for pool_id, n in session.execute(
             select(PoolMember.pool_id, func.count(distinct(Label.config_id)))
             .join(Label, Label.config_id == PoolMember.config_id)
             .where(Label.status == "done")
             .group_by(PoolMember.pool_id)
         ).all()
-    )
+    }
     return [PoolInfo(r[0], r[1], r[4], r[3], labelled.get(r[0], 0), r[2]) for r in rows]
 
 

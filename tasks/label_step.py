@@ -18,7 +18,8 @@ from sapis.storage import Store
 from sapis.tasks.dft import LevelOfTheory
 
 ProgressFn = Callable[[dict[str, int]], None]
-LaunchFn = Callable[[int, str], object]  # (number of workers, fingerprint): start remote workers
+LaunchFn = Callable[[int, str], object]  # (number of workers, fingerprint): start remote workers, return run ids
+QueuedFn = Callable[[list[str], set[str]], int]  # (launched run ids, claimants) -> how many will still claim
 
 
 @dataclass
@@ -38,6 +39,34 @@ class LabelOutcome:
 def enqueue(store: Store, config_ids: list[int], level: LevelOfTheory) -> int:
     """Enqueue labels for ``config_ids`` at ``level`` (idempotent); return how many are new."""
     return store.enqueue_labels(config_ids, level.fingerprint, level.spec)
+
+
+@dataclass(frozen=True)
+class QueuedPool:
+    """What :func:`enqueue_pool` queued: the pool's structures, how many labels are new, at which level."""
+
+    pool: str
+    n_structures: int
+    n_new: int
+    fingerprint: str
+    level: dict[str, Any]
+
+
+def enqueue_pool(store: Store, pool: str | int, level: dict[str, Any]) -> QueuedPool:
+    """Queue labels at ``level`` for every structure of a submitted pool (idempotent), outside any campaign.
+
+    The level and its basis coverage of the pool's elements are checked before anything is written, so a bad
+    level raises a one-line :class:`~sapis.errors.ConfigError` and queues nothing. Any ``label-worker`` run
+    (or ``sapis label work``) then computes them.
+    """
+    from sapis.tasks.dft import LevelOfTheory
+
+    lot = LevelOfTheory.from_spec(level)
+    atoms = store.pool_atoms(pool)
+    lot.check_elements({s for a in atoms for s in a.get_chemical_symbols()})
+    ids = [int(a.info["config_id"]) for a in atoms]
+    n_new = store.enqueue_labels(ids, lot.fingerprint, lot.spec) if ids else 0
+    return QueuedPool(str(pool), len(ids), n_new, lot.fingerprint, lot.spec)
 
 
 def _spawn_local_worker(store: Store, fingerprint: str, threads: int, max_memory_mb: int) -> subprocess.Popen:
@@ -74,15 +103,20 @@ def label_and_wait(
     threads: int = 1,
     max_memory_mb: int = 2000,
     launch: LaunchFn | None = None,
+    waiting: QueuedFn | None = None,
     timeout_s: float = 7200.0,
     poll_s: float = 2.0,
+    orphan_wait_s: float = 30.0,
     on_progress: ProgressFn | None = None,
 ) -> LabelOutcome:
     """Make sure every label of ``config_ids`` ends done or failed; return the counts.
 
     Local mode keeps ``workers`` processes alive while work remains (a process that exits while labels are
     still pending, e.g. after waiting for an expired lease, is replaced). Work-pool mode calls
-    ``launch(workers, fingerprint)`` once (the flow queues runs of the labelling deployment) and watches the store.
+    ``launch(workers, fingerprint)`` (the flow queues runs of the labelling deployment) and watches the store;
+    when work remains but for ``orphan_wait_s`` no worker holds a live lease and none of its runs is still
+    queued (``waiting``), the runs died (a SIGKILLed run or worker leaves only expired leases) and it
+    launches replacements, which claim the expired labels.
     """
     fingerprint = level.fingerprint
     enqueue(store, config_ids, level)
@@ -91,12 +125,14 @@ def label_and_wait(
     started = 0
     failures: list[str] = []
     last_spawn = 0.0
-    orphan_wait_s = 30.0
+    run_ids: list[str] = []
+    idle_since: float | None = None
     if mode == "work-pool":
         if launch is None:
             raise ValueError("label_and_wait: mode 'work-pool' needs a launch function")
-        launch(workers, fingerprint)
+        run_ids += _ids(launch(workers, fingerprint))
         started = workers
+        last_spawn = time.monotonic()
     try:
         while True:
             counts = store.label_counts(fingerprint=fingerprint, config_ids=config_ids)
@@ -122,6 +158,19 @@ def label_and_wait(
                     procs.append(_spawn_local_worker(store, fingerprint, threads, max_memory_mb))
                     started += 1
                     last_spawn = time.monotonic()
+            elif launch is not None:
+                now = time.monotonic()
+                live, claimants = claims(store, fingerprint, config_ids)
+                busy = live > 0 or (waiting is not None and waiting(run_ids, claimants) > 0)
+                idle_since = None if busy else (idle_since or now)
+                if idle_since is not None and now - max(idle_since, last_spawn) >= orphan_wait_s:
+                    if started >= 4 * workers + len(config_ids):
+                        raise RuntimeError(f"labelling worker runs keep dying: {started} launched, labels {counts}")
+                    n = min(workers, open_)
+                    failures.append(f"no live labelling worker for {orphan_wait_s:.0f} s: launched {n} more")
+                    run_ids += _ids(launch(n, fingerprint))
+                    started += n
+                    last_spawn, idle_since = now, None
             time.sleep(poll_s)
     finally:
         for p in procs:  # workers stop by themselves when nothing is left; don't orphan them on timeout
@@ -133,3 +182,29 @@ def label_and_wait(
                     p.kill()
     counts = store.label_counts(fingerprint=fingerprint, config_ids=config_ids)
     return LabelOutcome(counts=counts, seconds=time.monotonic() - start, workers_started=started, failures=failures)
+
+
+def _ids(launched: object) -> list[str]:
+    return [str(i) for i in launched] if isinstance(launched, list | tuple) else []
+
+
+def claims(store: Store, fingerprint: str, config_ids: list[int]) -> tuple[int, set[str]]:
+    """Labels of ``config_ids`` held under a lease that has not expired (a live worker heartbeats), and the
+    worker names that hold or last held a claim on any of them."""
+    from sqlalchemy import select
+
+    from sapis.storage.labels import db_now
+    from sapis.storage.orm import Label
+
+    live, names = 0, set()
+    with store.session() as session:
+        now = db_now(session)
+        for start in range(0, len(config_ids), 500):
+            q = select(Label.status, Label.lease_expires, Label.worker).where(
+                Label.fingerprint == fingerprint, Label.config_id.in_(config_ids[start : start + 500])
+            )
+            for status, expires, worker in session.execute(q):
+                live += status == "running" and expires is not None and expires > now
+                if worker:
+                    names.add(worker)
+    return live, names

@@ -24,7 +24,8 @@ def deploy(
         int | None,
         typer.Option(
             "--campaign",
-            help="Campaign id the scheduled rounds advance; without it the scheduled deployment is paused.",
+            help="Campaign id the scheduled rounds advance (checked against the store); without it the "
+            "scheduled deployment is paused.",
         ),
     ] = None,
     database_url: Annotated[
@@ -32,7 +33,8 @@ def deploy(
         typer.Option(
             "--database-url",
             help="Store URL given to every deployment as a default parameter (PostgreSQL shared by the "
-            "workers); default: each run uses SAPIS_DATABASE_URL of the machine running it.",
+            "workers; no password: parameters show in the UI); default: each run uses SAPIS_DATABASE_URL of the "
+            "machine running it.",
         ),
     ] = None,
     dft_limit: Annotated[

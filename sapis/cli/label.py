@@ -240,6 +240,50 @@ def work(
         raise typer.Exit(code=130)
 
 
+@app.command("queue")
+def queue(
+    pool: Annotated[str, typer.Option("--pool", help="Name (or id) of a submitted pool.")],
+    method: Annotated[str, typer.Option(help="HF or a DFT functional PySCF parses (PBE, B3LYP, wB97X, ...).")] = "PBE",
+    basis: Annotated[str, typer.Option(help="Orbital basis (any PySCF basis name).")] = "def2-svp",
+    density_fit: Annotated[bool, typer.Option(help="Density fitting with --auxbasis.")] = True,
+    auxbasis: Annotated[str, typer.Option(help="Auxiliary basis for density fitting.")] = "def2-universal-jfit",
+    grid_level: Annotated[int, typer.Option(help="DFT integration grid level, 0-9.")] = 3,
+    dispersion: Annotated[str | None, typer.Option(help="D3 dispersion: d3bj, d3zero, d3bjm, d3zerom, d3op.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    database_url: DbOpt = None,
+) -> None:
+    """Queue DFT labels for every structure of a pool (outside any campaign); label-worker runs compute them.
+
+    Idempotent: labels already queued or done at the same level are not queued again. A bad level, or a basis
+    without functions for an element of the pool, queues nothing.
+    """
+    import json
+
+    from sapis.storage import Store
+    from sapis.tasks.label_step import enqueue_pool
+
+    spec: dict[str, Any] = {
+        "method": method, "basis": basis, "density_fit": density_fit, "auxbasis": auxbasis if density_fit else None,
+        "grid_level": grid_level, "dispersion": dispersion,
+    }  # fmt: skip
+    store = Store(database_url)
+    try:
+        queued = enqueue_pool(store, int(pool) if pool.isdigit() else pool, spec)
+        counts = store.label_counts(fingerprint=queued.fingerprint)
+    finally:
+        store.dispose()
+    if json_out:
+        out = {"pool": queued.pool, "structures": queued.n_structures, "queued": queued.n_new,
+               "fingerprint": queued.fingerprint, "level": queued.level, "labels": counts}  # fmt: skip
+        typer.echo(json.dumps(out))
+        return
+    typer.echo(
+        f"pool {queued.pool}: {queued.n_new} labels queued ({queued.n_structures} structures) at "
+        f"{queued.level['method']}/{queued.level['basis']}, fingerprint {queued.fingerprint}; "
+        f"labels at this level: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
+
+
 def register(root: typer.Typer) -> None:
     """Add the `label` command group (default subcommand `file`) to the root app."""
     root.add_typer(app, name="label")

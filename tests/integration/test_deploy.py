@@ -8,9 +8,12 @@ writes them back.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from uuid import UUID
@@ -47,6 +50,10 @@ def test_prefect_yaml_describes_the_same_deployments() -> None:
     }
     plans = plan_deployments()  # the defaults: sapis-dft, sapis-gpu, hourly, no campaign (paused)
     in_python = {(p.entrypoint, p.name): (p.pool, p.tags, (p.cron,) if p.cron else (), p.paused) for p in plans}
+    # The scheduled round is sapis deploy's alone: `prefect deploy --all` must not reset its campaign/schedule.
+    scheduled = ("sapis.flows.round.active_learning_round", "scheduled")
+    assert scheduled in in_python and scheduled not in in_yaml
+    del in_python[scheduled]
     assert in_yaml == in_python
     assert [p.full_name for p in plans] == list(DEPLOYMENT_NAMES)
 
@@ -76,13 +83,19 @@ def test_register_creates_pools_and_deployments_idempotently(tmp_path: Path) -> 
         assert (camp.work_pool_name, camp.entrypoint) == (train, "sapis.flows.campaign.campaign")
         assert client.read_concurrency_limit_by_tag("dft").concurrency_limit == 3
 
-    again = register_deployments(dft_pool=dft, train_pool=train, cron="*/5 * * * *", campaign_id=7, database_url=url)
+    store = Store(url)
+    campaign_id = store.create_campaign("scheduled", {"name": "scheduled", "pools": ["p"]})
+    with pytest.raises(ConfigError, match=rf"--campaign {campaign_id + 1}: no such campaign in Store\('sqlite:///"):
+        register_deployments(dft_pool=dft, train_pool=train, campaign_id=campaign_id + 1, database_url=url)
+    again = register_deployments(
+        dft_pool=dft, train_pool=train, cron="*/5 * * * *", campaign_id=campaign_id, database_url=url
+    )
     assert again.pools == {dft: "existing", train: "existing"}
     assert [d["id"] for d in again.deployments] == [d["id"] for d in report.deployments]
     with get_client(sync_client=True) as client:
         rnd = client.read_deployment_by_name("active-learning-round/scheduled")
         assert not rnd.paused
-        assert rnd.parameters == {"campaign_id": 7, "database_url": url}
+        assert rnd.parameters == {"campaign_id": campaign_id, "database_url": url}
         assert len(rnd.schedules) == 1
 
 
@@ -94,6 +107,7 @@ def test_register_creates_pools_and_deployments_idempotently(tmp_path: Path) -> 
         ({"only": ["label-worker/nope"]}, "unknown deployment(s) ['label-worker/nope']"),
         ({"campaign_id": 0}, "--campaign must be a campaign id >= 1"),
         ({"dft_limit": 0, "only": ["submit-pool/default"]}, "--dft-limit must be >= 1"),
+        ({"database_url": "postgresql+psycopg://sapis:s3cret@db/sapis"}, "--database-url contains a password"),
     ],
 )
 def test_bad_options_are_config_errors(kwargs: dict, message: str) -> None:
@@ -212,3 +226,218 @@ def test_cli_deploy_user_errors_are_one_line(capsys: pytest.CaptureFixture[str])
     err = capsys.readouterr().err
     assert err.startswith("sapis: error: PREFECT_API_URL is not set")
     assert err.count("\n") == 1
+
+
+# ------------------------------------------------------------------ process workers on the DFT pool (slow)
+
+ETHANOL = Atoms(
+    "C2OH6",
+    positions=[[0.0, 0.55, 0.0], [-1.2, -0.3, 0.1], [1.2, -0.2, -0.1], [1.9, 0.4, 0.0], [0.0, 1.2, 0.9],
+               [0.0, 1.2, -0.9], [-2.1, 0.3, 0.1], [-1.2, -1.0, 0.9], [-1.2, -0.9, -0.8]],
+)  # fmt: skip
+
+
+def _worker_env(tmp_path: Path, store_url: str, **extra: str) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    return {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PREFECT_HOME": str(tmp_path / "prefect_home"),
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "SAPIS_HOME": str(tmp_path / "sapis_home"),
+        "SAPIS_DATABASE_URL": store_url,
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
+
+
+def _start_worker(pool: str, env: dict[str, str], tmp_path: Path, log: str) -> subprocess.Popen[bytes]:
+    """A long-running ``prefect worker start`` in its own process group (stop it with :func:`_stop_worker`)."""
+    with (tmp_path / log).open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--limit", "2"],
+            env=env, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+
+def _stop_worker(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def _label_row(store: Store) -> dict:
+    from sqlalchemy import select
+
+    from sapis.storage.orm import Label
+
+    with store.session() as s:
+        (row,) = s.execute(select(Label)).scalars().all()
+        return {k: getattr(row, k) for k in ("id", "status", "worker", "attempt")}
+
+
+@pytest.mark.slow
+def test_a_sigkilled_label_worker_run_is_replaced_and_its_label_done_once(tmp_path: Path) -> None:
+    """Work-pool mode: the label-worker run holding the round's only label is SIGKILLed together with its
+    Prefect worker; the round's wait notices the expired lease, queues a replacement run by itself, and the
+    label ends done exactly once (attempt 2, by the replacement)."""
+    import threading
+
+    from prefect import get_client
+
+    from sapis.flows.label import queued_runs
+    from sapis.flows.round import _pool_launcher
+    from sapis.tasks.label_step import label_and_wait
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    (cid,) = store.add_configurations([ETHANOL], {"source": "submitted"})
+    level = LevelOfTheory(method="HF", basis="sto-3g", density_fit=False)
+    pool = f"dft-{_suffix()}"
+    register_deployments(dft_pool=pool, only=["label-worker/sapis-dft"])
+    env = _worker_env(tmp_path, store.url, SAPIS_LEASE_SECONDS="6")
+    launched: list[list[str]] = []
+    pool_launch = _pool_launcher(None)  # what the round's label task uses
+
+    def launch(n: int, fingerprint: str) -> list[str]:
+        launched.append(pool_launch(n, fingerprint))
+        return launched[-1]
+
+    outcome: list = []
+    waiter = threading.Thread(
+        target=lambda: outcome.append(label_and_wait(
+            store, [cid], level.spec, mode="work-pool", workers=1, launch=launch, waiting=queued_runs,
+            timeout_s=400, poll_s=0.5, orphan_wait_s=3,
+        ))
+    )  # fmt: skip
+    first = _start_worker(pool, env, tmp_path, "worker1.log")
+    second = None
+    try:
+        waiter.start()
+        deadline = time.monotonic() + 240
+        while (row := _label_row(store) if store.label_counts()["running"] else None) is None:
+            assert time.monotonic() < deadline, (tmp_path / "worker1.log").read_text()[-3000:]
+            assert first.poll() is None, (tmp_path / "worker1.log").read_text()[-3000:]
+            time.sleep(0.05)
+        assert row["worker"].startswith("prefect:") and row["attempt"] == 1
+        os.kill(int(row["worker"].rsplit(":", 1)[1]), signal.SIGKILL)  # the flow run holding the claim
+        _stop_worker(first, signal.SIGKILL)  # and its worker: nothing is left to report the crash
+        second = _start_worker(pool, env, tmp_path, "worker2.log")
+        waiter.join(timeout=400)
+        assert not waiter.is_alive()
+        with get_client(sync_client=True) as client:  # the replacement finishes its run (artifact, state)
+            deadline = time.monotonic() + 120
+            while len(launched) == 2 and not client.read_flow_run(UUID(launched[1][0])).state.is_final():
+                assert time.monotonic() < deadline, (tmp_path / "worker2.log").read_text()[-3000:]
+                time.sleep(0.5)
+    finally:
+        for proc in (first, second):
+            if proc is not None:
+                _stop_worker(proc)
+    [out] = outcome
+    log = (tmp_path / "worker2.log").read_text()[-3000:]
+    assert out.finished and out.counts["done"] == 1, f"{out}\n{log}"
+    assert len(launched) == 2 and len(launched[1]) == 1  # one replacement, queued by the wait itself
+    assert any("launched 1 more" in f for f in out.failures)
+    row = _label_row(store)
+    assert (row["status"], row["attempt"]) == ("done", 2)
+    assert len(store.labelled(level.fingerprint)) == 1
+    with get_client(sync_client=True) as client:
+        replacement = client.read_flow_run(UUID(launched[1][0]))
+        # item 6: only the level; the DFT machine's own SAPIS_* settings decide store, threads and memory
+        assert replacement.parameters == {"fingerprint": level.fingerprint}
+        assert replacement.state is not None and replacement.state.is_completed()
+    assert row["worker"].startswith(f"prefect:{replacement.name}@")
+
+
+@pytest.mark.slow
+def test_a_pool_submitted_through_the_flow_is_labelled_by_label_worker_runs(tmp_path: Path) -> None:
+    """deploy/README.md §5: submit-pool with label_level queues the labels; label-worker runs compute them."""
+    from prefect.deployments import run_deployment
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    (tmp_path / "h2.xyz").write_text("2\n\nH 0 0 0\nH 0 0 0.74\n2\n\nH 0 0 0\nH 0 0 0.80\n")
+    pool = f"dft-{_suffix()}"
+    register_deployments(dft_pool=pool, only=["label-worker/sapis-dft", "submit-pool/default"])
+    level = {"method": "HF", "basis": "sto-3g", "density_fit": False}
+    env = _worker_env(tmp_path, store.url)
+    submit = run_deployment(
+        "submit-pool/default", parameters={"name": "h2", "path": str(tmp_path / "h2.xyz"), "label_level": level},
+        timeout=0,
+    )  # fmt: skip
+    worker = _start_worker(pool, env, tmp_path, "worker.log")
+    try:
+        deadline = time.monotonic() + 240
+        while store.label_counts()["pending"] < 2:
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()[-3000:]
+            time.sleep(0.5)
+        runs = [run_deployment("label-worker/sapis-dft", parameters={"max_labels": 1}, timeout=240) for _ in range(2)]
+    finally:
+        _stop_worker(worker)
+    fingerprint = LevelOfTheory.from_spec(level).fingerprint
+    assert [r.state.is_completed() for r in runs] == [True, True], (tmp_path / "worker.log").read_text()[-3000:]
+    assert {k: v for k, v in store.label_counts(fingerprint=fingerprint).items() if v} == {"done": 2}
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        assert client.read_flow_run(submit.id).state.is_completed()
+
+
+WATER = "3\n\nO 0.000 0.000 0.119\nH 0.000 0.763 -0.477\nH 0.000 -0.763 -0.477\n"
+ONE_ROUND_TOML = """
+name = "dft-limit-1"
+pools = ["water"]
+seed = 1
+level = { method = "HF", basis = "sto-3g", density_fit = false }
+explore = { explorers = ["xtb"], temperatures = [300.0, 900.0], steps = 60, interval = 5, perturbations = 0 }
+model = { size = "S", knobs = { channels = 8, layers = 1, lmax = 1, heads = 2 }, members = 2, max_epochs = 25, \
+max_minutes = 0.25, nve_steps = 100, batch_size = 4 }
+select = { seed_size = 6, test_size = 4, k = 4 }
+label = { mode = "work-pool", workers = 1, timeout_minutes = 10 }
+targets = { force_mae = 0.001, max_rounds = 1 }
+"""
+
+
+@pytest.mark.slow
+def test_a_round_completes_with_dft_limit_1(tmp_path: Path) -> None:
+    """`sapis deploy --dft-limit 1`: the round's waiting label task must not hold the only `dft` slot."""
+    from prefect import get_client
+
+    from sapis.flows.campaign import campaign
+
+    (tmp_path / "water.xyz").write_text(WATER)
+    (tmp_path / "campaign.toml").write_text(ONE_ROUND_TOML)
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.submit_pool([tmp_path / "water.xyz"], name="water")
+    pool = f"dft-{_suffix()}"
+    register_deployments(dft_pool=pool, only=["label-worker/sapis-dft"], dft_limit=1)
+    worker = _start_worker(pool, _worker_env(tmp_path, store.url), tmp_path, "worker.log")
+    try:
+        result = campaign(config_path=str(tmp_path / "campaign.toml"), database_url=store.url)
+    finally:
+        _stop_worker(worker)
+        with get_client(sync_client=True) as client:
+            client.delete_concurrency_limit_by_tag("dft")
+    (rnd,) = store.rounds(result["campaign_id"])
+    assert (rnd.status, store.campaign(result["campaign_id"]).status) == ("done", "done")
+    assert store.label_counts()["done"] == 10  # seed 6 + test 4
+
+
+def test_a_store_url_with_a_password_travels_as_a_secret_block_not_a_parameter(tmp_path: Path) -> None:
+    from sapis.flows.label import resolve_secret_url, store_reference
+
+    secret_url = "postgresql+psycopg://sapis:s3cret@db.example:5432/sapis"
+    ref = store_reference(secret_url)
+    assert list(ref) == ["database_url_secret"] and "s3cret" not in ref["database_url_secret"]
+    assert resolve_secret_url(ref["database_url_secret"]) == secret_url
+    assert store_reference(secret_url) == ref  # the same block, updated in place
+    assert store_reference(None) == {}  # the worker's own SAPIS_DATABASE_URL
+    plain = f"sqlite:///{tmp_path / 'store.db'}"
+    assert store_reference(plain) == {"database_url": plain}
+    with pytest.raises(ConfigError, match="no Prefect Secret block named 'sapis-store-missing'"):
+        resolve_secret_url("sapis-store-missing")

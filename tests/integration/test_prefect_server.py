@@ -233,3 +233,43 @@ def _wait_for(fetch: Any, timeout_s: float, server: PrefectServer) -> Any:
             raise AssertionError(f"nothing after {timeout_s:.0f} s; server log:\n{server.tail()}")
         time.sleep(1.0)
     return result
+
+
+@pytest.mark.slow
+def test_prefect_deploy_all_keeps_what_sapis_deploy_campaign_registered(server: PrefectServer, tmp_path: Path) -> None:
+    """deploy/README.md §3: `sapis deploy --campaign`, then `prefect deploy --all` in deploy/ (as the README
+    allows): the scheduled round keeps its campaign, schedule and active state, and the scheduler fills its
+    upcoming runs."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    campaign_id = store.create_campaign("scheduled", {"name": "scheduled", "pools": ["p"]})
+    env = server.client_env(SAPIS_DATABASE_URL=store.url, SAPIS_HOME=str(tmp_path / "sapis_home"))
+    sapis = str(Path(sys.executable).with_name("sapis"))
+    deploy = [sapis, "deploy", "--campaign", str(campaign_id), "--cron", "*/30 * * * *"]
+    out = subprocess.run(deploy, env=env, capture_output=True, text=True, timeout=180, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    missing = subprocess.run([*deploy[:2], "--campaign", str(campaign_id + 1)], env=env, capture_output=True,
+                             text=True, timeout=180, check=False)  # fmt: skip
+    assert missing.returncode == 2
+    assert missing.stderr.startswith(f"sapis: error: --campaign {campaign_id + 1}: no such campaign in Store(")
+
+    def scheduled() -> Any:
+        with get_client(sync_client=True) as client:
+            d = client.read_deployment_by_name("active-learning-round/scheduled")
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[d.id])))
+        return d, runs
+
+    before, runs = scheduled()
+    assert (before.parameters, before.paused) == ({"campaign_id": campaign_id}, False)
+    _wait_for(lambda: scheduled()[1], 60, server)  # the scheduler fills the upcoming runs
+    prefect = str(Path(sys.executable).with_name("prefect"))
+    out = subprocess.run(
+        [prefect, "--no-prompt", "deploy", "--all"], env=env, cwd=Path(__file__).parents[2] / "deploy",
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, (out.stdout + out.stderr)[-3000:]
+    after, runs = scheduled()
+    assert (after.id, after.parameters, after.paused) == (before.id, {"campaign_id": campaign_id}, False)
+    assert [s.schedule.cron for s in after.schedules] == ["*/30 * * * *"]
+    assert runs and all(r.auto_scheduled and r.state.is_scheduled() for r in runs)

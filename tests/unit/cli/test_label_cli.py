@@ -117,3 +117,54 @@ def test_help_lists_both_forms(capsys: pytest.CaptureFixture[str]) -> None:
     assert "file" in text
     assert run(["label", "work", "--help"]) == 0
     assert "--max-labels" in capsys.readouterr().out
+
+
+def test_label_queue_queues_a_pool_once_and_a_worker_labels_it(
+    water_xyz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """deploy/README.md §5 outside Prefect: submit a pool, queue its labels, and a worker labels them."""
+    import json
+
+    from sapis.storage import Store
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    Store(url).submit_pool([water_xyz], name="water")
+    args = ["label", "queue", "--pool", "water", *HF_ARGS, "--database-url", url]
+    assert run([*args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["pool"], out["structures"], out["queued"], out["fingerprint"]) == ("water", 2, 2, HF.fingerprint)
+    assert out["labels"]["pending"] == 2
+    assert run(args) == 0  # idempotent: nothing new
+    assert "pool water: 0 labels queued (2 structures) at HF/sto-3g" in capsys.readouterr().out
+    assert run(["label", "work", "--database-url", url, "--worker-id", "q"]) == 0
+    assert "worker q: 2 done, 0 failed" in capsys.readouterr().out
+    assert Store(url).label_counts(HF.fingerprint) == {"pending": 0, "running": 0, "done": 2, "failed": 0}
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--pool", "nope"], "sapis: error: pool 'nope' not found"),
+        (["--pool", "water", "--method", "HF", "--basis", "no-such-basis"], "sapis: error: invalid level of theory"),
+        (
+            ["--pool", "xenon", "--method", "HF", "--basis", "6-31g"],
+            "sapis: error: basis '6-31g' has no functions for Xe",
+        ),
+    ],
+)
+def test_label_queue_bad_input_is_one_line_and_queues_nothing(
+    water_xyz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    from ase import Atoms
+
+    from sapis.storage import Store
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    Store(url).submit_pool([water_xyz], name="water")
+    ase.io.write(tmp_path / "xe.xyz", [Atoms("XeH2", positions=[[0, 0, 0], [0, 0, 1.9], [0, 0, -1.9]])])
+    Store(url).submit_pool([tmp_path / "xe.xyz"], name="xenon")
+    code = run(["label", "queue", *extra, "--database-url", url])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(message) and err.count("\n") == 1, err
+    assert sum(Store(url).label_counts().values()) == 0

@@ -84,3 +84,32 @@ def test_markdown_and_key() -> None:
     assert "| existing | 1 |" in md
     assert artifact_key("submit-pool", "Water dimers") == "submit-pool-water-dimers"
     assert artifact_key("submit-pool", "!!!") == "submit-pool"
+
+
+def test_label_level_queues_the_pool_for_label_workers(url: str) -> None:
+    from sapis.tasks.dft import LevelOfTheory
+
+    level = {"method": "HF", "basis": "sto-3g", "density_fit": False}
+    fingerprint = LevelOfTheory.from_spec(level).fingerprint
+    report = submit_pool_fn("h2", xyz_text=H2_EXTXYZ, database_url=url, label_level=level)
+    assert (report["n_new"], report["n_labels"], report["label_fingerprint"]) == (2, 2, fingerprint)
+    assert "| label level | HF/sto-3g" in submit_markdown(report, "h2", "xyz_text (pasted)")
+    assert Store(url).label_counts(fingerprint=fingerprint)["pending"] == 2
+    again = submit_pool_fn("h2", xyz_text=H2_EXTXYZ, database_url=url, label_level=level)
+    assert again["n_labels"] == 0  # already queued: nothing twice
+
+
+@pytest.mark.parametrize(
+    ("label_level", "message"),
+    [
+        ({"method": "HF", "basis": "6-31g"}, "basis '6-31g' has no functions for Xe"),
+        ({"method": "NOPE"}, "invalid level of theory"),
+        ("PBE", "label_level must be a mapping"),
+    ],
+)
+def test_a_bad_label_level_writes_nothing(url: str, label_level: object, message: str) -> None:
+    xe = "3\n\nXe 0 0 0\nH 0 0 1.9\nH 0 0 -1.9\n"
+    with pytest.raises(ConfigError, match=message):
+        submit_pool_fn("xe", xyz_text=xe, database_url=url, label_level=label_level)  # type: ignore[arg-type]
+    assert _snapshot(url) == []
+    assert sum(Store(url).label_counts().values()) == 0
