@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from sapis.storage import Store
 from sapis.tasks.dft import LevelOfTheory
@@ -59,8 +60,6 @@ def enqueue_pool(store: Store, pool: str | int, level: dict[str, Any]) -> Queued
     level raises a one-line :class:`~sapis.errors.ConfigError` and queues nothing. Any ``label-worker`` run
     (or ``sapis label work``) then computes them.
     """
-    from sapis.tasks.dft import LevelOfTheory
-
     lot = LevelOfTheory.from_spec(level)
     atoms = store.pool_atoms(pool)
     lot.check_elements({s for a in atoms for s in a.get_chemical_symbols()})

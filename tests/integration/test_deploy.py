@@ -82,6 +82,7 @@ def test_register_creates_pools_and_deployments_idempotently(tmp_path: Path) -> 
         camp = client.read_deployment_by_name("campaign/default")
         assert (camp.work_pool_name, camp.entrypoint) == (train, "sapis.flows.campaign.campaign")
         assert client.read_concurrency_limit_by_tag("dft").concurrency_limit == 3
+        client.delete_concurrency_limit_by_tag("dft")  # the session's server is shared: leave no limit behind
 
     store = Store(url)
     campaign_id = store.create_campaign("scheduled", {"name": "scheduled", "pools": ["p"]})
@@ -311,7 +312,7 @@ def test_a_sigkilled_label_worker_run_is_replaced_and_its_label_done_once(tmp_pa
     outcome: list = []
     waiter = threading.Thread(
         target=lambda: outcome.append(label_and_wait(
-            store, [cid], level.spec, mode="work-pool", workers=1, launch=launch, waiting=queued_runs,
+            store, [cid], level, mode="work-pool", workers=1, launch=launch, waiting=queued_runs,
             timeout_s=400, poll_s=0.5, orphan_wait_s=3,
         ))
     )  # fmt: skip
@@ -407,6 +408,7 @@ targets = { force_mae = 0.001, max_rounds = 1 }
 def test_a_round_completes_with_dft_limit_1(tmp_path: Path) -> None:
     """`sapis deploy --dft-limit 1`: the round's waiting label task must not hold the only `dft` slot."""
     from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
 
     from sapis.flows.campaign import campaign
 
@@ -415,6 +417,10 @@ def test_a_round_completes_with_dft_limit_1(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     store.submit_pool([tmp_path / "water.xyz"], name="water")
     pool = f"dft-{_suffix()}"
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        # a fresh limit: slots a SIGKILLed run of an earlier test holds would be freed only when their lease
+        # expires (the server's repossessor service, which the test harness does not run)
+        client.delete_concurrency_limit_by_tag("dft")
     register_deployments(dft_pool=pool, only=["label-worker/sapis-dft"], dft_limit=1)
     worker = _start_worker(pool, _worker_env(tmp_path, store.url), tmp_path, "worker.log")
     try:
