@@ -21,6 +21,7 @@ def normalise_spec(spec: dict[str, Any]) -> dict[str, Any]:
     out["elements"] = [int(z) for z in spec["elements"]]
     out["e0s"] = {int(z): float(e) for z, e in (spec.get("e0s") or {}).items()}
     out["config"] = dict(spec["config"])
+    out["baseline"] = str(spec.get("baseline", out["config"].get("baseline", "none")))
     return out
 
 
@@ -118,6 +119,7 @@ def model_from_checkpoint(
         lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln or "key(s)" in ln]
         detail = lines[0] if lines else type(exc).__name__
         raise InputError(str(path), f"weights do not fit the checkpoint's model config: {detail}") from None
+    model.baseline = str(ckpt["spec"].get("baseline", "none"))  # added back by Ensemble.predict
     if dtype is None:
         dtype = {"float64": torch.float64}.get(ckpt["metadata"].get("train_config", {}).get("dtype"), torch.float32)
     return model.to(device=device, dtype=dtype).eval()

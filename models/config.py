@@ -38,6 +38,16 @@ class ModelConfig(BaseModel):
     radial_hidden: int = Field(32, ge=1, description="width of the radial MLP that makes tensor-product weights")
     envelope_p: int = Field(6, ge=2, description="exponent of the polynomial cutoff envelope")
     readout_hidden: int = Field(16, ge=1, description="hidden width of the per-atom energy readout")
+    correlation: int = Field(
+        1, ge=1, le=3, description="body order - 1 of each block: products of the aggregated message (1: two-body)"
+    )
+    zbl: bool = Field(False, description="add a ZBL screened-nuclear repulsion prior (stops atoms collapsing in MD)")
+    zbl_radius_scale: float = Field(
+        1.5, gt=0, description="ZBL switched off smoothly at this multiple of the summed covalent radii"
+    )
+    baseline: Literal["none", "gfn2-xtb"] = Field(
+        "none", description="Δ-learning: the model learns labels minus this baseline (gfn2-xtb: tblite)"
+    )
 
     @classmethod
     def size(cls, name: str, **overrides: object) -> ModelConfig:
@@ -82,6 +92,7 @@ class MaceConfig(BaseModel):
     num_polynomial_cutoff: int = Field(5, ge=1)
     radial_mlp: list[int] = Field(default_factory=lambda: [64, 64, 64])
     mlp_irreps: str = "16x0e"
+    baseline: Literal["none", "gfn2-xtb"] = Field("none", description="Δ-learning baseline (as ModelConfig)")
 
     @classmethod
     def size(cls, name: str, **overrides: object) -> MaceConfig:
@@ -99,6 +110,7 @@ class MaceConfig(BaseModel):
             cutoff=cfg.cutoff,
             num_radial=cfg.num_radial,
             max_L=min(cfg.lmax, 1),
+            baseline=cfg.baseline,
         )
 
     def scaled(self, width: float = 1.0, depth: int = 0, lmax: int | None = None) -> MaceConfig:

@@ -39,10 +39,12 @@ class EnsembleResult:
 
 
 def _prepare(
-    train: Sequence[Atoms], valid: Sequence[Atoms] | None, cutoff: float, cfg: TrainConfig
+    train: Sequence[Atoms], valid: Sequence[Atoms] | None, cutoff: float, cfg: TrainConfig, baseline: str = "none"
 ) -> tuple[list, list]:
+    """Graphs with labels (minus the ``baseline``'s energy and forces, computed once per structure)."""
     from sapis.errors import InputError
     from sapis.models.graph import to_graph
+    from sapis.models.priors import baseline_energy_forces
 
     def graphs(atoms_list: Sequence[Atoms], name: str) -> list:
         out = []
@@ -55,6 +57,13 @@ def _prepare(
             if g.forces.shape != (len(atoms), 3) or not np.all(np.isfinite(g.forces)) or not np.isfinite(g.energy):
                 raise InputError(name, "reference forces have the wrong shape or are not finite", k)
             out.append(g)
+        if baseline != "none":
+            try:
+                base = baseline_energy_forces(atoms_list, baseline)
+            except InputError as exc:
+                raise InputError(name, exc.problem, exc.frame) from exc
+            for g, (e, f) in zip(out, base, strict=True):
+                g.energy, g.forces = g.energy - e, g.forces - f
         return out
 
     if not train:
@@ -80,11 +89,16 @@ def model_spec(
     from sapis.models.graph import fit_e0s
 
     elements = sorted({int(z) for g in train_graphs for z in g.numbers})
+    cfg = model_config_for(model, architecture)
+    baseline = cfg.baseline
     if e0s:
+        from sapis.models.priors import isolated_atom_baseline
+
         missing = [z for z in elements if z not in e0s]
         if missing:
             raise ConfigError(f"isolated-atom energies missing for elements {missing}")
-        e0 = {z: float(e0s[z]) for z in elements}
+        base0 = isolated_atom_baseline(elements, baseline)  # Δ: the model's atoms are E0 - E0_baseline
+        e0 = {z: float(e0s[z]) - base0[z] for z in elements}
     else:
         e0 = fit_e0s(train_graphs, elements)
     resid = [(g.energy - sum(e0[int(z)] for z in g.numbers)) / len(g.numbers) for g in train_graphs]
@@ -92,10 +106,10 @@ def model_spec(
     rms = float(np.sqrt(np.mean(forces**2))) if forces.size else 1.0
     n_edges = sum(g.edge_index.shape[1] for g in train_graphs)
     n_nodes = sum(len(g.numbers) for g in train_graphs)
-    cfg = model_config_for(model, architecture)
     cfg_dict = cfg.model_dump()
     return {
         "architecture": cfg.architecture,
+        "baseline": cfg.baseline,
         "config": cfg_dict,
         "elements": elements,
         "e0s": e0,
@@ -153,7 +167,7 @@ def train_ensemble(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model_cfg = model_config_for(model, architecture)
-    tr, va = _prepare(train_set, valid, model_cfg.cutoff, cfg)
+    tr, va = _prepare(train_set, valid, model_cfg.cutoff, cfg, model_cfg.baseline)
     spec = model_spec(tr, None, model_cfg, e0s)
     jobs = []
     n_gpus = _gpu_count()

@@ -20,6 +20,8 @@ class Ensemble:
         self.models, self.device, self.info = models, device, info or {}
         self.cutoff = float(models[0].config.cutoff)
         self.dtype = next(models[0].parameters()).dtype
+        # Δ-learning: the members learned labels minus this baseline; predict adds it back
+        self.baseline = str(getattr(models[0], "baseline", None) or getattr(models[0].config, "baseline", "none"))
 
     @property
     def n_params(self) -> int:
@@ -74,6 +76,12 @@ class Ensemble:
             for a, z in itertools.pairwise(ptr):
                 out_f.append(mean[a:z])
                 out_fs.append(std[a:z])
+        if self.baseline != "none":  # the same for every member: shifts the means, leaves the spread
+            from sapis.models.priors import baseline_energy_forces
+
+            base = baseline_energy_forces(atoms_list, self.baseline)
+            e_all = e_all + np.array([e for e, _ in base])[None, :]
+            out_f = [f + fb for f, (_, fb) in zip(out_f, base, strict=True)]
         return {
             "energy": e_all.mean(0),
             "energy_std": e_all.std(0),
@@ -87,7 +95,7 @@ class Ensemble:
         """Per-member energy (B,) and forces list[(n,3)]."""
         preds = []
         for m in self.models:
-            sub = Ensemble([m], self.device)
+            sub = Ensemble([m], self.device)  # m carries its baseline
             p = sub.predict(atoms_list, batch_size)
             preds.append({"energy": p["energy"], "forces": p["forces"]})
         return preds

@@ -76,8 +76,73 @@ class EquivariantLayerNorm(tnn.Module):
         return torch.cat(out, dim=-1)
 
 
+def _product_instructions(irreps_a: o3.Irreps, irreps_b: o3.Irreps, lmax: int, symmetric: bool) -> tuple:
+    """Channel-wise ("uuu") paths a_l1 x b_l2 -> l with l <= lmax and natural parity; (irreps_out, instr).
+
+    ``symmetric`` drops (j, i) when (i, j) is present (right when a and b are the same tensor).
+    """
+    out, instr = [], []
+    for i, (mul, ir_a) in enumerate(irreps_a):
+        for j, (_, ir_b) in enumerate(irreps_b):
+            if symmetric and j < i:
+                continue
+            for ir in ir_a * ir_b:
+                if ir.l <= lmax and ir.p == (-1) ** ir.l:
+                    instr.append((i, j, len(out), "uuu", True))
+                    out.append((mul, ir))
+    return o3.Irreps(out), instr
+
+
+class SymmetricProduct(tnn.Module):
+    """Many-body features of a node from its aggregated message A (MACE's product basis, channel-wise).
+
+    ``correlation`` = nu gives B_1 = A, B_k = Lin_k(B_{k-1} (x) A) for k <= nu (body order nu + 1), each (x) an
+    equivariant, learned-weight tensor product per channel ("uuu"), each Lin_k back to the node irreps so the
+    next product stays as cheap as the first; one linear map mixes [B_1, ..., B_nu] into the output.
+    ``correlation=1`` is the identity (the two-body message).
+    """
+
+    def __init__(self, irreps: o3.Irreps, correlation: int) -> None:
+        super().__init__()
+        self.irreps, self.correlation = o3.Irreps(irreps), correlation
+        lmax = max(ir.l for _, ir in self.irreps)
+        self.tps, self.lins = tnn.ModuleList(), tnn.ModuleList()
+        for k in range(correlation - 1):  # the first product is A (x) A: symmetric, half the paths
+            irreps_out, instr = _product_instructions(self.irreps, self.irreps, lmax, symmetric=k == 0)
+            tp = o3.TensorProduct(self.irreps, self.irreps, irreps_out, instr, internal_weights=True)
+            self.tps.append(tp)
+            self.lins.append(o3.Linear(irreps_out, self.irreps))
+        cat = o3.Irreps([(mul * correlation, ir) for mul, ir in self.irreps])
+        self.order = self._regroup(correlation) if correlation > 1 else None
+        self.lin = o3.Linear(cat, self.irreps) if correlation > 1 else None
+
+    def _regroup(self, nu: int) -> torch.Tensor:
+        """Column order that turns [B_1 | ... | B_nu] (each in node irreps) into irreps-sorted nu*C x l blocks."""
+        d = self.irreps.dim
+        cols = []
+        for (_mul, _ir), sl in zip(self.irreps, self.irreps.slices(), strict=True):
+            for k in range(nu):
+                cols.extend(range(k * d + sl.start, k * d + sl.stop))
+        idx = torch.tensor(cols, dtype=torch.long)
+        self.register_buffer("cols", idx, persistent=False)
+        return idx
+
+    def forward(self, a: torch.Tensor) -> torch.Tensor:
+        """(N, dim) aggregated messages -> (N, dim) features of body order up to correlation + 1."""
+        if self.lin is None:
+            return a
+        feats, cur = [a], a
+        for tp, lin in zip(self.tps, self.lins, strict=True):
+            cur = lin(tp(cur, a))
+            feats.append(cur)
+        return self.lin(torch.cat(feats, dim=-1).index_select(1, self.cols))
+
+
 class GraphAttention(tnn.Module):
     """Multi-head equivariant graph attention (Equiformer-style), pre-norm with a residual connection.
+
+    With ``correlation`` > 1 the aggregated message of each node passes through a :class:`SymmetricProduct`
+    (many-body features, as MACE's product basis) before the output map.
 
     Message m_ij = TP(x_j W_s + x_i W_d, Y(r_ij); w(|r_ij|)) with per-edge weights from a radial MLP ("uvu").
     Attention logits come from the scalar channels of m_ij (invariant); values are linear maps of m_ij
@@ -86,7 +151,13 @@ class GraphAttention(tnn.Module):
     """
 
     def __init__(
-        self, irreps_node: o3.Irreps, irreps_sh: o3.Irreps, heads: int, num_radial: int, radial_hidden: int
+        self,
+        irreps_node: o3.Irreps,
+        irreps_sh: o3.Irreps,
+        heads: int,
+        num_radial: int,
+        radial_hidden: int,
+        correlation: int = 1,
     ) -> None:
         super().__init__()
         self.irreps_node, self.heads = o3.Irreps(irreps_node), heads
@@ -110,6 +181,8 @@ class GraphAttention(tnn.Module):
         # values and attention keys from one linear map (one pass over the wide edge messages)
         self.lin_msg = o3.Linear(irreps_mid, self.irreps_node + o3.Irreps(f"{heads * self.key_dim}x0e"))
         self.attn_vec = tnn.Parameter(torch.randn(heads, self.key_dim) / math.sqrt(self.key_dim))
+        # correlation > 1: the aggregated message times itself (many-body), mixed back by one linear map
+        self.product = SymmetricProduct(self.irreps_node, correlation) if correlation > 1 else None
         self.lin_out = o3.Linear(self.irreps_node, self.irreps_node)
         head_of = []  # head that owns each component of the value vector (channels split across heads)
         for mul, ir in self.irreps_node:
@@ -142,6 +215,8 @@ class GraphAttention(tnn.Module):
         alpha = ex / denom.index_select(0, recv)  # (E, H)
         value = vk[:, :d] * alpha.index_select(1, self.head_of)  # (E, dim)
         agg = torch.zeros_like(x).index_add(0, recv, value)
+        if self.product is not None:
+            agg = self.product(agg)
         return x + self.lin_out(agg)
 
 

@@ -1,4 +1,4 @@
-"""The sapis equivariant transformer potential: E = sum_i (scale * e_i + shift + E0[Z_i]), F = -dE/dr."""
+"""The sapis equivariant transformer potential: E = sum_i (scale * e_i + shift + E0[Z_i] [+ ZBL_i]), F = -dE/dr."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sapis.models._e3nn import o3
 from sapis.models.config import ModelConfig
 from sapis.models.graph import AtomicGraph
 from sapis.models.layers import EquivariantLayerNorm, GatedFeedForward, GraphAttention, RadialBasis, natural_irreps
+from sapis.models.priors import ZBLRepulsion
 
 
 class SapisTransformer(tnn.Module):
@@ -60,7 +61,7 @@ class SapisTransformer(tnn.Module):
         self.radial = RadialBasis(c.cutoff, c.num_radial, c.envelope_p)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.attn = tnn.ModuleList(
-            GraphAttention(self.irreps_node, self.irreps_sh, c.heads, c.num_radial, c.radial_hidden)
+            GraphAttention(self.irreps_node, self.irreps_sh, c.heads, c.num_radial, c.radial_hidden, c.correlation)
             for _ in range(c.layers)
         )
         self.ffn = tnn.ModuleList(GatedFeedForward(self.irreps_node) for _ in range(c.layers))
@@ -68,6 +69,7 @@ class SapisTransformer(tnn.Module):
         self.readout = tnn.Sequential(
             tnn.Linear(c.channels, c.readout_hidden), tnn.SiLU(), tnn.Linear(c.readout_hidden, 1)
         )
+        self.zbl = ZBLRepulsion(c.zbl_radius_scale) if c.zbl else None
         with torch.no_grad():  # start from E = sum of reference energies; training grows the rest
             self.readout[-1].weight.mul_(0.01)
             self.readout[-1].bias.zero_()
@@ -103,6 +105,8 @@ class SapisTransformer(tnn.Module):
         # totals in float64: a float32 sum of ~-4000 eV would lose ~0.5 meV
         e0 = self.e0.to(feats.device)[self.species(graph.numbers)]
         e_atom = e_atom.to(torch.float64) + e0
+        if self.zbl is not None:
+            e_atom = e_atom + self.zbl(graph, graph.edge_vectors().norm(dim=-1))
         energy = torch.zeros(graph.n_graphs, dtype=torch.float64, device=feats.device)
         energy = energy.index_add(0, graph.batch, e_atom)
         return {"energy": energy, "node_energy": e_atom, "node_feats": feats}

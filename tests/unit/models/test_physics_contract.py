@@ -169,3 +169,12 @@ class TestMaceWrapper(PhysicsContract):
         "scale": 1.0,
         "avg_num_neighbors": 5.0,
     }
+
+
+class TestSapisManyBody(PhysicsContract):
+    """Correlation order 3 (products of the aggregated messages) and the ZBL repulsion prior."""
+
+    spec: ClassVar[dict] = {
+        **TestSapisTransformer.spec,
+        "config": {**TestSapisTransformer.spec["config"], "correlation": 3, "zbl": True},
+    }

@@ -1,0 +1,109 @@
+"""Physics priors: the ZBL repulsion and Δ-learning on a GFN2-xTB baseline (training, checkpoint, calculator)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.io import read
+
+from sapis.errors import InputError
+from sapis.models import ModelConfig, SapisCalculator, TrainConfig, load_ensemble, train_ensemble
+from sapis.models.graph import collate, to_graph
+from sapis.models.priors import KE, ZBLRepulsion, baseline_energy_forces
+
+
+def _zbl_pair(z1: int, z2: int, rs: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """ZBL energy (eV) and the force on atom 1 along x (eV/Å) of a pair at each distance."""
+    zbl = ZBLRepulsion(1.5)
+    es, fs = [], []
+    for r in rs:
+        g = collate([to_graph(Atoms(numbers=[z1, z2], positions=[[0, 0, 0], [r, 0, 0]]), 5.0, False)], torch.float64)
+        pos = g.positions.clone().requires_grad_(True)
+        g.positions = pos
+        e = zbl(g, g.edge_vectors().norm(dim=-1)).sum()
+        (grad,) = torch.autograd.grad(e, pos)
+        es.append(float(e.detach()))
+        fs.append(float(-grad[1, 0]))
+    return np.array(es), np.array(fs)
+
+
+def test_zbl_is_coulomb_at_short_range_repulsive_and_switched_off_smoothly() -> None:
+    e, f = _zbl_pair(1, 1, [1e-4])
+    assert e[0] * 1e-4 == pytest.approx(KE, rel=1e-2)  # phi(0) = 1: bare nuclear repulsion
+    rs = np.linspace(0.3, 0.9, 13)
+    e, f = _zbl_pair(1, 1, list(rs))
+    assert np.all(np.diff(e) < 0) and np.all(f > 0)  # repulsive: pushes atom 1 away
+    rc = 1.5 * 2 * 0.31  # H-H switch-off
+    e, f = _zbl_pair(1, 1, [rc - 1e-4, rc + 1e-4, 3.0, rc - 0.1])
+    assert e[1] == 0.0 and f[1] == 0.0 and e[2] == 0.0
+    assert abs(e[0]) < 1e-9 and abs(f[0]) < 1e-5  # continuous energy and force at the switch-off
+    assert e[3] > 1e-3  # and not zero just inside it
+
+
+def test_zbl_model_pushes_compressed_hydrogens_apart() -> None:
+    from sapis.models.checkpoint import build_model
+    from sapis.models.transformer import energy_and_forces
+
+    spec = {"architecture": "sapis", "config": {"channels": 4, "layers": 1, "lmax": 1, "zbl": True}, "elements": [1]}
+    model = build_model(spec).double()
+    close = Atoms("H2", positions=[[0, 0, 0], [0.3, 0, 0]])
+    _, f, _ = energy_and_forces(model, collate([to_graph(close, 5.0, False)], torch.float64))
+    assert float(f[1, 0]) > 10.0  # eV/Å: strongly repulsive whatever the untrained network says
+
+
+@pytest.fixture(scope="module")
+def frames(rmd17_dir: Path) -> dict[str, list[Atoms]]:
+    train = read(rmd17_dir / "train.xyz", index=":8")
+    return {"train": train[:6], "valid": train[6:], "test": read(rmd17_dir / "test.xyz", index=":3")}
+
+
+@pytest.fixture(scope="module")
+def delta_dir(frames: dict, rmd17_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("delta")
+    e0s = {int(a.numbers[0]): a.get_potential_energy() for a in read(rmd17_dir / "isolated_atoms.xyz", ":")}
+    model = ModelConfig.size("XS", num_radial=4, radial_hidden=8, readout_hidden=4, baseline="gfn2-xtb")
+    cfg = TrainConfig(max_epochs=2, batch_size=3, dtype="float64")
+    train_ensemble(frames["train"], frames["valid"], out, members=1, model=model, train=cfg, e0s=e0s, progress=False)
+    return out
+
+
+def test_delta_prediction_is_baseline_plus_model_through_the_checkpoint(delta_dir: Path, frames: dict) -> None:
+    ckpt = torch.load(delta_dir / "member_0.pt", weights_only=True)
+    assert ckpt["spec"]["baseline"] == "gfn2-xtb"
+    ens = load_ensemble(delta_dir)
+    test = frames["test"]
+    p = ens.predict(test)
+    base = baseline_energy_forces(test, "gfn2-xtb")
+    ens.baseline = "none"
+    q = ens.predict(test)  # the learned correction alone
+    for k in range(len(test)):
+        assert p["energy"][k] == pytest.approx(q["energy"][k] + base[k][0], abs=1e-9)
+        np.testing.assert_allclose(p["forces"][k], q["forces"][k] + base[k][1], atol=1e-9)
+    assert np.abs(base[0][1]).max() > 0.1  # the baseline is really there (eV/Å)
+    atoms = test[0].copy()
+    atoms.calc = SapisCalculator.from_checkpoint(delta_dir)
+    assert atoms.get_potential_energy() == pytest.approx(p["energy"][0], abs=1e-8)
+    np.testing.assert_allclose(atoms.get_forces(), p["forces"][0], atol=1e-8)
+
+
+def test_delta_prediction_is_equivariant(delta_dir: Path, frames: dict) -> None:
+    from sapis.models._e3nn import o3
+
+    ens = load_ensemble(delta_dir)
+    atoms = frames["test"][0]
+    rot = o3.rand_matrix(dtype=torch.float64).numpy()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rot.T
+    p = ens.predict([atoms, moved])
+    assert p["energy"][1] == pytest.approx(p["energy"][0], abs=1e-6)  # xTB's SCF converges to ~1e-7 eV
+    np.testing.assert_allclose(p["forces"][1], p["forces"][0] @ rot.T, atol=1e-5)
+
+
+def test_baseline_failure_names_the_frame(tmp_path: Path) -> None:
+    bad = Atoms("H", positions=[[0, 0, 0]], info={"charge": 1, "multiplicity": 2})  # no electron, one unpaired
+    with pytest.raises(InputError, match="frame 0: GFN2-xTB baseline failed"):
+        baseline_energy_forces([bad], "gfn2-xtb")
