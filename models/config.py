@@ -172,6 +172,9 @@ class TrainConfig(BaseModel):
 
     max_epochs: int = Field(200, ge=1, description="upper bound on epochs")
     max_minutes: float | None = Field(None, gt=0, description="wall-clock budget per member (minutes)")
+    max_cpu_minutes: float | None = Field(
+        None, gt=0, description="CPU-time budget per member (minutes): equal compute on a shared machine"
+    )
     lr: float = Field(5e-3, gt=0, description="peak learning rate of AdamW")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     batch_size: int = Field(4, ge=1, description="structures per optimisation step")

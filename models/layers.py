@@ -189,6 +189,7 @@ class GraphAttention(tnn.Module):
             for c in range(mul):
                 head_of += [c * heads // mul] * ir.dim
         self.register_buffer("head_of", torch.tensor(head_of, dtype=torch.long))
+        self.record_attention, self.last_alpha = False, None
 
     def forward(
         self,
@@ -213,6 +214,8 @@ class GraphAttention(tnn.Module):
         ex = envelope[:, None] * torch.exp(logits - m.index_select(0, recv))  # (E, H)
         denom = torch.exp(-m).index_add(0, recv, ex)  # null slot with logit 0
         alpha = ex / denom.index_select(0, recv)  # (E, H)
+        if self.record_attention:  # for interpretation (sapis model attention); off in training
+            self.last_alpha = alpha.detach()
         value = vk[:, :d] * alpha.index_select(1, self.head_of)  # (E, dim)
         agg = torch.zeros_like(x).index_add(0, recv, value)
         if self.product is not None:

@@ -105,6 +105,10 @@ def train_member(
     best_loss, best_state, best, since_best, since_plateau, plateau_best = math.inf, None, {}, 0, 0, math.inf
     history: list[dict[str, Any]] = []
     deadline = t0 + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+    cpu_deadline = c0 + 60 * cfg.max_cpu_minutes if cfg.max_cpu_minutes else math.inf
+
+    def out_of_budget() -> bool:
+        return time.perf_counter() > deadline or time.process_time() > cpu_deadline
 
     def loss_of(b: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         de_pa, df, de, _ = _errors(model, b, training=True)
@@ -142,7 +146,7 @@ def train_member(
             e_abs += float(de.detach().abs().sum())
             f_abs += float(df.detach().abs().sum())
             n_f += df.numel()
-            if time.perf_counter() > deadline:
+            if out_of_budget():
                 break
         rec: dict[str, Any] = {
             "epoch": epoch,
@@ -151,7 +155,7 @@ def train_member(
             "lr": opt.param_groups[0]["lr"],
             "flops": flops_cum,
         }
-        out_of_time = time.perf_counter() > deadline
+        out_of_time = out_of_budget()
         if epoch % cfg.eval_every == 0 or out_of_time or epoch == cfg.max_epochs:
             m = evaluate_graphs(ema, valid, dtype, device)
             rec.update(valid_e_mae=m["e_mae"], valid_f_mae=m["f_mae"])

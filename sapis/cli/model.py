@@ -71,6 +71,13 @@ def train(
     lmax: Annotated[int | None, typer.Option(min=0, max=4, help="Highest angular momentum of features.")] = None,
     heads: Annotated[int | None, typer.Option(min=1, help="Attention heads.")] = None,
     cutoff: Annotated[float | None, typer.Option(min=1.0, help="Radial cutoff in Å.")] = None,
+    correlation: Annotated[
+        int | None, typer.Option(min=1, max=3, help="Body order - 1 per block (1: two-body messages; sapis).")
+    ] = None,
+    zbl: Annotated[bool | None, typer.Option("--zbl/--no-zbl", help="ZBL short-range repulsion prior (sapis).")] = None,
+    baseline: Annotated[
+        str | None, typer.Option(help="Δ-learning baseline: 'none' or 'gfn2-xtb' (E = E_xTB + E_model).")
+    ] = None,
     max_epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs per member.")] = 200,
     max_minutes: Annotated[float | None, typer.Option(min=0.01, help="Wall-clock budget per member (minutes).")] = (
         None
@@ -110,7 +117,18 @@ def train(
     device = resolve_device(device)  # SAPIS_DEVICE for auto; no CUDA device for 'cuda' -> one line, before reading
     if warm_start is not None and not warm_start.exists():
         raise NotFoundError(f"{warm_start}: warm-start checkpoint not found")
-    knobs = {"channels": channels, "layers": layers, "lmax": lmax, "heads": heads, "cutoff": cutoff}
+    if baseline is not None and baseline not in ("none", "gfn2-xtb"):
+        raise ConfigError(f"unknown baseline {baseline!r} (choose 'none' or 'gfn2-xtb')")
+    knobs = {
+        "channels": channels,
+        "layers": layers,
+        "lmax": lmax,
+        "heads": heads,
+        "cutoff": cutoff,
+        "correlation": correlation,
+        "zbl": zbl,
+        "baseline": baseline,
+    }
     try:
         model = ModelConfig.size(size, **{k: v for k, v in knobs.items() if v is not None})
         cfg = TrainConfig(
@@ -203,3 +221,46 @@ def evaluate_cmd(
         f"mean predicted uncertainty: energy std {metrics['mean_energy_std_meV']:.2f} meV, "
         f"force std {metrics['mean_forces_std_meV_A']:.2f} meV/Å"
     )
+
+
+@app.command("attention", no_args_is_help=True)
+def attention_cmd(
+    model: Annotated[Path, typer.Option("--model", "-m", help="Ensemble directory or checkpoint (sapis).")],
+    structure: Annotated[Path, typer.Option("--structure", "-s", help="Structure file (any ASE format).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory: attention.json, attention.png.")],
+    frame: Annotated[int, typer.Option(help="Frame of the structure file.")] = 0,
+) -> None:
+    """Export the attention weights of the first member on one structure, plot them over the molecular
+    graph, and print the share of attention on covalently bonded pairs against the share neighbour counts give."""
+    import numpy as np
+    from ase.io import read
+
+    from sapis.models.attention import attention_weights, plot_attention
+    from sapis.models.inference import load_ensemble
+
+    if not model.exists():
+        raise NotFoundError(f"{model}: model not found")
+    if not structure.exists():
+        raise NotFoundError(f"{structure}: structure file not found")
+    try:
+        atoms = read(structure, index=frame)
+    except (IndexError, StopIteration) as exc:
+        raise InputError(str(structure), f"has no frame {frame}") from exc
+    except Exception as exc:  # ASE raises many types for malformed files
+        raise InputError(str(structure), f"cannot read as a structure file ({type(exc).__name__}: {exc})") from exc
+    if not np.all(np.isfinite(atoms.positions)):
+        raise InputError(str(structure), "positions contain NaN or inf", frame)
+    ens = load_ensemble(model)
+    unknown = sorted(set(int(z) for z in atoms.numbers) - set(ens.models[0].elements))
+    if unknown:
+        raise InputError(str(structure), f"elements {unknown} are unknown to the model", frame)
+    result = attention_weights(ens.models[0], atoms)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "attention.json").write_text(json.dumps(result))
+    plot_attention(result, out / "attention.png")
+    typer.echo(
+        f"attention on covalently bonded pairs: {100 * result['bonded_share']:.1f}% "
+        f"(neighbour counts alone: {100 * result['expected_bonded_share']:.1f}%); "
+        f"per layer: {', '.join(f'{100 * s:.1f}%' for s in result['bonded_share_per_layer'])}"
+    )
+    typer.echo(f"wrote {out / 'attention.json'} and {out / 'attention.png'}")
