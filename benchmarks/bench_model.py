@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from ase.io import read
 
     from sapis.models import ModelConfig, TrainConfig
-    from sapis.models.mace_ref import MaceConfig
+    from sapis.models.config import MaceConfig
 
     train_all = read(args.train, index=":")
     n_valid = args.n_valid

@@ -43,7 +43,7 @@ class ModelConfig(BaseModel):
     )
     zbl: bool = Field(False, description="add a ZBL screened-nuclear repulsion prior (stops atoms collapsing in MD)")
     zbl_radius_scale: float = Field(
-        1.5, gt=0, description="ZBL switched off smoothly at this multiple of the summed covalent radii"
+        1.0, gt=0, description="ZBL switched off smoothly at this multiple of the summed covalent radii"
     )
     baseline: Literal["none", "gfn2-xtb"] = Field(
         "none", description="Δ-learning: the model learns labels minus this baseline (gfn2-xtb: tblite)"

@@ -28,7 +28,7 @@ class ZBLRepulsion(tnn.Module):
     where there is no data (short distances), the learned part fits the rest.
     """
 
-    def __init__(self, radius_scale: float = 1.5, p: int = 6) -> None:
+    def __init__(self, radius_scale: float = 1.0, p: int = 6) -> None:
         super().__init__()
         self.radius_scale, self.p = float(radius_scale), p
         self.register_buffer(
