@@ -37,12 +37,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from sapis.tasks.scaling_fit import (
+    JointFit,
     PowerLawFit,
     RoundEvidence,
     capacity_groups,
     fit_compute_curve,
     fit_data_curve,
+    fit_joint_law,
     fit_trend,
+    probe_points,
     spent_so_far,
     unit_costs,
 )
@@ -110,6 +113,22 @@ class ControllerConfig(BaseModel):
     budget_seconds: float | None = Field(
         default=None, gt=0, description="Total seconds, DFT CPU seconds plus training wall seconds."
     )
+    prior: Literal["tandem", "continue"] = Field(
+        default="tandem",
+        description="Policy while the evidence is too thin to decide (no reliable fit yet): 'tandem' grows data "
+        "(labels per round × k_N) and capacity (width × k_W) together; 'continue' repeats the round unchanged.",
+    )
+    probes: bool = Field(
+        default=True,
+        description="Measure learning curves inside each round: train one small member per (data fraction, "
+        "width factor) below and fit E(N, P) = E_inf + A N^-alpha + B P^-beta to them.",
+    )
+    probe_fractions: tuple[float, ...] = Field(
+        default=(0.25, 0.5, 1.0), description="Nested fractions of the round's training labels the probes use."
+    )
+    probe_widths: tuple[float, ...] = Field(
+        default=(1.0, 0.65, 0.4), description="Width factors (on the round's channels) the probes use."
+    )
     metric: Literal["test_f_mae", "valid_f_mae"] = Field(
         default="test_f_mae",
         description="Error the fits and the target use (falls back to the other one when a round lacks it).",
@@ -119,6 +138,9 @@ class ControllerConfig(BaseModel):
     def _growth(self) -> ControllerConfig:
         if self.k_W == 1 and self.k_D == 0:
             raise ValueError("k_W = 1 and k_D = 0: growing capacity would change nothing")
+        for name in ("probe_fractions", "probe_widths"):
+            if any(not 0 < v <= 1 for v in getattr(self, name)):
+                raise ValueError(f"{name}: every factor must be in (0, 1]")
         return self
 
 
@@ -243,29 +265,41 @@ def decide(history: list[RoundEvidence], cfg: ControllerConfig | None = None) ->
         "capacity_exponent_source": gamma_src,
         "rounds_at_this_capacity": len(group),
     }
+    pts = probe_points(history)
+    joint = fit_joint_law(*zip(*pts, strict=True)) if len(pts) >= 7 else None
+    ev["fits"]["joint"] = joint.to_dict() if joint else None
+    ev["fits"]["joint_points"] = len(pts)
+    unit = unit_costs(history)
+    ev["unit_costs"] = unit
+    s_label, s_flop = unit["dft_s_per_label"], unit["train_s_per_flop"]
+    costs_known = s_label is not None and bool(last.train_wall_s) and bool(last.n_train)
+    if joint is not None and joint.reliable(cfg.max_rel_se) and costs_known and last.n_params:
+        assert s_label is not None
+        return _choose_joint(last, history, joint, fit_c, s_label, s_flop, cfg, ev)
+
     n_pts = sum(1 for r in group if r.n_train)
+    thin = _why_thin(joint, len(pts), cfg)
     if fit_n is None:
-        return _decision(
-            "continue",
+        return _prior_or(
             "too_short",
             f"only {n_pts} round(s) at this capacity with N and an error; an E(N) fit needs {cfg.min_points}",
+            thin,
+            last,
             ev,
             cfg,
         )
     if fit_n.alpha_rel_se > cfg.max_rel_se:
-        return _decision(
-            "continue",
+        return _prior_or(
             "too_uncertain",
             f"E(N) exponent beta = {fit_n.alpha:.3g} ± "
             f"{fit_n.alpha_se:.2g} (relative {fit_n.alpha_rel_se:.2g} > {cfg.max_rel_se}); "
             "not extrapolating",
+            thin,
+            last,
             ev,
             cfg,
         )
-    unit = unit_costs(history)
-    ev["unit_costs"] = unit
-    s_label, s_flop = unit["dft_s_per_label"], unit["train_s_per_flop"]
-    if s_label is None or not last.train_wall_s or not last.n_train:
+    if s_label is None or not costs_known:
         return _decision(
             "continue",
             "cost_unknown",
@@ -288,8 +322,8 @@ def _choose(
     cfg: ControllerConfig,
     ev: dict[str, Any],
 ) -> Decision:
-    """Predict each action's gain and cost, then apply the out-of-reach, undertrained, epsilon and
-    efficiency rules."""
+    """Predict each action's gain and cost from E(N) across rounds, then apply the out-of-reach rule and
+    :func:`_rank`."""
     assert last.n_train
     assert last.train_wall_s
     n = float(last.n_train)
@@ -344,17 +378,7 @@ def _choose(
     pred["continue"]["gain_hi"] = float(e_now - np.percentile(e_cont_draws, 16))
     ev["predictions"] = pred
     ev["capacity_allowed"] = can_grow
-    if fit_c is not None and fit_c.x:
-        c_now = max(fit_c.x)
-        g2 = float(fit_c.predict(c_now) - fit_c.predict(2 * c_now))
-        ev["train_longer"] = {
-            "gain": g2,
-            "rel_gain": g2 / e_now,
-            "cost_s": last.train_wall_s,
-            "gain_per_s": g2 / last.train_wall_s,
-            "compute_floor": fit_c.e_inf,
-            "ok": fit_c.alpha_rel_se <= cfg.max_rel_se,
-        }
+    _train_longer(fit_c, last, e_now, cfg, ev)
 
     if cfg.target_f_mae is not None:
         best = _best_reachable(fit_n, gamma, n, train_s, s_label, s_flop, last.n_params, spent, cfg)
@@ -369,6 +393,11 @@ def _choose(
                 cfg,
             )
 
+    return _rank(pred, can_grow, ev, cfg)
+
+
+def _rank(pred: dict[str, dict[str, Any]], can_grow: bool, ev: dict[str, Any], cfg: ControllerConfig) -> Decision:
+    """The undertrained, epsilon and efficiency rules on predicted gains and costs."""
     options = {k: pred[k] for k in ("grow_data", "grow_capacity") if k == "grow_data" or can_grow}
     passing = {k: v for k, v in options.items() if v["rel_gain"] >= cfg.epsilon and v["gain_per_s"]}
     tl = ev.get("train_longer")
@@ -405,6 +434,116 @@ def _choose(
     action: Action = "grow_data" if top == "grow_data" else "grow_capacity"
     limited = "data" if top == "grow_data" else "capacity"
     return _decision(action, "best_gain_per_second", f"{limited}-limited: best gain per second ({fmt})", ev, cfg)
+
+
+def _train_longer(
+    fit_c: PowerLawFit | None, last: RoundEvidence, e_now: float, cfg: ControllerConfig, ev: dict[str, Any]
+) -> None:
+    """What doubling the training compute at this size would gain, from E(C) (evidence for ``undertrained``)."""
+    if fit_c is not None and fit_c.x and last.train_wall_s:
+        c_now = max(fit_c.x)
+        g2 = float(fit_c.predict(c_now) - fit_c.predict(2 * c_now))
+        ev["train_longer"] = {
+            "gain": g2,
+            "rel_gain": g2 / e_now,
+            "cost_s": last.train_wall_s,
+            "gain_per_s": g2 / last.train_wall_s,
+            "compute_floor": fit_c.e_inf,
+            "ok": fit_c.alpha_rel_se <= cfg.max_rel_se,
+        }
+
+
+def _why_thin(joint: JointFit | None, n_points: int, cfg: ControllerConfig) -> str:
+    """Why the in-round joint fit cannot be used yet, in words."""
+    if joint is None:
+        return f"the in-round learning curves have {n_points} point(s); E(N, P) needs 7 with 3 data and 3 model sizes"
+    return (
+        f"E(N, P) exponents alpha = {joint.alpha:.3g} ± {joint.se['alpha']:.2g}, beta = {joint.beta:.3g} ± "
+        f"{joint.se['beta']:.2g} are not yet reliable (relative error above {cfg.max_rel_se:.3g})"
+    )
+
+
+def _prior_or(
+    rule: str, why: str, thin: str, last: RoundEvidence, ev: dict[str, Any], cfg: ControllerConfig
+) -> Decision:
+    """The stated default policy when no fit is reliable: grow data and capacity in tandem (or, with
+    ``prior = 'continue'``, repeat the round unchanged)."""
+    if cfg.prior == "continue":
+        return _decision("continue", rule, why, ev, cfg)
+    k_p = param_factor(cfg, last.capacity)
+    can_grow = cfg.max_n_params is None or not last.n_params or last.n_params * k_p <= cfg.max_n_params
+    ev["prior_because"] = {"rule": rule, "reason": why, "joint": thin}
+    policy = f"labels per round × {cfg.k_N:.3g}" + (f" and width × {cfg.k_W:.3g}" if can_grow else "")
+    return _decision(
+        "both" if can_grow else "grow_data",
+        "prior_tandem",
+        f"evidence too thin ({thin}; {why}); default policy: {policy}",
+        ev,
+        cfg,
+    )
+
+
+def _choose_joint(
+    last: RoundEvidence,
+    history: list[RoundEvidence],
+    joint: JointFit,
+    fit_c: PowerLawFit | None,
+    s_label: float,
+    s_flop: float | None,
+    cfg: ControllerConfig,
+    ev: dict[str, Any],
+) -> Decision:
+    """Predict each action from the in-round E(N, P) fit: gain over ``continue`` (with a 16-84 % band from the
+    fit's covariance) per extra second (DFT seconds per label × extra labels + training seconds, which scale with
+    N × P, probes included at their measured overhead), then :func:`_rank`."""
+    assert last.n_train and last.n_params and last.train_wall_s
+    e_now = float(last.error(cfg.metric)[0] or 0.0)
+    n, p = float(last.n_train), float(last.n_params)
+    n_add = float(last.n_labels_added or max(1.0, 0.1 * n))
+    k_p = param_factor(cfg, last.capacity)
+    overhead = 1.0 + last.probe_train_s / last.train_wall_s
+    train_s = last.train_wall_s * overhead * (n + n_add) / n
+    plans = {
+        "continue": (n + n_add, 1.0),
+        "grow_data": (n + cfg.k_N * n_add, 1.0),
+        "grow_capacity": (n + n_add, k_p),
+        "both": (n + cfg.k_N * n_add, k_p),
+    }
+    draws = joint.sample(400)
+    e_model_now = float(joint.predict(n, p))
+    e_cont = float(joint.predict(*plans["continue"][:1], p * plans["continue"][1]))
+    cont_draws = joint.predict_draws(draws, plans["continue"][0], p)
+    pred: dict[str, dict[str, Any]] = {}
+    for name, (n_next, kp) in plans.items():
+        e_hat = float(joint.predict(n_next, p * kp))
+        gains = cont_draws - joint.predict_draws(draws, n_next, p * kp)
+        extra_labels = n_next - (n + n_add)
+        extra_train = train_s * (kp * n_next / (n + n_add) - 1.0)
+        cost = extra_labels * s_label + extra_train
+        gain = e_cont - e_hat
+        pred[name] = {
+            "error": e_now + (e_hat - e_model_now),  # the law's change applied to the measured error
+            "gain": gain,
+            "gain_lo": float(np.percentile(gains, 16)),
+            "gain_hi": float(np.percentile(gains, 84)),
+            "rel_gain": gain / e_now,
+            "extra_labels": extra_labels,
+            "extra_dft_s": extra_labels * s_label,
+            "extra_train_s": extra_train,
+            "extra_train_flops": extra_train / s_flop if s_flop else None,
+            "cost_s": cost,
+            "gain_per_s": gain / cost if cost > 0 else None,
+            "n_next": n_next,
+            "k_P": kp,
+        }
+    pred["continue"]["gain"] = e_model_now - e_cont
+    pred["continue"]["rel_gain"] = (e_model_now - e_cont) / e_now
+    ev["predictions"] = pred
+    ev["evidence_source"] = "in-round learning curves, E(N, P)"
+    can_grow = cfg.max_n_params is None or p * k_p <= cfg.max_n_params
+    ev["capacity_allowed"] = can_grow
+    _train_longer(fit_c, last, e_now, cfg, ev)
+    return _rank(pred, can_grow, ev, cfg)
 
 
 def param_factor(cfg: ControllerConfig, capacity: Mapping[str, Any] | None) -> float:

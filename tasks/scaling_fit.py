@@ -249,6 +249,9 @@ class RoundEvidence:
     test_e_mae: float | None = None
     curves: list[dict[str, list[float]]] = field(default_factory=list)
     decision: str | None = None
+    probes: list[dict[str, Any]] = field(default_factory=list)  # in-round learning curve: n_train, n_params, error
+    probe_train_s: float = 0.0  # seconds spent training the probes (counted as training cost)
+    probe_flops: float = 0.0
 
     def error(self, metric: str) -> tuple[float | None, str]:
         """The round's error in ``metric``, else the other force MAE; with the key actually used."""
@@ -296,6 +299,12 @@ class RoundEvidence:
             curves=[c for c in m.get("curves") or [] if isinstance(c, dict)],
             decision=decision,
         )
+        pr = m.get("probes") if isinstance(m.get("probes"), dict) else {}
+        ev.probes = [p for p in pr.get("points") or [] if isinstance(p, dict)]
+        for key in ("train_s", "flops"):
+            v = pr.get(key)
+            if isinstance(v, int | float) and math.isfinite(v) and v >= 0:
+                setattr(ev, f"probe_{key}", float(v))
         cks = list(checkpoints)
         if cks:
             if ev.n_params is None:
@@ -376,7 +385,8 @@ def spent_so_far(history: list[RoundEvidence]) -> dict[str, float]:
         if history[-1].train_flops_cum is not None
         else sum(r.train_flops or 0.0 for r in history)
     )
-    train_s = sum(r.train_wall_s or 0.0 for r in history)
+    flops += sum(r.probe_flops for r in history)
+    train_s = sum((r.train_wall_s or 0.0) + r.probe_train_s for r in history)
     return {
         "labels": float(max(labels, n_max)),
         "dft_cpu_s": float(dft),
@@ -390,6 +400,177 @@ def unit_costs(history: list[RoundEvidence]) -> dict[str, float | None]:
     """Seconds per label (DFT) and seconds per training FLOP, measured over the whole campaign."""
     dft = [(r.dft_cpu_s, r.n_labels_added) for r in history if r.dft_cpu_s and r.n_labels_added]
     trn = [(r.train_wall_s, r.train_flops) for r in history if r.train_wall_s and r.train_flops]
+    trn += [(r.probe_train_s, r.probe_flops) for r in history if r.probe_train_s and r.probe_flops]
     s_label = sum(d for d, _ in dft) / sum(n for _, n in dft) if dft else None
     s_flop = sum(w for w, _ in trn) / sum(f for _, f in trn) if trn else None
     return {"dft_s_per_label": s_label, "train_s_per_flop": s_flop}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The joint law E(N, P) = E_inf + A (N/N_ref)^-alpha + B (P/P_ref)^-beta, fitted to in-round learning curves.
+
+JOINT_NAMES = ("e_inf", "a", "alpha", "b", "beta")
+
+
+@dataclass(frozen=True)
+class JointFit:
+    """A fitted E(N, P) = e_inf + a (N/n_ref)^-alpha + b (P/p_ref)^-beta with standard errors.
+
+    ``cov`` is the covariance of (e_inf, log a, alpha, log b, beta). ``points`` are the (N, P, E) it came from.
+    """
+
+    e_inf: float
+    a: float
+    alpha: float
+    b: float
+    beta: float
+    se: dict[str, float]
+    n_ref: float
+    p_ref: float
+    rmse_log: float
+    cov: tuple[tuple[float, ...], ...]
+    points: tuple[tuple[float, float, float], ...] = field(default=(), repr=False)
+
+    @property
+    def n_points(self) -> int:
+        return len(self.points)
+
+    def rel_se(self, name: str) -> float:
+        """Relative standard error of a parameter (inf when undetermined or zero)."""
+        v, s = abs(getattr(self, name)), self.se.get(name, math.inf)
+        return s / v if v > 0 and math.isfinite(s) else math.inf
+
+    def reliable(self, max_rel_se: float) -> bool:
+        """Both exponents pinned down to ``max_rel_se`` relative standard error."""
+        return self.rel_se("alpha") <= max_rel_se and self.rel_se("beta") <= max_rel_se
+
+    def predict(self, n: float | np.ndarray, p: float | np.ndarray) -> np.ndarray:
+        """E at data size ``n`` and parameter count ``p``."""
+        return _joint_model(
+            np.array([self.e_inf, math.log(self.a), self.alpha, math.log(self.b), self.beta]),
+            np.asarray(n, dtype=float) / self.n_ref,
+            np.asarray(p, dtype=float) / self.p_ref,
+        )
+
+    def sample(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` draws of (e_inf, log a, alpha, log b, beta) from the fit's Gaussian approximation, clipped to the
+        bounds; shape (n, 5). Used to put an uncertainty on predicted gains."""
+        mean = np.array([self.e_inf, math.log(self.a), self.alpha, math.log(self.b), self.beta])
+        cov = np.array(self.cov, dtype=float)
+        if not np.all(np.isfinite(cov)):
+            return np.tile(mean, (n, 1))
+        d = np.random.default_rng(seed).multivariate_normal(mean, cov, size=n, check_valid="ignore")
+        d[:, 0] = np.clip(d[:, 0], 0.0, None)
+        d[:, 2] = np.clip(d[:, 2], *ALPHA_BOUNDS)
+        d[:, 4] = np.clip(d[:, 4], *ALPHA_BOUNDS)
+        return d
+
+    def predict_draws(self, draws: np.ndarray, n: float, p: float) -> np.ndarray:
+        """E at (n, p) for each row of ``draws`` (from :meth:`sample`); shape (len(draws),)."""
+        return _joint_model(draws.T, n / self.n_ref, p / self.p_ref)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (stored as decision evidence)."""
+        return {
+            **{k: float(getattr(self, k)) for k in JOINT_NAMES},
+            "se": {k: _finite(v) for k, v in self.se.items()},
+            "rel_se": {k: _finite(self.rel_se(k)) for k in JOINT_NAMES},
+            "n_ref": self.n_ref,
+            "p_ref": self.p_ref,
+            "n_points": self.n_points,
+            "rmse_log": self.rmse_log,
+            "points": [list(p) for p in self.points],
+        }
+
+
+def _joint_model(p: np.ndarray, nr: np.ndarray | float, pr: np.ndarray | float) -> np.ndarray:
+    e_inf, log_a, alpha, log_b, beta = p
+    return e_inf + np.exp(log_a) * nr ** (-alpha) + np.exp(log_b) * pr ** (-beta)
+
+
+def fit_joint_law(
+    n: Sequence[float] | np.ndarray, p: Sequence[float] | np.ndarray, e: Sequence[float] | np.ndarray
+) -> JointFit | None:
+    """Fit E(N, P) = E_inf + A (N/N_ref)^-alpha + B (P/P_ref)^-beta in log space; None when under-determined.
+
+    Needs at least 7 finite positive points with 3 distinct N and 3 distinct P (with two parameter counts,
+    E_inf, B and beta cannot be told apart). N_ref and P_ref are geometric means, which keeps A and B of the
+    order of the data. Standard errors from the Jacobian at the optimum, as in :func:`fit_power_law`.
+
+    >>> import numpy as np
+    >>> N, P = np.meshgrid([25.0, 50, 100, 200], [1e3, 3e3, 1e4])
+    >>> fit = fit_joint_law(N.ravel(), P.ravel(), (5 + 400 * N**-0.5 + 3e3 * P**-0.7).ravel())
+    >>> round(fit.alpha, 3), round(fit.beta, 3)
+    (0.5, 0.7)
+    """
+    na, pa, ea = (np.asarray(v, dtype=float).ravel() for v in (n, p, e))
+    if not (na.shape == pa.shape == ea.shape):
+        raise ValueError(f"N, P and E differ in length ({na.size}, {pa.size}, {ea.size})")
+    keep = np.isfinite(na) & np.isfinite(pa) & np.isfinite(ea) & (na > 0) & (pa > 0) & (ea > 0)
+    na, pa, ea = na[keep], pa[keep], ea[keep]
+    if na.size < 7 or np.unique(na).size < 3 or np.unique(pa).size < 3:
+        return None
+    n_ref, p_ref = float(np.exp(np.log(na).mean())), float(np.exp(np.log(pa).mean()))
+    nr, pr, loge = na / n_ref, pa / p_ref, np.log(ea)
+
+    def resid(q: np.ndarray) -> np.ndarray:
+        return np.log(np.maximum(_joint_model(q, nr, pr), 1e-300)) - loge
+
+    e_hi = float(ea.min()) * (1 - 1e-9)
+    lower = np.array([0.0, -50.0, ALPHA_BOUNDS[0], -50.0, ALPHA_BOUNDS[0]])
+    upper = np.array([e_hi, 50.0, ALPHA_BOUNDS[1], 50.0, ALPHA_BOUNDS[1]])
+    best = None
+    spread = max(float(np.median(ea)) - 0.0, 1e-12)
+    for frac in (0.0, 0.5, 0.9):
+        for a0 in (0.2, 0.7, 1.5):
+            for b0 in (0.2, 0.7, 1.5):
+                e0 = frac * e_hi
+                half = max((float(np.median(ea)) - e0) / 2, 1e-6 * spread)
+                q0 = np.clip([e0, math.log(half), a0, math.log(half), b0], lower + 1e-9, upper - 1e-9)
+                try:
+                    res = least_squares(resid, q0, bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=3000)
+                except (ValueError, FloatingPointError):  # pragma: no cover - defensive
+                    continue
+                if best is None or res.cost < best.cost:
+                    best = res
+    if best is None:  # pragma: no cover - defensive
+        return None
+    dof = na.size - 5
+    rss = 2.0 * float(best.cost)
+    jac = best.jac
+    cov = np.linalg.pinv(jac.T @ jac) * (rss / dof)
+    se = np.sqrt(np.clip(np.diag(cov), 0, None))
+    if np.linalg.matrix_rank(jac) < 5:
+        se[np.abs(jac).sum(axis=0) < 1e-12] = np.inf
+    q = best.x
+    a, b = math.exp(q[1]), math.exp(q[3])
+    return JointFit(
+        e_inf=float(q[0]),
+        a=a,
+        alpha=float(q[2]),
+        b=b,
+        beta=float(q[4]),
+        se={
+            "e_inf": float(se[0]),
+            "a": float(a * se[1]),
+            "alpha": float(se[2]),
+            "b": float(b * se[3]),
+            "beta": float(se[4]),
+        },
+        n_ref=n_ref,
+        p_ref=p_ref,
+        rmse_log=math.sqrt(rss / na.size),
+        cov=tuple(tuple(float(v) for v in row) for row in cov),
+        points=tuple((float(x), float(y), float(z)) for x, y, z in zip(na, pa, ea, strict=True)),
+    )
+
+
+def probe_points(history: Sequence[RoundEvidence]) -> list[tuple[float, float, float]]:
+    """Every in-round learning-curve point (N, P, force MAE) measured so far, oldest round first."""
+    out: list[tuple[float, float, float]] = []
+    for r in history:
+        for pt in r.probes:
+            n, p, e = pt.get("n_train"), pt.get("n_params"), pt.get("error")
+            if all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in (n, p, e)):
+                out.append((float(n), float(p), float(e)))  # type: ignore[arg-type]
+    return out

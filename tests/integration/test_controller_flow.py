@@ -38,7 +38,7 @@ def _round_metrics(i: int, e_inf: float, b: float, beta: float) -> dict:
 def campaign(tmp_path: Path) -> tuple[str, int]:
     url = f"sqlite:///{tmp_path / 'ctl.db'}"
     store = Store(url)
-    cid = store.create_campaign("ctl", {"controller": {"epsilon": 0.02}, "targets": {"force_mae": 5.0}})
+    cid = store.create_campaign("ctl", {"controller": {"epsilon": 0.02, "prior": "continue"}, "targets": {"force_mae": 5.0}})
     for i in range(5):
         rid = store.start_round(cid, i)
         store.update_round(rid, status="done", metrics=_round_metrics(i, 1.0, 400.0, 0.5))

@@ -174,7 +174,7 @@ def test_target_out_of_reach_stops() -> None:
 
 
 def test_too_short_history_continues_with_reason() -> None:
-    d = decide(synthetic_history(1.0, 400.0, 0.5, rounds=3), ControllerConfig())
+    d = decide(synthetic_history(1.0, 400.0, 0.5, rounds=3), ControllerConfig(prior="continue"))
     assert (d.action, d.rule) == ("continue", "too_short")
     assert "needs 4" in d.reason
 
@@ -183,7 +183,7 @@ def test_noisy_history_does_not_decide_confidently() -> None:
     """Heavy noise: either refuse (continue) or, when it does decide, never the wrong kind of growth."""
     refused = 0
     for seed in range(10):
-        d = decide(synthetic_history(20.0, 400.0, 0.8, noise=0.3, seed=seed), ControllerConfig())
+        d = decide(synthetic_history(20.0, 400.0, 0.8, noise=0.3, seed=seed), ControllerConfig(prior="continue"))
         if d.action == "continue":
             refused += 1
             assert d.reason
