@@ -521,14 +521,14 @@ def fit_joint_law(
     upper = np.array([e_hi, 50.0, ALPHA_BOUNDS[1], 50.0, ALPHA_BOUNDS[1]])
     best = None
     spread = max(float(np.median(ea)) - 0.0, 1e-12)
-    for frac in (0.0, 0.5, 0.9):
-        for a0 in (0.2, 0.7, 1.5):
-            for b0 in (0.2, 0.7, 1.5):
+    for frac in (0.0, 0.7):
+        for a0 in (0.3, 1.0):
+            for b0 in (0.3, 1.0):
                 e0 = frac * e_hi
                 half = max((float(np.median(ea)) - e0) / 2, 1e-6 * spread)
                 q0 = np.clip([e0, math.log(half), a0, math.log(half), b0], lower + 1e-9, upper - 1e-9)
                 try:
-                    res = least_squares(resid, q0, bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=3000)
+                    res = least_squares(resid, q0, bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=600)
                 except (ValueError, FloatingPointError):  # pragma: no cover - defensive
                     continue
                 if best is None or res.cost < best.cost:

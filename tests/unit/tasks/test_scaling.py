@@ -10,7 +10,14 @@ import pytest
 from pydantic import ValidationError
 
 from sapis.tasks.scaling import ControllerConfig, Decision, RoundEvidence, decide, param_factor
-from sapis.tasks.scaling_fit import fit_data_curve, fit_power_law, fit_trend
+from sapis.tasks.scaling_fit import (
+    fit_data_curve,
+    fit_joint_law,
+    fit_power_law,
+    fit_trend,
+    probe_points,
+    spent_so_far,
+)
 
 
 def synthetic_history(
@@ -272,3 +279,128 @@ def test_hostile_metrics_are_ignored_not_trusted() -> None:
     assert (ev.n_train, ev.test_f_mae, ev.curves, ev.capacity) == (None, None, [], None)
     assert ev.error("test_f_mae") == (None, "test_f_mae")
     assert decide([ev]).rule == "no_error_measured"
+
+
+# ---- in-round learning curves: the joint law E(N, P) and the tandem prior --------------------------------
+
+
+def _law(n: np.ndarray, p: np.ndarray, e_inf: float, a: float, alpha: float, b: float, beta: float) -> np.ndarray:
+    return e_inf + a * n**-alpha + b * p**-beta
+
+
+def probe_history(
+    law: tuple[float, float, float, float, float],
+    *,
+    rounds: int = 2,
+    noise: float = 0.0,
+    seed: int = 0,
+    n0: int = 40,
+    p0: int = 3000,
+) -> list[RoundEvidence]:
+    """Rounds whose in-round probes (fractions ¼, ½, 1 × widths 1, 0.65, 0.4) follow ``law`` exactly or with
+    log-normal noise; costs as a campaign records them (7 s per label, training seconds ∝ N × P)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(rounds):
+        n = n0 * (i + 1)
+        probes = []
+        for w in (1.0, 0.65, 0.4):
+            p = round(p0 * w**2)
+            for f in (0.25, 0.5, 1.0):
+                e = float(_law(np.array(n * f), np.array(p), *law)) * math.exp(rng.normal(0.0, noise))
+                probes.append({"n_train": round(n * f), "n_params": p, "error": e})
+        e_main = float(_law(np.array(n), np.array(p0), *law))
+        wall = 2e-4 * n * p0 / 100
+        out.append(
+            RoundEvidence(
+                index=i,
+                n_train=n,
+                n_params=p0,
+                capacity={"channels": 8, "layers": 2},
+                train_flops=wall * 1e9,
+                train_wall_s=wall,
+                dft_cpu_s=7.0 * n0,
+                n_labels_added=n0,
+                test_f_mae=e_main,
+                valid_f_mae=e_main,
+                probes=probes,
+                probe_train_s=0.8 * wall,
+                probe_flops=0.8 * wall * 1e9,
+            )
+        )
+    return out
+
+
+@pytest.mark.parametrize("law", [(5.0, 800.0, 0.5, 3e4, 0.7), (20.0, 300.0, 0.9, 2e3, 0.4)])
+def test_joint_fit_recovers_exponents_within_reported_uncertainty(law: tuple[float, ...]) -> None:
+    """Synthetic in-round curves (3 fractions × 3 widths × 2 rounds, 3 % noise): the true exponents lie within
+    2 reported standard errors in most realisations."""
+    hits = 0
+    for seed in range(12):
+        pts = probe_points(probe_history(law, noise=0.03, seed=seed))  # type: ignore[arg-type]
+        fit = fit_joint_law(*zip(*pts, strict=True))
+        assert fit is not None
+        hits += abs(fit.alpha - law[2]) <= 2 * fit.se["alpha"] and abs(fit.beta - law[4]) <= 2 * fit.se["beta"]
+    assert hits >= 9, f"only {hits}/12 realisations hold both exponents within 2 se"
+    exact = fit_joint_law(*zip(*probe_points(probe_history(law)), strict=True))  # type: ignore[arg-type]
+    assert exact is not None
+    assert (exact.alpha, exact.beta) == pytest.approx((law[2], law[4]), rel=1e-4)
+    json.dumps(exact.to_dict())
+
+
+def test_joint_fit_refuses_two_capacities() -> None:
+    """With two parameter counts E_inf, B and beta cannot be told apart: no fit rather than a made-up one."""
+    n = np.array([10.0, 20, 40, 80] * 2)
+    p = np.array([1e3] * 4 + [3e3] * 4)
+    assert fit_joint_law(n, p, _law(n, p, 5, 400, 0.5, 3e3, 0.7)) is None
+    with pytest.raises(ValueError, match="differ in length"):
+        fit_joint_law([1.0], [1.0, 2.0], [1.0])
+
+
+def test_prior_acts_when_evidence_is_thin() -> None:
+    """No probes, one round: instead of 'continue' the stated default policy grows data and capacity together."""
+    hist = synthetic_history(1.0, 400.0, 0.5, rounds=1)
+    d = decide(hist, ControllerConfig(k_N=2.0, k_W=1.5))
+    assert (d.action, d.rule) == ("both", "prior_tandem")
+    assert d.factors == {"k_N": 2.0, "k_W": 1.5, "k_D": 0}
+    assert "default policy" in d.reason
+    assert "7 with 3 data and 3 model sizes" in d.reason
+    # at the capacity ceiling the prior grows data only
+    d2 = decide(hist, ControllerConfig(max_n_params=60_000))
+    assert (d2.action, d2.rule) == ("grow_data", "prior_tandem")
+    # 'continue' keeps the old behaviour when asked for
+    assert decide(hist, ControllerConfig(prior="continue")).action == "continue"
+
+
+def test_prior_acts_when_joint_fit_is_too_uncertain() -> None:
+    hist = probe_history((5.0, 800.0, 0.5, 3e4, 0.7), rounds=1, noise=0.4, seed=1)
+    d = decide(hist, ControllerConfig())
+    joint = d.evidence["fits"]["joint"]
+    assert joint is not None
+    assert max(joint["rel_se"]["alpha"] or math.inf, joint["rel_se"]["beta"] or math.inf) > 0.5
+    assert (d.action, d.rule) == ("both", "prior_tandem")
+    assert "not yet reliable" in d.reason
+
+
+@pytest.mark.parametrize(
+    ("law", "expected"),
+    [((2.0, 3000.0, 0.6, 1.0, 0.7), "grow_data"), ((2.0, 1.0, 0.6, 3e5, 0.7), "grow_capacity")],
+)
+def test_reliable_joint_fit_overrides_prior(law: tuple[float, ...], expected: str) -> None:
+    """Data-limited truth: grow data; capacity-limited truth: grow capacity, from the first round's probes."""
+    d = decide(probe_history(law, rounds=1), ControllerConfig())  # type: ignore[arg-type]
+    ev = _roundtrip(d)["evidence"]
+    assert ev["evidence_source"].startswith("in-round")
+    assert (d.action, d.rule) == (expected, "best_gain_per_second"), d.reason
+    assert ev["predictions"][expected]["cost_s"] > 0
+
+
+def test_probe_costs_count_as_training() -> None:
+    hist = probe_history((5.0, 800.0, 0.5, 3e4, 0.7))
+    spent = spent_so_far(hist)
+    assert spent["train_wall_s"] == pytest.approx(sum(1.8 * r.train_wall_s for r in hist))  # type: ignore[operator]
+    assert spent["train_flops"] == pytest.approx(sum(1.8 * r.train_flops for r in hist))  # type: ignore[operator]
+    back = RoundEvidence.from_store(
+        0, {"n_train": 10, "probes": {"points": hist[0].probes, "train_s": 3.0, "flops": 4e9}}
+    )
+    assert (len(back.probes), back.probe_train_s, back.probe_flops) == (9, 3.0, 4e9)

@@ -1,0 +1,186 @@
+"""In-round learning curves: one small member per (data fraction, width factor), trained on nested subsets of
+the round's training labels with the product's own trainer (``sapis.models.train_ensemble``), scored on the
+round's validation labels. Their (N, P, force MAE) points feed the joint fit E(N, P) = E_inf + A N^-alpha +
+B P^-beta (``sapis.tasks.scaling_fit.fit_joint_law``), so the controller measures how error falls with data and
+with capacity inside one round instead of waiting for a dozen rounds. Their training seconds and FLOPs are
+recorded and counted as training cost.
+
+Probes train from scratch (no warm start, no bootstrap) with the round's training settings, so the fraction-1,
+width-1 probe is what a fresh member of the round's model reaches; a caller that already has such a member can
+pass it as ``reuse`` instead of training it twice.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from sapis.tasks.scaling import ControllerConfig
+
+
+def probe_grid(capacity: Mapping[str, Any], cfg: ControllerConfig) -> list[tuple[float, float, dict[str, Any]]]:
+    """(fraction, width factor, capacity) for every probe, smallest first; widths round to a multiple of the
+    attention heads and collapse when two factors give the same channel count."""
+    heads = int(capacity.get("heads") or 1)
+    channels = int(capacity.get("channels") or 1)
+    seen: dict[int, float] = {}
+    for w in sorted(set(cfg.probe_widths)):
+        c = max(heads, heads * round(channels * w / heads))
+        seen.setdefault(c, w)
+    out = []
+    for c, w in sorted(seen.items()):
+        for f in sorted(set(cfg.probe_fractions)):
+            out.append((f, w if c != channels else 1.0, {**capacity, "channels": c}))
+    return out
+
+
+def nested_subset(atoms: Sequence[Atoms], fraction: float, seed: int = 0) -> list[Atoms]:
+    """The first ceil(fraction × n) frames (at least 2) of a fixed permutation: a smaller fraction is always a
+    subset of a larger one."""
+    order = np.random.default_rng(seed).permutation(len(atoms))
+    k = min(len(atoms), max(2, math.ceil(fraction * len(atoms))))
+    return [atoms[int(i)] for i in order[:k]]
+
+
+def run_probes(
+    train: Sequence[Atoms],
+    valid: Sequence[Atoms],
+    capacity: Mapping[str, Any],
+    cfg: ControllerConfig,
+    train_config: Any,
+    out_dir: Path,
+    *,
+    architecture: str = "sapis",
+    e0s: Mapping[int, float] | None = None,
+    reuse: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Train the probes of :func:`probe_grid` and return ``{"points", "train_s", "flops", "n_valid"}``.
+
+    Each point: fraction, width, n_train, n_params, channels, error (best validation force MAE, meV/Å),
+    train_s, flops. ``reuse`` (n_params, error, train_s, flops of a fresh member trained on all of ``train`` at
+    ``capacity`` with the same settings) replaces the fraction-1, width-1 probe and costs nothing here.
+    ``train_config`` is a ``sapis.models.TrainConfig``; its ``max_minutes`` is scaled down with each probe's
+    share of the data and width².
+    """
+    from sapis.models import train_ensemble
+
+    if len(train) < 2 or not valid:
+        raise ValueError(f"probes need at least 2 training and 1 validation frame (got {len(train)}, {len(valid)})")
+    points: list[dict[str, Any]] = []
+    total_s = total_flops = 0.0
+    channels = int(capacity.get("channels") or 1)
+    for i, (frac, width, cap) in enumerate(probe_grid(capacity, cfg)):
+        subset = nested_subset(train, frac, seed)
+        if reuse is not None and width == 1.0 and len(subset) == len(train):
+            points.append(
+                {
+                    "fraction": 1.0,
+                    "width": 1.0,
+                    "n_train": len(train),
+                    "channels": channels,
+                    **{k: reuse[k] for k in ("n_params", "error")},
+                    "train_s": 0.0,
+                    "flops": 0.0,
+                    "reused": True,
+                }
+            )
+            continue
+        share = frac * (cap["channels"] / channels) ** 2
+        tc = train_config.model_copy(
+            update={
+                "max_minutes": max(0.05, float(train_config.max_minutes) * share),
+                "warm_start": None,
+                "workers": 1,
+                "seed": seed,
+            }
+        )
+        t0 = time.perf_counter()
+        res = train_ensemble(
+            subset,
+            valid,
+            Path(out_dir) / f"probe-{i:02d}",
+            members=1,
+            model=cap,
+            train=tc,
+            architecture=architecture,
+            e0s=e0s,
+            progress=False,
+        )
+        wall = time.perf_counter() - t0
+        m = res.members[0]
+        total_s += wall
+        total_flops += float(m.train_flops)
+        points.append(
+            {
+                "fraction": frac,
+                "width": width,
+                "n_train": len(subset),
+                "channels": int(cap["channels"]),
+                "n_params": int(m.n_params),
+                "error": m.best.get("valid_f_mae"),
+                "train_s": wall,
+                "flops": float(m.train_flops),
+            }
+        )
+    return {"points": points, "train_s": total_s, "flops": total_flops, "n_valid": len(valid)}
+
+
+def probe_round(store: Any, campaign_id: int, index: int, cfg: Any) -> dict[str, Any] | None:
+    """Measure a finished round's in-round learning curves and merge them into its metrics as ``probes``.
+
+    ``cfg`` is the campaign config (``CampaignConfig``). Already measured (resume): the stored result. None (and
+    nothing written) when probes are off or the round has no validation labels to score them on.
+    """
+    from sapis.models import TrainConfig
+    from sapis.tasks.dft import LevelOfTheory
+    from sapis.tasks.plan import campaign_dir, campaign_label_ids, split_train_valid
+
+    ctl: ControllerConfig = cfg.controller if isinstance(cfg.controller, ControllerConfig) else _ctl(cfg)
+    if not ctl.probes:
+        return None
+    row = next((r for r in store.rounds(campaign_id) if r.index == index), None)
+    if row is None:
+        return None
+    metrics = dict(row.metrics or {})
+    if isinstance(metrics.get("probes"), dict):
+        return metrics["probes"]
+    ids = campaign_label_ids(store, campaign_id)
+    labelled = store.labelled(LevelOfTheory.from_spec(cfg.level).fingerprint, config_ids=ids["train"])
+    train, valid = split_train_valid(labelled, cfg.model.valid_fraction)
+    if len(train) < 2 or not valid or not metrics.get("capacity"):
+        return None
+    factor = float(metrics.get("train_factor") or 1.0)
+    tc = TrainConfig(
+        max_epochs=round(cfg.model.max_epochs * factor),
+        max_minutes=cfg.model.max_minutes * factor,
+        lr=cfg.model.lr,
+        batch_size=cfg.model.batch_size,
+        energy_weight=cfg.model.energy_weight,
+        forces_weight=cfg.model.forces_weight,
+        seed=cfg.seed + 1000 * index + 500,
+    )
+    out = run_probes(
+        train,
+        valid,
+        metrics["capacity"],
+        ctl,
+        tc,
+        campaign_dir(campaign_id) / f"round-{index:03d}" / "probes",
+        architecture=cfg.model.architecture,
+        seed=cfg.seed + index,
+    )
+    store.update_round(row.id, metrics={"probes": out})
+    return out
+
+
+def _ctl(cfg: Any) -> ControllerConfig:
+    from sapis.tasks.scaling_step import controller_config
+
+    return controller_config(cfg.model_dump(mode="json"))
