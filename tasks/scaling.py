@@ -511,7 +511,7 @@ def _choose_joint(
     }
     draws = joint.sample(400)
     e_model_now = float(joint.predict(n, p))
-    e_cont = float(joint.predict(*plans["continue"][:1], p * plans["continue"][1]))
+    e_cont = float(joint.predict(plans["continue"][0], p))
     cont_draws = joint.predict_draws(draws, plans["continue"][0], p)
     pred: dict[str, dict[str, Any]] = {}
     for name, (n_next, kp) in plans.items():
@@ -536,8 +536,11 @@ def _choose_joint(
             "n_next": n_next,
             "k_P": kp,
         }
-    pred["continue"]["gain"] = e_model_now - e_cont
+    pred["continue"]["gain"] = e_model_now - e_cont  # what the default plan itself is expected to bring
     pred["continue"]["rel_gain"] = (e_model_now - e_cont) / e_now
+    now_draws = joint.predict_draws(draws, n, p)
+    pred["continue"]["gain_lo"] = float(np.percentile(now_draws - cont_draws, 16))
+    pred["continue"]["gain_hi"] = float(np.percentile(now_draws - cont_draws, 84))
     ev["predictions"] = pred
     ev["evidence_source"] = "in-round learning curves, E(N, P)"
     can_grow = cfg.max_n_params is None or p * k_p <= cfg.max_n_params

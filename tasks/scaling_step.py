@@ -84,51 +84,113 @@ def decide_round(store: Store, campaign_id: int, round_index: int | None = None,
     return decision
 
 
+ACTION_WORDS = {
+    "grow_data": "grow the data",
+    "grow_capacity": "grow the model",
+    "both": "grow data and model together",
+    "continue": "carry on unchanged",
+    "stop": "stop the campaign",
+}
+
+
+def sig(v: float | None, unit: str = "") -> str:
+    """Three significant figures with a unit, or "–" when unmeasured."""
+    if v is None or not isinstance(v, int | float) or v != v:
+        return "–"
+    return f"{v:.3g}{(' ' + unit) if unit else ''}"
+
+
+def with_se(v: float | None, se: float | None, unit: str = "") -> str:
+    """``v ± se`` to three significant figures; "not yet reliable" when the uncertainty exceeds the value."""
+    if v is None:
+        return "–"
+    if se is None or se > abs(v):
+        return "not yet reliable"
+    return f"{v:.3g} ± {se:.2g}{(' ' + unit) if unit else ''}"
+
+
+def _next_round(d: Decision) -> str:
+    f = d.factors
+    parts = []
+    if f.get("k_N", 1.0) != 1.0:
+        parts.append(f"labels per round × {f['k_N']:.3g}")
+    if f.get("k_W", 1.0) != 1.0:
+        parts.append(f"width (channels) × {f['k_W']:.3g}")
+    if f.get("k_D"):
+        parts.append(f"{int(f['k_D'])} more layer(s)")
+    if d.action == "stop":
+        return "no next round."
+    return ", ".join(parts) + "." if parts else "same labels per round and the same model."
+
+
 def decision_markdown(campaign: str, index: int, d: Decision) -> str:
-    """A short markdown report of one decision: action, rule, reason, fitted numbers, predicted gains."""
+    """A report of one decision a person can read: the action and why, the next round's plan, the fitted laws
+    (three significant figures, units, "not yet reliable" where the uncertainty exceeds the value), the
+    predicted outcome and cost of each action, and the measured costs."""
     ev = d.evidence
     fits = ev.get("fits") or {}
     lines = [
         f"# Scaling controller: {campaign}, after round {index}",
         "",
-        f"**Decision: `{d.action}`** (rule `{d.rule}`) — {d.reason}",
+        f"**Decision: {ACTION_WORDS.get(d.action, d.action)}** (rule `{d.rule}`). "
+        f"{d.reason[:1].upper()}{d.reason[1:]}.",
         "",
-        f"Factors for the next round: {d.factors}",
+        f"Next round: {_next_round(d)}",
         "",
+        "| fitted law | quantity | value |",
+        "| --- | --- | --- |",
     ]
-    for key, name in (("data", "E(N) = E_inf + B N^-beta"), ("compute", "E(C) = E_inf + A C^-alpha")):
+    j = fits.get("joint")
+    if j:
+        se = j.get("se") or {}
+        src = f"E(N, P), {j['n_points']} in-round points"
+        lines += [
+            f"| {src} | error floor E∞ | {with_se(j['e_inf'], se.get('e_inf'), 'meV/Å')} |",
+            f"| {src} | data exponent α | {with_se(j['alpha'], se.get('alpha'))} |",
+            f"| {src} | capacity exponent β | {with_se(j['beta'], se.get('beta'))} |",
+        ]
+    else:
+        lines.append(f"| E(N, P), in-round | – | not fitted ({fits.get('joint_points', 0)} points; needs 7) |")
+    for key, name in (("data", "E(N) across rounds"), ("compute", "E(C) within the round")):
         f = fits.get(key)
         if f:
-            lines.append(
-                f"- {name}: E_inf = {f['e_inf']:.3g} ± {_se(f['e_inf_se'])}, exponent = "
-                f"{f['alpha']:.3g} ± {_se(f['alpha_se'])} ({f['n_points']} points)"
-            )
+            lines += [
+                f"| {name} | error floor | {with_se(f['e_inf'], f.get('e_inf_se'), 'meV/Å')} |",
+                f"| {name} | exponent | {with_se(f['alpha'], f.get('alpha_se'))} |",
+            ]
         else:
-            lines.append(f"- {name}: not fitted (too few points)")
-    if fits.get("gap"):
-        g = fits["gap"]
-        lines.append(f"- generalisation gap (valid-train)/valid: last {g['last']:.2f}, slope vs ln N {g['slope']:.3g}")
+            lines.append(f"| {name} | – | not fitted (too few points) |")
     pred = ev.get("predictions") or {}
     if pred:
         lines += [
             "",
-            "| action | predicted error | gain (16–84 %) | extra cost (s) | gain per s |",
+            "| action | predicted test force MAE (meV/Å) | gain over carrying on (meV/Å, 16–84 %) | extra cost (s) "
+            "| gain per second (meV/Å per s) |",
             "| --- | --- | --- | --- | --- |",
         ]
         for k, p in pred.items():
-            gps = p.get("gain_per_s")
             lines.append(
-                f"| {k} | {p['error']:.3g} | {p['gain']:.3g} ({p['gain_lo']:.2g}–{p['gain_hi']:.2g}) | "
-                f"{p['cost_s']:.3g} | {'n/a' if gps is None else format(gps, '.3g')} |"
+                f"| {ACTION_WORDS.get(k, k)} | {sig(p.get('error'))} | {sig(p.get('gain'))} "
+                f"({sig(p.get('gain_lo'))} to {sig(p.get('gain_hi'))}) | {sig(p.get('cost_s'))} "
+                f"| {sig(p.get('gain_per_s'))} |"
             )
     unit = ev.get("unit_costs") or {}
-    if unit:
+    cur = ev.get("current") or {}
+    spent = cur.get("spent") or {}
+    costs = []
+    if unit.get("dft_s_per_label") is not None:
+        costs.append(f"DFT {sig(unit['dft_s_per_label'], 's')} CPU per label (measured on this campaign's labels)")
+    if unit.get("train_s_per_flop"):
+        costs.append(f"training {sig(1.0 / unit['train_s_per_flop'])} FLOPs per second")
+    if costs:
+        lines += ["", "Measured costs: " + "; ".join(costs) + "."]
+    err = cur.get("error")
+    if err and spent.get("train_flops") and spent.get("seconds"):
         lines += [
             "",
-            f"Unit costs: {unit.get('dft_s_per_label')} DFT s/label, {unit.get('train_s_per_flop')} training s/FLOP.",
+            f"So far: {sig(spent.get('labels'))} labels, {sig(spent['train_flops'])} training FLOPs (learning-curve "
+            f"probes included), {sig(spent['seconds'], 's')} (DFT + training). Accuracy per training FLOP "
+            f"1/(error × FLOPs) = {sig(1.0 / (err * spent['train_flops']))}; per second "
+            f"{sig(1.0 / (err * spent['seconds']))} (error in meV/Å).",
         ]
     return "\n".join(lines)
-
-
-def _se(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.2g}"
