@@ -23,7 +23,8 @@ def _campaign_ref(value: str) -> int | str:
 def _row(index: int, d: dict[str, Any], stored: bool) -> dict[str, Any]:
     ev = d.get("evidence") or {}
     fits = ev.get("fits") or {}
-    data, comp = fits.get("data") or {}, fits.get("compute") or {}
+    data, comp, joint = fits.get("data") or {}, fits.get("compute") or {}, fits.get("joint") or {}
+    jse = joint.get("se") or {}
     cur = ev.get("current") or {}
     return {
         "round": index,
@@ -40,6 +41,14 @@ def _row(index: int, d: dict[str, Any], stored: bool) -> dict[str, Any]:
         "alpha_C": comp.get("alpha"),
         "e_inf_C": comp.get("e_inf"),
         "factors": d.get("factors") or ev.get("factors"),
+        "joint_points": fits.get("joint_points"),
+        "alpha_N": joint.get("alpha"),
+        "alpha_N_se": jse.get("alpha"),
+        "beta_P": joint.get("beta"),
+        "beta_P_se": jse.get("beta"),
+        "e_inf_NP": joint.get("e_inf"),
+        "evidence_source": ev.get("evidence_source")
+        or ("default policy" if ev.get("rule") == "prior_tandem" else None),
     }
 
 
@@ -102,19 +111,32 @@ def explain(
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
+    from sapis.tasks.scaling_step import ACTION_WORDS, with_se
+
     table = Table(title=f"campaign {info.name}: scaling-controller decisions")
-    for col in ("round", "N", "error", "decision", "rule", "beta ± se", "E_inf(N)", "alpha(C)", "reason"):
+    for col in (
+        "round",
+        "labels N",
+        "error (meV/Å)",
+        "decision",
+        "rule",
+        "in-round α (data)",
+        "in-round β (model)",
+        "E(N) exponent across rounds",
+        "why",
+    ):
         table.add_column(col)
     for row in rows:
+        action = str(row["action"])
         table.add_row(
             str(row["round"]),
             _fmt(row["n_train"]),
             _fmt(row["error"]),
-            row["action"] + ("" if row["stored"] else " (recomputed)"),
+            f"{action}: {ACTION_WORDS.get(action, action)}" + ("" if row["stored"] else " (recomputed)"),
             str(row["rule"]),
-            f"{_fmt(row['beta'])} ± {_fmt(row['beta_se'], '.2g')}",
-            _fmt(row["e_inf_N"]),
-            _fmt(row["alpha_C"]),
+            with_se(row["alpha_N"], row["alpha_N_se"]),
+            with_se(row["beta_P"], row["beta_P_se"]),
+            with_se(row["beta"], row["beta_se"]),
             str(row["reason"]),
         )
     Console(width=200).print(table)

@@ -108,6 +108,9 @@ def test_two_round_campaign_end_to_end(water_store: tuple[Store, Path]) -> None:
     m1 = rounds[1].metrics
     assert m1["test_f_mae"] > 0 and m1["n_labels_total"] == 14
     assert Path(m1["learning_curve_png"]).exists()
+    probes = rounds[0].metrics["probes"]  # in-round learning curves: 3 fractions x 3 widths, cost recorded
+    assert len(probes["points"]) == 9 and probes["train_s"] > 0 and probes["flops"] > 0
+    assert rounds[1].evidence["fits"]["joint_points"] == 18
     assert Path(result["data"]).exists() and result["n_labels"] >= 14
     assert store.campaign(cid).status == "done"
 
