@@ -299,7 +299,8 @@ class RoundEvidence:
             curves=[c for c in m.get("curves") or [] if isinstance(c, dict)],
             decision=decision,
         )
-        pr = m.get("probes") if isinstance(m.get("probes"), dict) else {}
+        raw = m.get("probes")
+        pr: dict[str, Any] = raw if isinstance(raw, dict) else {}
         ev.probes = [p for p in pr.get("points") or [] if isinstance(p, dict)]
         for key in ("train_s", "flops"):
             v = pr.get(key)
