@@ -90,6 +90,10 @@ class RoundMetrics(_Record):
     train_f_mae: float | None = None
     valid_f_mae: float | None = None
     curves: list[TrainingCurve] | None = None
+    probes: dict[str, Any] | None = Field(
+        default=None,
+        description="in-round learning-curve probes: points (N, P, error), train_s, flops (tasks/scaling_probe)",
+    )
     # evaluate
     test_f_mae: float | None = Field(None, description="meV/Å")
     test_f_rmse: float | None = Field(None, description="meV/Å")

@@ -56,7 +56,7 @@ def run_probes(
     train_config: Any,
     out_dir: Path,
     *,
-    architecture: str = "sapis",
+    architecture: str | None = None,
     e0s: Mapping[int, float] | None = None,
     reuse: Mapping[str, Any] | None = None,
     seed: int = 0,
@@ -93,9 +93,10 @@ def run_probes(
             )
             continue
         share = frac * (cap["channels"] / channels) ** 2
+        minutes = train_config.max_minutes
         tc = train_config.model_copy(
             update={
-                "max_minutes": max(0.05, float(train_config.max_minutes) * share),
+                "max_minutes": None if minutes is None else max(0.05, float(minutes) * share),
                 "warm_start": None,
                 "workers": 1,
                 "seed": seed,
@@ -135,14 +136,12 @@ def run_probes(
 def probe_round(store: Any, campaign_id: int, index: int, cfg: Any) -> dict[str, Any] | None:
     """Measure a finished round's in-round learning curves and merge them into its metrics as ``probes``.
 
-    ``cfg`` is the campaign config (``CampaignConfig``). Already measured (resume): the stored result. None (and
+    ``cfg`` is the campaign's ``CampaignConfig``. Already measured (resume): the stored result. None (and
     nothing written) when probes are off or the round has no validation labels to score them on.
     """
-    from sapis.models import TrainConfig
-    from sapis.tasks.dft import LevelOfTheory
-    from sapis.tasks.plan import campaign_dir, campaign_label_ids, split_train_valid
+    from sapis.tasks.plan import campaign_label_ids, round_dir, split_train_valid
 
-    ctl: ControllerConfig = cfg.controller if isinstance(cfg.controller, ControllerConfig) else _ctl(cfg)
+    ctl: ControllerConfig = cfg.controller
     if not ctl.probes:
         return None
     row = next((r for r in store.rounds(campaign_id) if r.index == index), None)
@@ -150,37 +149,25 @@ def probe_round(store: Any, campaign_id: int, index: int, cfg: Any) -> dict[str,
         return None
     metrics = dict(row.metrics or {})
     if isinstance(metrics.get("probes"), dict):
-        return metrics["probes"]
+        return dict(metrics["probes"])
+    capacity = metrics.get("capacity")
+    if not isinstance(capacity, dict):
+        return None
     ids = campaign_label_ids(store, campaign_id)
-    labelled = store.labelled(LevelOfTheory.from_spec(cfg.level).fingerprint, config_ids=ids["train"])
-    train, valid = split_train_valid(labelled, cfg.model.valid_fraction)
-    if len(train) < 2 or not valid or not metrics.get("capacity"):
+    labelled = store.labelled(cfg.level.fingerprint, config_ids=ids["train"])
+    train, valid = split_train_valid(labelled, cfg.train.valid_fraction)
+    if len(train) < 2 or not valid:
         return None
     factor = float(metrics.get("train_factor") or 1.0)
-    tc = TrainConfig(
-        max_epochs=round(cfg.model.max_epochs * factor),
-        max_minutes=cfg.model.max_minutes * factor,
-        lr=cfg.model.lr,
-        batch_size=cfg.model.batch_size,
-        energy_weight=cfg.model.energy_weight,
-        forces_weight=cfg.model.forces_weight,
-        seed=cfg.seed + 1000 * index + 500,
-    )
+    tc = cfg.train.for_round(seed=cfg.seed + 1000 * index + 500, factor=factor, warm_start=None, members=1)
     out = run_probes(
         train,
         valid,
-        metrics["capacity"],
+        capacity,
         ctl,
         tc,
-        campaign_dir(campaign_id) / f"round-{index:03d}" / "probes",
-        architecture=cfg.model.architecture,
+        round_dir(campaign_id, index) / "probes",
         seed=cfg.seed + index,
     )
     store.update_round(row.id, metrics={"probes": out})
     return out
-
-
-def _ctl(cfg: Any) -> ControllerConfig:
-    from sapis.tasks.scaling_step import controller_config
-
-    return controller_config(cfg.model_dump(mode="json"))
