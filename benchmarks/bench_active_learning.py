@@ -1,358 +1,500 @@
-"""Pool-based active learning vs random selection on rMD17 ethanol (no DFT: stored labels are the oracle).
+"""Active learning vs random selection, run by the campaign's own round steps, on target distributions.
 
-Arms (same seed set, model, members and training budget; retrained from scratch every round):
-  ours    committee disagreement (calibrated) + diversity  (sapis.tasks.rank, diversity=True)
-  nodiv   committee disagreement only                      (diversity=False)
-  random  uniform random from the unlabelled pool
+Each arm is a real campaign in a real store (SQLite): every round calls the steps ``flows/round.py`` calls
+(``plan_round``, ``explore_round``, ``select_round``, ``label_and_wait``, ``train_round``, ``rerank_queue``,
+``evaluate_round``), from a few start structures, not a labelled pool. The arms differ only in the campaign
+config's ``select.strategy``: ``uncertainty`` (the product's default: calibrated committee disagreement x
+diversity in the trust window) against ``random`` (uniform among the same round's candidates). The per-round
+controller is not run, so capacity and labels per round stay the same in both arms.
 
-Reports force MAE (meV/Å, ensemble mean, on a fixed test subset) against the number of labels for each arm,
-the labels each arm needs to reach a target error, and the held-out calibration of the final ensemble.
+The oracle is a level of theory of the product's label path: GFN2-xTB (tblite, milliseconds per label) for the
+large runs, exploring with GFN1-xTB so that the explorer is not the oracle; or DFT (``--oracle dft``, the
+campaign's default level, exploring with GFN2-xTB). Test files (one region each; see make_al_testsets.py) may
+carry ``REF_forces``/``REF_energy`` or are labelled by the oracle here.
 
-    .venv/bin/python benchmarks/bench_active_learning.py --help
+Reported per arm, round and test region: force MAE and the 95th percentile of the per-atom force error (meV/Å);
+after the last round, the share of ``--md-runs`` Langevin runs at ``--md-temperature`` with the final ensemble
+that stay physical (no atoms too close, no fragment split off: ``sapis.tasks.explore.frame_problem``).
+
+    .venv/bin/python benchmarks/bench_active_learning.py --molecules START.xyz --test T1.extxyz T2.extxyz \\
+        --oracle xtb --seeds 3 --max-labels 40 --out benchmarks/results/al_ethanol.json
+    .venv/bin/python benchmarks/bench_active_learning.py --merge al_*.json --out benchmarks/results/active_learning.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17_ethanol"
 RESULTS = Path(__file__).resolve().parent / "results"
-ARMS = ("ours", "nodiv", "random")
+# arm -> (select.strategy, explorers). 'active' and 'random' differ only in the selection; 'active-committee'
+# also explores with the arm's own committee (Langevin on the ensemble mean, stopped at the trust ceiling).
+ARMS = {
+    "active": ("uncertainty", ["xtb", "perturb"]),
+    "random": ("random", ["xtb", "perturb"]),
+    "active-committee": ("uncertainty", ["xtb", "perturb", "committee"]),
+}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=DATA, help="folder with train.xyz, test.xyz, isolated_atoms.xyz")
-    p.add_argument("--seed-size", type=int, default=10, help="random labelled configurations to start from")
-    p.add_argument("--k", type=int, default=10, help="configurations added per round")
-    p.add_argument("--rounds", type=int, default=4, help="selection rounds after the seed round")
-    p.add_argument("--members", type=int, default=3, help="ensemble members")
-    p.add_argument("--epochs", type=int, default=20, help="epochs per member per training")
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap per member per training")
+    p.add_argument("--molecules", type=Path, nargs="+", help="start structures (xyz/extxyz; a few, unlabelled)")
+    p.add_argument("--test", type=Path, nargs="+", help="test files, one region each (labelled or not)")
+    p.add_argument("--oracle", choices=("xtb", "dft"), default="xtb")
+    p.add_argument("--dft-method", default="PBE", help="--oracle dft: method (the campaign default)")
+    p.add_argument("--dft-basis", default="def2-svp", help="--oracle dft: basis")
+    p.add_argument("--seeds", type=int, default=3, help="repeats per arm (seeds S..S+N-1)")
+    p.add_argument("--seed-start", type=int, default=0, help="S: first seed (split seeds over processes, then --merge)")
+    p.add_argument("--max-labels", type=int, default=40, help="training labels per arm at the end")
+    p.add_argument("--seed-size", type=int, default=8, help="labels of round 0 (farthest-point, both arms)")
+    p.add_argument("--k", type=int, default=8, help="labels added per later round")
+    p.add_argument("--test-size", type=int, default=2, help="the campaign's own held-out labels (round 0)")
+    p.add_argument("--arms", nargs="+", default=["active", "random"], choices=list(ARMS))
+    p.add_argument("--members", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=30, help="epochs per member per round (warm start)")
+    p.add_argument("--max-minutes", type=float, default=10.0, help="wall-clock cap per member per round")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
-    p.add_argument("--channels", type=int, default=8, help="tiny model: channels")
+    p.add_argument("--channels", type=int, default=8)
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--lmax", type=int, default=1)
     p.add_argument("--cutoff", type=float, default=4.0)
-    p.add_argument("--pool-size", type=int, default=1000, help="unlabelled pool: first N frames of train.xyz")
-    p.add_argument("--test-size", type=int, default=200, help="random test.xyz frames used for the MAE")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="repeats, one per random seed")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
-    p.add_argument("--window-lo", type=float, default=0.0, help="trust window on calibrated deviation (eV/Å)")
-    p.add_argument("--window-hi", type=float, default=float("inf"), help="(the pool holds no broken frames)")
-    p.add_argument(
-        "--target-mae",
-        type=float,
-        default=None,
-        help="target force MAE (meV/Å); default: the largest final mean MAE among the arms",
-    )
-    p.add_argument(
-        "--nve-models",
-        type=Path,
-        nargs="+",
-        default=None,
-        help="instead of the AL run: NVE stability check of these ensemble dirs (and xTB as reference)",
-    )
-    p.add_argument("--nve-steps", type=int, default=1000, help="NVE steps (0.5 fs) for --nve-models")
-    p.add_argument("--nve-temperature", type=float, default=300.0, help="NVE initial temperature (K)")
+    p.add_argument("--explore-temperatures", type=float, nargs="+", default=[300.0, 600.0, 1000.0])
+    p.add_argument("--explore-steps", type=int, default=400, help="MD steps per (structure, temperature)")
+    p.add_argument("--perturbations", type=int, default=8)
+    p.add_argument("--window-hi", type=float, default=2.0, help="trust window ceiling, eV/Å (campaign default)")
+    p.add_argument("--md-runs", type=int, default=3, help="model MD runs per final ensemble")
+    p.add_argument("--md-ps", type=float, default=1.0, help="length of each model MD run, ps")
+    p.add_argument("--md-temperature", type=float, default=600.0)
+    p.add_argument("--work", type=Path, default=Path("/tmp/sapis_bench_al"), help="scratch: store, checkpoints")
+    p.add_argument("--merge", type=Path, nargs="+", help="combine per-molecule result files into --out")
     p.add_argument("--out", type=Path, default=RESULTS / "active_learning.json")
-    p.add_argument("--work", type=Path, default=Path("/tmp/sapis_bench_al"), help="scratch for checkpoints")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if not a.merge and (not a.molecules or not a.test):
+        p.error("--molecules and --test are required (or --merge)")
+    return a
 
 
-def _train(train: list, out: Path, a: argparse.Namespace, seed: int, e0s: dict[int, float]) -> Any:
-    from sapis.models import ModelConfig, TrainConfig, load_ensemble, train_ensemble
+def _fail(msg: str) -> None:
+    print(f"bench_active_learning: {msg}", file=sys.stderr)
+    raise SystemExit(2)
 
-    model = ModelConfig(
-        channels=a.channels,
-        layers=a.layers,
-        lmax=a.lmax,
-        heads=2,
-        cutoff=a.cutoff,
-        num_radial=6,
-        radial_hidden=16,
-        readout_hidden=8,
+
+def _level(a: argparse.Namespace) -> dict[str, Any]:
+    if a.oracle == "xtb":
+        return {"method": "GFN2-xTB"}
+    return {"method": a.dft_method, "basis": a.dft_basis}
+
+
+def _read(path: Path) -> list[Any]:
+    from sapis.errors import SapisError
+    from sapis.storage.structures import read_structures
+
+    try:
+        return list(read_structures(path))
+    except SapisError as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        _fail(f"{path}: {exc.strerror or exc}")
+    return []
+
+
+def _load_tests(a: argparse.Namespace, level: dict[str, Any]) -> dict[str, list[Any]]:
+    """Test regions (file stem or info['region']) with reference labels; unlabelled frames get the oracle's."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from sapis.storage.structures import reference
+    from sapis.tasks.dft import LevelOfTheory, compute_label
+
+    lot = LevelOfTheory.from_spec(level)
+    regions: dict[str, list[Any]] = {}
+    for path in a.test:
+        frames = _read(path)
+        for i, atoms in enumerate(frames):
+            e, f = reference(atoms)
+            if e is None or f is None:
+                res = compute_label(atoms, lot, source=str(path), frame=i)
+                e, f = res.energy, res.forces
+            region = str(atoms.info.get("region") or path.stem)
+            clean = atoms.copy()
+            clean.calc = SinglePointCalculator(clean, energy=float(e), forces=np.asarray(f, dtype=float))
+            regions.setdefault(region, []).append(clean)
+    return regions
+
+
+def _config(a: argparse.Namespace, name: str, pool: str, seed: int, arm: str, rounds: int) -> Any:
+    from sapis.flows.config import CampaignConfig
+
+    return CampaignConfig.parse(
+        {
+            "name": name,
+            "pools": [pool],
+            "seed": seed,
+            "level": _level(a),
+            "explore": {
+                "explorers": ARMS[arm][1],
+                "xtb_method": "GFN1-xTB" if a.oracle == "xtb" else "GFN2-xTB",
+                "temperatures": a.explore_temperatures,
+                "steps": a.explore_steps,
+                "interval": 10,
+                "n_perturb": a.perturbations,
+            },
+            "model": {
+                "architecture": "sapis",
+                "channels": a.channels,
+                "layers": a.layers,
+                "lmax": a.lmax,
+                "heads": 2,
+                "cutoff": a.cutoff,
+                "num_radial": 6,
+                "radial_hidden": 16,
+                "readout_hidden": 8,
+            },
+            "train": {"max_epochs": a.epochs, "max_minutes": a.max_minutes, "batch_size": a.batch_size, "lr": a.lr},
+            "ensemble": {"members": a.members, "nve_steps": 0},
+            "select": {
+                "seed_size": a.seed_size,
+                "test_size": a.test_size,
+                "k": a.k,
+                "window_hi": a.window_hi,
+                "strategy": ARMS[arm][0],
+            },
+            "label": {"mode": "inline"},
+            "targets": {"max_labels": a.max_labels + a.test_size, "max_rounds": rounds},
+        },
+        source=name,
     )
-    tc = TrainConfig(
-        max_epochs=a.epochs,
-        max_minutes=a.max_minutes,
-        batch_size=a.batch_size,
-        lr=a.lr,
-        patience=10_000,
-        warmup_epochs=0.5,
-        device="cpu",
-        seed=seed,
-        threads=1,
-    )
-    res = train_ensemble(train, None, out, members=a.members, model=model, train=tc, e0s=e0s, progress=False)
-    return load_ensemble(out), res
 
 
-def _test_mae(ens: Any, test: list) -> dict[str, float]:
-    from sapis.models import evaluate
+def run_round(store: Any, campaign_id: int, index: int, cfg: Any, cpu: dict[str, float] | None = None) -> Any:
+    """One campaign round through the round flow's own steps (without the Prefect wrappers and the controller)."""
+    from sapis.tasks.evaluate_step import evaluate_round
+    from sapis.tasks.label_step import label_and_wait, round_label_ids
+    from sapis.tasks.plan import plan_round
+    from sapis.tasks.round_metrics import LabelStats, RoundMetrics
+    from sapis.tasks.select_step import explore_round, rerank_queue, select_round
+    from sapis.tasks.train_step import train_round
 
-    m = evaluate(ens, test)
-    return {"forces_mae_meV_A": float(m["forces_mae_meV_A"]), "energy_mae_meV": float(m["energy_mae_meV"])}
+    plan = plan_round(store, campaign_id, index, cfg)
+    metrics = RoundMetrics()
+    cpu = {} if cpu is None else cpu
+
+    def label(store: Any, plan: Any, cfg: Any) -> RoundMetrics:  # flows/round.py's label_task minus Prefect
+        ids = round_label_ids(store, plan.campaign_id, plan.index)
+        out = label_and_wait(store, ids, plan.level, mode=cfg.label.mode)
+        return RoundMetrics(label=LabelStats(counts=out.counts, seconds=out.seconds, workers=out.workers_started))
+
+    steps = (explore_round, select_round, label, train_round, rerank_queue, evaluate_round)
+    for fn in steps:
+        c0 = time.process_time()
+        metrics = metrics.merged(fn(store, plan, cfg))
+        cpu[fn.__name__] = round(time.process_time() - c0, 2)
+    store.update_round(plan.round_id, status="done", step="done", metrics=metrics.to_row())
+    return plan
 
 
-def _labels_to_reach(n: list[int], mae: list[float], target: float) -> float | None:
+def _errors(ens: Any, regions: dict[str, list[Any]]) -> dict[str, dict[str, float]]:
+    """Per region (and 'all'): force MAE per component and p95 of the per-atom force error, meV/Å."""
+    out: dict[str, dict[str, float]] = {}
+    every: list[np.ndarray] = []
+    comps: list[np.ndarray] = []
+    for region, frames in regions.items():
+        pred = ens.predict(frames)
+        diff = np.concatenate([p - a.get_forces() for p, a in zip(pred["forces"], frames, strict=True)])
+        norms = np.linalg.norm(diff, axis=1)
+        every.append(norms)
+        comps.append(np.abs(diff).ravel())
+        out[region] = {"f_mae": 1000 * float(np.abs(diff).mean()), "f_p95": 1000 * float(np.percentile(norms, 95))}
+    out["all"] = {
+        "f_mae": 1000 * float(np.concatenate(comps).mean()),
+        "f_p95": 1000 * float(np.percentile(np.concatenate(every), 95)),
+    }
+    return out
+
+
+def _md_stability(model_dir: Path, start: Any, a: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Langevin MD with the ensemble mean from ``start``; a run stays physical when no frame has a problem."""
+    from ase import units
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+
+    from sapis.models import SapisCalculator
+    from sapis.tasks.explore import frame_problem, thermalize
+
+    calc = SapisCalculator.from_checkpoint(model_dir, device="cpu")
+    steps = round(a.md_ps * 1000 / 0.5)
+    runs = []
+    for r in range(a.md_runs):
+        work = start.copy()
+        work.info = {}
+        work.set_constraint(FixCom())
+        work.calc = calc
+        rng = np.random.RandomState(1000 * seed + r)
+        thermalize(work, a.md_temperature, rng)
+        dyn = Langevin(
+            work, 0.5 * units.fs, temperature_K=a.md_temperature, friction=0.01 / units.fs, fixcm=False, rng=rng
+        )
+        problem: tuple[str, str] | None = None
+        done = 0
+        try:
+            while done < steps and problem is None:
+                dyn.run(20)
+                done += 20
+                problem = frame_problem(work, energy=work.get_potential_energy(), reference=start)
+        except Exception as exc:  # a model that produces NaN/inf forces: ASE or torch raise
+            problem = ("error", f"{type(exc).__name__}: {exc}")
+        runs.append({"physical": problem is None, "ps": round(done * 0.5 / 1000, 3), "problem": problem})
+    return {"share_physical": sum(r["physical"] for r in runs) / len(runs), "runs": runs}
+
+
+def _import_everything() -> None:
+    import sapis.models
+    import sapis.tasks.evaluate_step
+    import sapis.tasks.explore
+    import sapis.tasks.label_step
+    import sapis.tasks.label_worker
+    import sapis.tasks.plan
+    import sapis.tasks.rank
+    import sapis.tasks.select_step
+    import sapis.tasks.train_step  # noqa: F401
+
+
+def run(a: argparse.Namespace) -> dict[str, Any]:
+    from _machine import machine  # benchmarks/ is on sys.path when this script runs
+
+    from sapis.flows.campaign import create_campaign
+    from sapis.runtime import set_threads
+    from sapis.storage import Store
+    from sapis.tasks.plan import campaign_label_ids
+
+    set_threads(1)
+    _import_everything()  # a run outlives edits of the worktree: every module it uses is loaded now
+    level = _level(a)
+    starts = [s for path in a.molecules for s in _read(path)]
+    formulas = sorted({s.get_chemical_formula() for s in starts})
+    regions = _load_tests(a, level)
+    rounds = 1 + math.ceil(max(0, a.max_labels - a.seed_size) / a.k)
+    store = Store(f"sqlite:///{a.work / 'store.db'}")
+    pool = "start-" + "-".join(formulas)
+    if pool not in {p.name for p in store.pools()}:
+        store.submit_pool([str(p) for p in a.molecules], name=pool)
+    report: dict[str, Any] = {
+        "benchmark": "active_learning",
+        "molecule": a.molecules[0].stem.removesuffix("_start"),
+        "formulas": formulas,
+        "machine": machine(),
+        "budget": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if k not in ("merge",)}
+        | {"rounds": rounds, "oracle_level": level},
+        "test_regions": {r: len(f) for r, f in regions.items()},
+        "runs": [],
+    }
+    t0 = time.perf_counter()
+    for seed in range(a.seed_start, a.seed_start + a.seeds):
+        state: dict[str, dict[str, Any]] = {}
+        for arm in a.arms:  # arms take turns round by round, so machine load hits both alike
+            name = f"{report['molecule']}-{arm}-s{seed}-{int(time.time())}"
+            cid = create_campaign(store, _config(a, name, pool, seed, arm, rounds))
+            state[arm] = {"campaign_id": cid, "n": [], "errors": [], "wall_s": []}
+        for index in range(rounds):
+            for arm in a.arms:
+                st = state[arm]
+                cfg = _config(a, store.campaign(st["campaign_id"]).name, pool, seed, arm, rounds)
+                t1 = time.perf_counter()
+                cpu: dict[str, float] = {}
+                plan = run_round(store, st["campaign_id"], index, cfg, cpu)
+                from sapis.models import load_ensemble
+
+                ens = load_ensemble(plan.model_dir)
+                n_train = len(campaign_label_ids(store, st["campaign_id"])["train"])
+                st["n"].append(n_train)
+                st["errors"].append(_errors(ens, regions))
+                st["wall_s"].append(round(time.perf_counter() - t1, 1))
+                st["model_dir"] = str(plan.model_dir)
+                st.setdefault("step_cpu_s", []).append(cpu)
+                all_ = st["errors"][-1]["all"]
+                print(
+                    f"[{time.perf_counter() - t0:6.0f}s] {report['molecule']} seed {seed} round {index} {arm:6s} "
+                    f"N={n_train:3d} force MAE {all_['f_mae']:.1f} p95 {all_['f_p95']:.1f} meV/Å",
+                    flush=True,
+                )
+            _save(report | {"partial": {"seed": seed, "round": index, "arms": state}}, a.out)  # a cut run keeps this
+        for arm in a.arms:
+            st = state[arm]
+            st["md"] = _md_stability(Path(st["model_dir"]), starts[0], a, seed)
+            print(f"  {arm} MD at {a.md_temperature:.0f} K: {st['md']['share_physical']:.2f} physical", flush=True)
+        report["runs"].append({"seed": seed, "arms": state})
+        report["summary"] = summarise(report)
+        report["wall_s"] = round(time.perf_counter() - t0, 1)
+        _save(report, a.out)
+    return report
+
+
+def _labels_to_reach(n: list[float], err: list[float], target: float) -> float | None:
     """Labels where the (log-log interpolated) curve first reaches ``target``; None if it never does."""
-    for i, (ni, mi) in enumerate(zip(n, mae, strict=True)):
-        if mi <= target:
+    for i, (ni, ei) in enumerate(zip(n, err, strict=True)):
+        if ei <= target:
             if i == 0:
                 return float(ni)
-            n0, m0 = n[i - 1], mae[i - 1]
-            f = (np.log(m0) - np.log(target)) / (np.log(m0) - np.log(mi))
+            n0, e0 = n[i - 1], err[i - 1]
+            f = (np.log(e0) - np.log(target)) / (np.log(e0) - np.log(ei))
             return float(np.exp(np.log(n0) + f * (np.log(ni) - np.log(n0))))
     return None
 
 
-def run(a: argparse.Namespace) -> dict[str, Any]:
-    """Run every (seed, round, arm); results are written to ``a.out`` after every training."""
-    import torch
-    from ase.io import read
-
-    from sapis.tasks.calibration import calibration_report, fit_calibration, plot_calibration
-    from sapis.tasks.rank import calibration_data, rank_candidates, score_candidates
-
-    torch.set_num_threads(1)
-    pool_all = read(a.data / "train.xyz", f":{a.pool_size}")
-    test_all = read(a.data / "test.xyz", ":")
-    e0s = {int(x.numbers[0]): float(x.get_potential_energy()) for x in read(a.data / "isolated_atoms.xyz", ":")}
-    test_idx = np.random.default_rng(12345).choice(len(test_all), min(a.test_size, len(test_all)), replace=False)
-    test = [test_all[i] for i in sorted(test_idx)]
-    report: dict[str, Any] = {
-        "benchmark": "active_learning",
-        "machine": machine(),
-        "budget": {
-            k: (str(v) if isinstance(v, Path) or v == float("inf") else v)
-            for k, v in vars(a).items()
-            if k not in ("out", "work")
-        },
-        "notes": "All numbers are limited by the budget: a tiny model trained for a few epochs per round, "
-        "one or two seeds; the gaps between arms are within seed-to-seed noise unless stated.",
-        "runs": [],
-    }
-    t_start = time.perf_counter()
-    for seed in a.seeds:
-        rng = np.random.default_rng(seed)
-        seed_idx = sorted(rng.choice(len(pool_all), a.seed_size, replace=False).tolist())
-        state = {
-            arm: {
-                "labelled": list(seed_idx),
-                "n": [],
-                "mae": [],
-                "e_mae": [],
-                "train_s": [],
-                "select_s": [],
-                "cal_pred": [],
-                "cal_err": [],
-                "pick_dev": [],
+def summarise(report: dict[str, Any]) -> dict[str, Any]:
+    """Per arm: mean curves per region; labels to reach random's final MAE; ratios active/random; MD share."""
+    runs = report["runs"]
+    arms = list(runs[0]["arms"])
+    regions = list(runs[0]["arms"][arms[0]]["errors"][0])
+    out: dict[str, Any] = {"n_seeds": len(runs), "arms": {}}
+    for arm in arms:
+        n = np.mean([r["arms"][arm]["n"] for r in runs], axis=0).tolist()
+        curves = {
+            reg: {
+                key: np.array([[e[reg][key] for e in r["arms"][arm]["errors"]] for r in runs]).tolist()
+                for key in ("f_mae", "f_p95")
             }
-            for arm in a.arms
+            for reg in regions
         }
-        shared0 = None
-        for rnd in range(a.rounds + 1):
-            for arm in a.arms:
-                st = state[arm]
-                t0 = time.perf_counter()
-                if rnd == 0 and shared0 is not None:  # the seed round is identical for every arm
-                    ens, metrics, train_s = shared0
-                else:
-                    ens, _ = _train(
-                        [pool_all[i] for i in st["labelled"]],
-                        a.work / f"s{seed}_{arm}_r{rnd}",
-                        a,
-                        seed * 1000 + rnd,
-                        e0s,
-                    )
-                    metrics = _test_mae(ens, test)
-                    train_s = time.perf_counter() - t0
-                    if rnd == 0:
-                        shared0 = (ens, metrics, train_s)
-                st["n"].append(len(st["labelled"]))
-                st["mae"].append(metrics["forces_mae_meV_A"])
-                st["e_mae"].append(metrics["energy_mae_meV"])
-                st["train_s"].append(round(train_s, 1))
-                print(
-                    f"[{time.perf_counter() - t_start:7.0f}s] seed {seed} round {rnd} {arm:6s} "
-                    f"N={len(st['labelled']):3d} force MAE {metrics['forces_mae_meV_A']:.1f} meV/Å",
-                    flush=True,
+        out["arms"][arm] = {
+            "n": n,
+            "mean": {reg: {key: np.mean(v, axis=0).tolist() for key, v in c.items()} for reg, c in curves.items()},
+            "per_seed": curves,
+            "md_share_physical": float(np.mean([r["arms"][arm]["md"]["share_physical"] for r in runs])),
+            "md_share_physical_per_seed": [r["arms"][arm]["md"]["share_physical"] for r in runs],
+        }
+    if "active" in out["arms"] and "random" in out["arms"]:
+        act, rnd = out["arms"]["active"], out["arms"]["random"]
+        target = rnd["mean"]["all"]["f_mae"][-1]  # what random reaches with the whole budget
+        per_seed = []
+        for s in range(len(runs)):
+            la = _labels_to_reach(act["n"], act["per_seed"]["all"]["f_mae"][s], target)
+            lr = _labels_to_reach(rnd["n"], rnd["per_seed"]["all"]["f_mae"][s], target)
+            per_seed.append({"active": la, "random": lr})
+        la = _labels_to_reach(act["n"], act["mean"]["all"]["f_mae"], target)
+        lr = _labels_to_reach(rnd["n"], rnd["mean"]["all"]["f_mae"], target)
+        p95_a = act["mean"]["all"]["f_p95"][-1]
+        p95_r = rnd["mean"]["all"]["f_p95"][-1]
+        p95_seed = [
+            a_[-1] / r_[-1]
+            for a_, r_ in zip(act["per_seed"]["all"]["f_p95"], rnd["per_seed"]["all"]["f_p95"], strict=True)
+        ]
+        mae_seed = [
+            a_[-1] / r_[-1]
+            for a_, r_ in zip(act["per_seed"]["all"]["f_mae"], rnd["per_seed"]["all"]["f_mae"], strict=True)
+        ]
+        out.update(
+            target_f_mae_meV_A=target,
+            labels_to_target={"active": la, "random": lr, "per_seed": per_seed},
+            # None: active never reached random's final MAE within the budget (ratio > 1)
+            labels_to_target_ratio=None if la is None or lr is None else la / lr,
+            p95_ratio=p95_a / p95_r,
+            p95_ratio_per_seed=p95_seed,
+            final_mae_ratio=act["mean"]["all"]["f_mae"][-1] / rnd["mean"]["all"]["f_mae"][-1],
+            final_mae_ratio_per_seed=mae_seed,
+            md_share_physical={"active": act["md_share_physical"], "random": rnd["md_share_physical"]},
+            per_region_final_mae_ratio={
+                reg: act["mean"][reg]["f_mae"][-1] / rnd["mean"][reg]["f_mae"][-1] for reg in regions
+            },
+        )
+    return out
+
+
+def _save(report: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+
+
+def merge(paths: list[Path], out: Path) -> dict[str, Any]:
+    """One JSON with every molecule's summary (and its runs), plus the plot of error vs labels per region."""
+    molecules: dict[str, dict[str, Any]] = {}
+    for p in paths:  # files of one molecule (seeds run in separate processes) are joined
+        r = json.loads(p.read_text())
+        if r["molecule"] in molecules:
+            m = molecules[r["molecule"]]
+            m["runs"] = sorted(m["runs"] + r["runs"], key=lambda x: x["seed"])
+            m["wall_s"] = max(m.get("wall_s") or 0, r.get("wall_s") or 0)
+            m["machines"].append(r["machine"])
+        else:
+            molecules[r["molecule"]] = r | {"machines": [r["machine"]]}
+    for r in molecules.values():
+        r["summary"] = summarise(r)
+    report = {
+        "benchmark": "active_learning",
+        "sources": [str(p) for p in paths],
+        "molecules": {
+            m: {
+                k: r["summary"].get(k)
+                for k in (
+                    "labels_to_target_ratio",
+                    "p95_ratio",
+                    "final_mae_ratio",
+                    "md_share_physical",
+                    "target_f_mae_meV_A",
+                    "labels_to_target",
+                    "p95_ratio_per_seed",
+                    "final_mae_ratio_per_seed",
+                    "per_region_final_mae_ratio",
+                    "n_seeds",
                 )
-                if rnd == a.rounds:
-                    st["final_ensemble"] = ens
-                    continue
-                t1 = time.perf_counter()
-                taken = set(st["labelled"])
-                rest = [i for i in range(len(pool_all)) if i not in taken]
-                if arm == "random":
-                    picks = rng.choice(len(rest), a.k, replace=False).tolist()
-                else:
-                    scores = score_candidates(ens, [pool_all[i] for i in rest])
-                    cal = fit_calibration(st["cal_pred"], st["cal_err"]) if st["cal_pred"] else None
-                    known = ens.descriptors([pool_all[i] for i in st["labelled"]])
-                    sel = rank_candidates(
-                        scores,
-                        a.k,
-                        window=(a.window_lo, a.window_hi),
-                        calibration=cal,
-                        exclude_descriptors=known,
-                        diversity=(arm == "ours"),
-                        seed=seed,
-                    )
-                    picks = sel.indices
-                    # the oracle labels of the picks are this round's free calibration data
-                    sub = {
-                        "forces_std_max": scores["forces_std_max"][picks],
-                        "forces": [scores["forces"][j] for j in picks],
-                    }
-                    p, e = calibration_data(sub, [pool_all[rest[j]] for j in picks])
-                    st["cal_pred"].extend(p.tolist())
-                    st["cal_err"].extend(e.tolist())
-                    st["pick_dev"].append(float(np.mean(scores["forces_std_max"][picks])))
-                st["labelled"].extend(rest[j] for j in picks)
-                st["select_s"].append(round(time.perf_counter() - t1, 1))
-            _write(report, a, state, seed, final=False)
-        # held-out calibration of the final "ours" ensemble, fitted on the labels it selected
-        for arm in a.arms:
-            st = state[arm]
-            if arm != "random" and st["cal_pred"]:
-                cal = fit_calibration(st["cal_pred"], st["cal_err"])
-                scores = score_candidates(st["final_ensemble"], test)
-                p, e = calibration_data(scores, test)
-                st["calibration"] = {
-                    "fit": cal.to_dict(),
-                    "held_out": calibration_report(cal, p, e),
-                    "raw_held_out": calibration_report(fit_calibration([], []), p, e),
-                }
-                if arm == "ours" and seed == a.seeds[0]:
-                    png = a.out.with_name(a.out.stem + "_calibration.png")
-                    plot_calibration(cal, p, e, png, title=f"Held-out calibration (ours, seed {seed})")
-        _write(report, a, state, seed, final=True)
-        _summarise(report, a)  # after every complete seed, so a cut-short run still has a summary
-        report["wall_s"] = round(time.perf_counter() - t_start, 1)
-        _save(report, a)
+            }
+            | {"summary": r["summary"], "budget": r["budget"], "machines": r["machines"], "wall_s": r.get("wall_s")}
+            for m, r in molecules.items()
+        },
+    }
+    _save(report, out)
+    plot(report, out.with_suffix(".png"))
     return report
 
 
-def _write(report: dict, a: argparse.Namespace, state: dict, seed: int, final: bool) -> None:
-    runs = [r for r in report["runs"] if r["seed"] != seed]
-    arms = {
-        arm: {k: v for k, v in st.items() if k not in ("final_ensemble", "labelled")}
-        | {"labelled": [int(i) for i in st["labelled"]]}
-        for arm, st in state.items()
-    }
-    runs.append({"seed": seed, "complete": final, "arms": arms})
-    report["runs"] = runs
-    _save(report, a)
-
-
-def _save(report: dict, a: argparse.Namespace) -> None:
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(report, indent=1, default=float))
-
-
-def _summarise(report: dict, a: argparse.Namespace) -> None:
-    """Mean and spread per arm, labels to reach the target, ratios against random; and the plot."""
-    runs = [r for r in report["runs"] if r["complete"]]
-    if not runs:
-        return
-    summary: dict[str, Any] = {}
-    for arm in a.arms:
-        curves = np.array([r["arms"][arm]["mae"] for r in runs])
-        summary[arm] = {
-            "n": runs[0]["arms"][arm]["n"],
-            "mae_mean": curves.mean(0).tolist(),
-            "mae_min": curves.min(0).tolist(),
-            "mae_max": curves.max(0).tolist(),
-        }
-    target = a.target_mae
-    if target is None:  # the loosest final error among the arms: every arm reaches it, so ratios exist
-        target = max(s["mae_mean"][-1] for s in summary.values())
-    report["target_mae_meV_A"] = target
-    if target is not None:
-        for arm in a.arms:
-            per_seed = [_labels_to_reach(r["arms"][arm]["n"], r["arms"][arm]["mae"], target) for r in runs]
-            summary[arm]["labels_to_target_per_seed"] = per_seed
-            mean = _labels_to_reach(summary[arm]["n"], summary[arm]["mae_mean"], target)
-            summary[arm]["labels_to_target"] = mean
-        base = summary.get("random", {}).get("labels_to_target")
-        for arm in a.arms:
-            lt = summary[arm].get("labels_to_target")
-            summary[arm]["labels_ratio_vs_random"] = None if (lt is None or not base) else lt / base
-            summary[arm]["final_mae_ratio_vs_random"] = (
-                summary[arm]["mae_mean"][-1] / summary["random"]["mae_mean"][-1] if "random" in summary else None
-            )
-    report["summary"] = summary
-    _plot(summary, target, a.out.with_suffix(".png"), len(runs))
-
-
-def _plot(summary: dict, target: float | None, path: Path, n_seeds: int) -> None:
+def plot(report: dict[str, Any], path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(5.6, 4.0), dpi=120)
-    ax = fig.subplots()
-    for i, (arm, s) in enumerate(summary.items()):
-        ax.plot(s["n"], s["mae_mean"], "o-", color=f"C{i}", label=arm)
-        if n_seeds > 1:
-            ax.fill_between(s["n"], s["mae_min"], s["mae_max"], color=f"C{i}", alpha=0.2)
-    if target is not None:
-        ax.axhline(target, color="k", ls="--", lw=0.8, label="target")
-    ax.set(
-        xlabel="labelled configurations",
-        ylabel="test force MAE (meV/Å)",
-        yscale="log",
-        title=f"AL vs random, rMD17 ethanol ({n_seeds} seed(s), band: min-max)",
-    )
-    ax.legend(fontsize=8)
+    mols = list(report["molecules"])
+    regions = list(next(iter(report["molecules"].values()))["summary"]["arms"]["active"]["mean"])
+    fig = Figure(figsize=(2.6 * len(regions), 2.4 * len(mols)), dpi=100)
+    axes = fig.subplots(len(mols), len(regions), squeeze=False)
+    for i, m in enumerate(mols):
+        arms = report["molecules"][m]["summary"]["arms"]
+        for j, reg in enumerate(regions):
+            ax = axes[i][j]
+            for c, (arm, s) in enumerate(arms.items()):
+                if reg not in s["mean"]:
+                    continue
+                per = np.array(s["per_seed"][reg]["f_mae"])
+                ax.plot(s["n"], s["mean"][reg]["f_mae"], "o-", color=f"C{c}", label=arm, ms=3)
+                ax.fill_between(s["n"], per.min(0), per.max(0), color=f"C{c}", alpha=0.2)
+            ax.set_yscale("log")
+            ax.set_title(f"{m}: {reg}", fontsize=8)
+            if i == len(mols) - 1:
+                ax.set_xlabel("training labels")
+            if j == 0:
+                ax.set_ylabel("force MAE (meV/Å)")
+            ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("active (uncertainty) vs random selection; band: seed min-max", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
-
-
-def run_nve(a: argparse.Namespace) -> dict[str, Any]:
-    """NVE gate on ethanol (first test.xyz frame) for each model dir and for GFN2-xTB; JSON + PNG."""
-    import torch
-    from ase.io import read
-
-    from sapis.models import SapisCalculator
-    from sapis.tasks.explore import xtb_calculator
-    from sapis.tasks.nve import check_nve, plot_nve
-
-    torch.set_num_threads(1)
-    start = read(a.data / "test.xyz", "0")
-    calcs: dict[str, Any] = {"GFN2-xTB": xtb_calculator(start)}
-    for d in a.nve_models:
-        calcs[d.name] = SapisCalculator.from_checkpoint(d)
-    results, out = {}, {"benchmark": "active_learning_nve", "machine": machine(), "runs": {}}
-    for name, calc in calcs.items():
-        t0 = time.perf_counter()
-        res = check_nve(start, calc, temperature_K=a.nve_temperature, steps=a.nve_steps, timestep_fs=0.5)
-        results[name] = res
-        out["runs"][name] = {**res.summary(), "wall_s": round(time.perf_counter() - t0, 1)}
-        print(name, "passed" if res.passed else f"FAILED: {res.reasons}", flush=True)
-    path = a.out.with_name(a.out.stem + "_nve.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1, default=float))
-    plot_nve(results, path.with_suffix(".png"), title=f"NVE, ethanol, {a.nve_temperature:.0f} K")
-    return out
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
-    if a.nve_models:
-        run_nve(a)
+    if a.merge:
+        merge(a.merge, a.out)
         return 0
+    a.work.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("SAPIS_HOME", str(a.work))  # campaign artifacts (checkpoints, plots) go to scratch
     report = run(a)
-    print(json.dumps(report.get("summary", {}), indent=1, default=float))
+    print(json.dumps({k: v for k, v in report["summary"].items() if k != "arms"}, indent=1, default=float))
     return 0
 
 

@@ -122,13 +122,26 @@ class SelectSection(_Section):
     window_lo: float = Field(default=0.0, ge=0, description="Calibrated force deviation floor, eV/Å.")
     window_hi: float = Field(default=2.0, gt=0, description="Calibrated force deviation ceiling, eV/Å.")
     diversity: bool = True
+    drop_below: float | None = Field(
+        default=None,
+        ge=0,
+        description="After each training, cancel this campaign's pending labels whose calibrated deviation under "
+        "the new ensemble is below this, eV/Å (it is already confident there); None: window_lo.",
+    )
+    strategy: Literal["uncertainty", "random"] = Field(
+        default="uncertainty",
+        description="uncertainty: calibrated disagreement x diversity in the trust window; random: uniform among "
+        "the round's candidates (a baseline: everything else about the round is the same).",
+    )
 
 
 class LabelSection(_Section):
     """Where DFT runs."""
 
-    mode: Literal["local", "work-pool"] = Field(
-        default="local", description="local: worker processes on this machine; work-pool: Prefect workers."
+    mode: Literal["local", "work-pool", "inline"] = Field(
+        default="local",
+        description="local: worker processes on this machine; work-pool: Prefect workers; inline: in the round's "
+        "own process (for millisecond levels such as GFN2-xTB).",
     )
     workers: int = Field(default=2, ge=1, description="Local worker processes (mode=local) or runs queued.")
     threads: int = Field(default=1, ge=1, description="OpenMP threads per worker.")

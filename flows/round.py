@@ -48,11 +48,10 @@ def select_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundM
 @task(name="label", cache_policy=NONE)
 def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     """Label the round's chosen configurations; progress shows in the UI while workers run."""
-    from sapis.tasks.label_step import label_and_wait
+    from sapis.tasks.label_step import label_and_wait, round_label_ids
 
     store = store_for(url)
-    rows = store.selections(plan.campaign_id, round_index=plan.index)
-    ids = sorted({r["config_id"] for r in rows if r["role"] in ("seed", "selected", "test")})
+    ids = round_label_ids(store, plan.campaign_id, plan.index)
     if not ids:
         return RoundMetrics(label=LabelStats())
     progress_id = cast(UUID, create_progress_artifact(0.0, description=f"DFT labels of round {plan.index}"))
@@ -109,6 +108,13 @@ def train_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMe
     return train_round(store_for(url), plan, cfg)
 
 
+@task(name="rerank-queue", retries=1, cache_policy=NONE)
+def rerank_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
+    from sapis.tasks.select_step import rerank_queue
+
+    return rerank_queue(store_for(url), plan, cfg)
+
+
 @task(name="evaluate", retries=1, cache_policy=NONE)
 def evaluate_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     from sapis.tasks.evaluate_step import evaluate_round
@@ -160,6 +166,7 @@ def active_learning_round(
     step("select", select_task)
     step("label", label_task)
     step("train", train_task)
+    step("rerank", rerank_task)
     step("evaluate", evaluate_task)
     if not _round(store, campaign_id, index).decision:
         store.update_round(plan.round_id, step="controller")

@@ -71,8 +71,8 @@ def enqueue_labels(
         for cid, status, n in rows:
             if status in LIVE:
                 live.add(cid)
-            else:
-                failed[cid] = failed.get(cid, 0) + n
+            elif status == "failed":
+                failed[cid] = failed.get(cid, 0) + n  # a cancelled label is no verdict: it may be queued again
     missing = [i for i in ids if i not in known]
     if missing:
         raise NotFoundError(f"configuration(s) not found: {missing[:10]}")
@@ -267,7 +267,7 @@ def fail_label(
 def label_counts(
     session: Session, fingerprint: str | None = None, config_ids: Sequence[int] | None = None
 ) -> dict[str, int]:
-    """Number of label rows per status (all four statuses present)."""
+    """Number of label rows per status (the four working statuses always present; 'cancelled' when any)."""
     counts = dict.fromkeys(("pending", "running", "done", "failed"), 0)
     base = select(Label.status, func.count()).group_by(Label.status)
     if fingerprint is not None:
@@ -278,3 +278,37 @@ def label_counts(
         for status, n in session.execute(q).all():
             counts[status] = counts.get(status, 0) + int(n)
     return counts
+
+
+def pending_labels(
+    session: Session, fingerprint: str, config_ids: Sequence[int] | None = None
+) -> list[tuple[int, int]]:
+    """(label id, config id) of the labels still waiting for a worker at ``fingerprint``."""
+    q = select(Label.id, Label.config_id).where(Label.status == "pending", Label.fingerprint == fingerprint)
+    out: list[tuple[int, int]] = []
+    parts: list[Sequence[int] | None] = [None] if config_ids is None else list(configs.chunks(list(config_ids)))
+    for part in parts:
+        qq = q if part is None else q.where(Label.config_id.in_(list(part)))
+        out.extend((int(i), int(c)) for i, c in session.execute(qq.order_by(Label.id)).all())
+    return out
+
+
+def cancel_pending(session: Session, label_ids: Sequence[int], reason: str) -> list[int]:
+    """Cancel those of ``label_ids`` that are still pending (one conditional UPDATE); return the ids cancelled.
+
+    A label a worker claimed in the meantime (running), or one already done or failed, is left untouched.
+    """
+    if not reason:
+        raise InputError("cancel_pending", "a cancellation needs a reason")
+    now = db_now(session)
+    out: list[int] = []
+    for part in configs.chunks(sorted({int(i) for i in label_ids})):
+        stmt = (
+            update(Label)
+            .where(Label.id.in_(list(part)), Label.status == "pending")
+            .values(status="cancelled", reason=str(reason), finished_at=now)
+            .returning(Label.id)
+            .execution_options(synchronize_session=False)
+        )
+        out.extend(int(i) for i in session.execute(stmt).scalars())
+    return sorted(out)

@@ -38,7 +38,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-LABEL_STATUSES = ("pending", "running", "done", "failed")
+LABEL_STATUSES = ("pending", "running", "done", "failed", "cancelled")  # cancelled: dropped while pending
 CAMPAIGN_STATUSES = ("created", "running", "done", "failed", "stopped")
 
 
@@ -161,7 +161,7 @@ class Label(Base):
 
     __tablename__ = "labels"
     __table_args__ = (
-        CheckConstraint("status IN ('pending', 'running', 'done', 'failed')", name="status_valid"),
+        CheckConstraint("status IN ('pending', 'running', 'done', 'failed', 'cancelled')", name="status_valid"),
         Index(
             "uq_labels_live",
             "config_id",

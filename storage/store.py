@@ -153,6 +153,16 @@ class Store:
         with self.session() as s:
             return labels.fail_label(s, label_id, worker, reason, cost)
 
+    def pending_labels(self, fingerprint: str, config_ids: Sequence[int] | None = None) -> list[tuple[int, int]]:
+        """(label id, config id) of labels waiting for a worker at ``fingerprint``."""
+        with self.session() as s:
+            return labels.pending_labels(s, fingerprint, config_ids)
+
+    def cancel_pending(self, label_ids: Sequence[int], reason: str) -> list[int]:
+        """Cancel still-pending labels (never running, done or failed ones), recording why; returns those cancelled."""
+        with self.session() as s:
+            return labels.cancel_pending(s, label_ids, reason)
+
     def label_counts(self, fingerprint: str | None = None, config_ids: Sequence[int] | None = None) -> dict[str, int]:
         """Label rows per status."""
         with self.session() as s:

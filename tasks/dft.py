@@ -21,7 +21,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 from ase.units import Bohr, Hartree
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sapis.errors import ConfigError, InputError, SapisError
 from sapis.keys import MIN_DISTANCE
@@ -29,6 +29,10 @@ from sapis.storage import structures as st
 from sapis.tasks.scf import DEFAULT_LADDER, Remedy, run_ladder
 
 Dispersion = Literal["d3bj", "d3zero", "d3bjm", "d3zerom", "d3op"]
+# Semi-empirical tight-binding methods run with tblite instead of PySCF: milliseconds per label, a consistent
+# potential energy surface for benchmarks and cheap pre-screening. They have no basis set of their own choosing.
+XTB_METHODS = {"GFN2-XTB": "GFN2-xTB", "GFN1-XTB": "GFN1-xTB", "IPEA1-XTB": "IPEA1-xTB"}
+NO_BASIS = "none"
 _PROBE_ELEMENTS = ("H", "C", "O", "N", "Li", "Ne", "Si", "Fe")
 
 
@@ -81,6 +85,8 @@ class LevelOfTheory(BaseModel):
         v = v.strip().upper()
         if v in ("HF", "RHF", "UHF"):
             return "HF"
+        if v in XTB_METHODS:
+            return XTB_METHODS[v]
         from pyscf.dft import libxc
 
         try:
@@ -91,7 +97,9 @@ class LevelOfTheory(BaseModel):
 
     @field_validator("basis")
     @classmethod
-    def _basis_exists(cls, v: str) -> str:
+    def _basis_exists(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("method") in XTB_METHODS.values():
+            return NO_BASIS  # tblite's methods carry their own minimal basis
         v = v.strip().lower()
         if not _basis_known(v):
             raise ValueError(f"unknown basis {v!r} (PySCF cannot load it)")
@@ -99,6 +107,12 @@ class LevelOfTheory(BaseModel):
 
     @model_validator(mode="after")
     def _consistent(self) -> LevelOfTheory:
+        if self.is_xtb:
+            if self.dispersion is not None:
+                raise ValueError(f"{self.method} includes its own dispersion; dispersion must be unset")
+            for name, value in (("basis", NO_BASIS), ("density_fit", False), ("auxbasis", None), ("grid_level", 0)):
+                object.__setattr__(self, name, value)  # meaningless for tight binding: one spelling, one fingerprint
+            return self
         if not self.density_fit and self.auxbasis is not None:
             object.__setattr__(self, "auxbasis", None)  # no fitting: the auxiliary basis is irrelevant
         if self.auxbasis is not None:
@@ -140,7 +154,12 @@ class LevelOfTheory(BaseModel):
         import pyscf
 
         physics = self.model_dump(mode="json", exclude={"max_cycle", "remedies"})
-        physics["pyscf"] = pyscf.__version__
+        if self.is_xtb:
+            from importlib.metadata import version
+
+            physics["tblite"] = version("tblite")
+        else:
+            physics["pyscf"] = pyscf.__version__
         if self.dispersion is not None:
             from importlib.metadata import version
 
@@ -152,8 +171,15 @@ class LevelOfTheory(BaseModel):
     def is_hf(self) -> bool:
         return self.method == "HF"
 
+    @property
+    def is_xtb(self) -> bool:
+        """A tight-binding method computed with tblite (no PySCF, no basis set)."""
+        return self.method in XTB_METHODS.values()
+
     def check_elements(self, symbols: set[str]) -> None:
         """ConfigError unless the basis (and auxiliary basis) cover every element in ``symbols``."""
+        if self.is_xtb:
+            return  # GFN parametrisations cover H to Rn
         for name, kind in ((self.basis, "basis"), (self.auxbasis, "auxiliary basis")):
             if name is None:
                 continue
@@ -344,6 +370,8 @@ def compute_label(
     """
     q, m = check_molecule(atoms, charge, multiplicity, source, frame, allow_fragments)
     level.check_elements(set(atoms.get_chemical_symbols()))
+    if level.is_xtb:
+        return _xtb_label(atoms, level, q, m)
     if device == "gpu":
         try:
             import gpu4pyscf  # noqa: F401
@@ -394,4 +422,34 @@ def compute_label(
         dm=np.asarray(dm, dtype=float),
         guess=guess,
         dispersion_energy=e_disp,
+    )
+
+
+def _xtb_label(atoms: Atoms, level: LevelOfTheory, charge: int, mult: int) -> LabelResult:
+    """Energy and forces with tblite (eV, eV/Å); an SCC that does not converge raises LabelFailed."""
+    from tblite.interface import Calculator as TBCalculator
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    calc = TBCalculator(level.method, atoms.numbers, atoms.positions / Bohr, charge=float(charge), uhf=mult - 1)
+    calc.set("verbosity", 0)
+    calc.set("max-iter", level.max_cycle)
+    try:
+        res = calc.singlepoint()
+    except RuntimeError as exc:
+        attempt = {"strategy": "tblite", "cycles": level.max_cycle, "converged": False, "error": str(exc)}
+        raise LabelFailed(f"{level.method} SCC did not converge: {exc}", [attempt]) from None
+    energy = float(res.get("energy")) * Hartree  # Hartree -> eV
+    grad = np.asarray(res.get("gradient"), dtype=float)  # (n_atoms, 3) | Hartree/Bohr
+    attempts = [{"strategy": "tblite", "cycles": 0, "converged": True}]
+    if not (np.isfinite(energy) and np.isfinite(grad).all()):
+        raise LabelFailed(f"{level.method} gave a non-finite energy or gradient", attempts)
+    return LabelResult(
+        energy=energy,
+        forces=-grad * (Hartree / Bohr),
+        scf_iterations=0,
+        wall_s=time.perf_counter() - t0,
+        cpu_s=time.process_time() - c0,
+        attempts=attempts,
+        dm=np.zeros((0, 0)),
+        guess="none",
     )

@@ -31,6 +31,7 @@ from sapis.errors import ConfigError, InputError
 from sapis.keys import MIN_DISTANCE
 
 Explorer = Literal["xtb", "committee", "perturb"]
+XtbMethod = Literal["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"]
 
 
 class ExploreConfig(BaseModel):
@@ -39,6 +40,11 @@ class ExploreConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     explorer: Explorer = Field(default="xtb", description="xtb | committee | perturb")
+    xtb_method: XtbMethod = Field(
+        default="GFN2-xTB",
+        description="tblite method of the xtb explorer and of perturb's normal modes (use another method than "
+        "the labelling level when that level is itself xTB)",
+    )
     temperatures: list[float] = Field(default_factory=lambda: [300.0, 600.0, 1000.0], description="K")
     steps: int = Field(
         default=200, ge=1, description="MD steps per (seed, temperature); perturb: samples = steps/interval"
@@ -84,13 +90,13 @@ class ExploreResult:
 CalculatorFactory = Callable[[Atoms], Calculator]
 
 
-def xtb_calculator(atoms: Atoms) -> Calculator:
-    """GFN2-xTB (tblite) for ``atoms``, with its charge and multiplicity from ``atoms.info``, silent."""
+def xtb_calculator(atoms: Atoms, method: XtbMethod = "GFN2-xTB") -> Calculator:
+    """An xTB calculator (tblite, GFN2 by default) for ``atoms``, with its charge and multiplicity, silent."""
     from tblite.ase import TBLite
 
     charge = int(atoms.info.get("charge", 0) or 0)
     mult = atoms.info.get("multiplicity")
-    return TBLite(method="GFN2-xTB", charge=charge, multiplicity=None if mult is None else int(mult), verbosity=0)
+    return TBLite(method=method, charge=charge, multiplicity=None if mult is None else int(mult), verbosity=0)
 
 
 def explore(
@@ -120,7 +126,8 @@ def explore(
     if cfg.explorer == "committee" and factory is None:
         factory = _committee_factory(model_dir)
     elif factory is None:
-        factory = xtb_calculator
+        method = cfg.xtb_method
+        factory = lambda a: xtb_calculator(a, method)  # noqa: E731
     done = 0
     for seed_atoms in seeds:
         for temperature in cfg.temperatures:

@@ -68,6 +68,12 @@ def enqueue_pool(store: Store, pool: str | int, level: dict[str, Any]) -> Queued
     return QueuedPool(str(pool), len(ids), n_new, lot.fingerprint, lot.spec)
 
 
+def round_label_ids(store: Store, campaign_id: int, round_index: int) -> list[int]:
+    """Config ids a round chose for labelling (seed, selected and held-out test)."""
+    rows = store.selections(campaign_id, round_index=round_index)
+    return sorted({r["config_id"] for r in rows if r["role"] in ("seed", "selected", "test")})
+
+
 def _spawn_local_worker(store: Store, fingerprint: str, threads: int, max_memory_mb: int) -> subprocess.Popen:
     env = dict(os.environ)
     env.update(
@@ -110,12 +116,13 @@ def label_and_wait(
 ) -> LabelOutcome:
     """Make sure every label of ``config_ids`` ends done or failed; return the counts.
 
-    Local mode keeps ``workers`` processes alive while work remains (a process that exits while labels are
-    still pending, e.g. after waiting for an expired lease, is replaced). Work-pool mode calls
-    ``launch(workers, fingerprint)`` (the flow queues runs of the labelling deployment) and watches the store;
-    when work remains but for ``orphan_wait_s`` no worker holds a live lease and none of its runs is still
-    queued (``waiting``), the runs died (a SIGKILLed run or worker leaves only expired leases) and it
-    launches replacements, which claim the expired labels.
+    Inline mode works through the queue in this process (for levels that take milliseconds, such as xTB,
+    where starting a worker process costs more than the labels). Local mode keeps ``workers`` processes alive
+    while work remains (a process that exits while labels are still pending, e.g. after waiting for an expired
+    lease, is replaced). Work-pool mode calls ``launch(workers, fingerprint)`` (the flow queues runs of the
+    labelling deployment) and watches the store; when work remains but for ``orphan_wait_s`` no worker holds a
+    live lease and none of its runs is still queued (``waiting``), the runs died (a SIGKILLed run or worker
+    leaves only expired leases) and it launches replacements, which claim the expired labels.
     """
     fingerprint = level.fingerprint
     enqueue(store, config_ids, level)
@@ -126,7 +133,12 @@ def label_and_wait(
     last_spawn = 0.0
     run_ids: list[str] = []
     idle_since: float | None = None
-    if mode == "work-pool":
+    if mode == "inline":
+        from sapis.tasks.label_worker import run_worker
+
+        run_worker(store, fingerprint=fingerprint, threads=threads, max_memory_mb=max_memory_mb)
+        started = 1
+    elif mode == "work-pool":
         if launch is None:
             raise ValueError("label_and_wait: mode 'work-pool' needs a launch function")
         run_ids += _ids(launch(workers, fingerprint))
@@ -157,7 +169,7 @@ def label_and_wait(
                     procs.append(_spawn_local_worker(store, fingerprint, threads, max_memory_mb))
                     started += 1
                     last_spawn = time.monotonic()
-            elif launch is not None:
+            elif mode == "work-pool" and launch is not None:
                 now = time.monotonic()
                 live, claimants = claims(store, fingerprint, config_ids)
                 busy = live > 0 or (waiting is not None and waiting(run_ids, claimants) > 0)

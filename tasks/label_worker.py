@@ -286,7 +286,8 @@ def _label_one(
                 level.fingerprint,
                 claim.fingerprint,
             )
-        guess, origin = find_guess(store, claim.fingerprint, claim.atoms) if reuse_guess else (None, {})
+        use_guess = reuse_guess and not level.is_xtb  # tight binding has no density to reuse
+        guess, origin = find_guess(store, claim.fingerprint, claim.atoms) if use_guess else (None, {})
         res = compute_label(
             claim.atoms,
             level,
@@ -308,9 +309,11 @@ def _label_one(
         log.exception("label %s crashed", claim.label_id)
         ok = store.fail_label(claim.label_id, worker, f"error: {type(exc).__name__}: {exc}", {**base})
         return {"status": "failed" if ok else "lost"}
-    artifact = save_dm(res.dm, dm_path(claim.fingerprint, claim.config_id))
+    artifact = save_dm(res.dm, dm_path(claim.fingerprint, claim.config_id)) if res.dm.size else None
     cost = res.cost(**base, **origin)
-    ok = store.complete_label(claim.label_id, worker, res.energy, res.forces, cost, artifact=str(artifact))
+    ok = store.complete_label(
+        claim.label_id, worker, res.energy, res.forces, cost, artifact=None if artifact is None else str(artifact)
+    )
     return {
         "status": "done" if ok else "lost",
         "compute_s": res.wall_s,

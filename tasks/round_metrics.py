@@ -33,6 +33,15 @@ class LabelStats(_Record):
     workers: int | None = Field(None, description="workers started")
 
 
+class QueueRerank(_Record):
+    """Re-ranking of the campaign's pending labels with the ensemble a round trained."""
+
+    pending: int = Field(0, description="labels of the campaign still waiting for a worker")
+    cancelled: int = Field(0, description="of those, cancelled as already confident")
+    threshold_eV_A: float = Field(0.0, description="calibrated deviation below which a pending label is dropped")
+    cancelled_label_ids: list[int] = Field(default_factory=list)
+
+
 class TrainingCurve(_Record):
     """One member's learning curve (per epoch)."""
 
@@ -94,6 +103,8 @@ class RoundMetrics(_Record):
         default=None,
         description="in-round learning-curve probes: points (N, P, error), train_s, flops (tasks/scaling_probe)",
     )
+    # re-rank the pending queue
+    queue: QueueRerank | None = None
     # evaluate
     test_f_mae: float | None = Field(None, description="meV/Å")
     test_f_rmse: float | None = Field(None, description="meV/Å")

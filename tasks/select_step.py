@@ -88,6 +88,10 @@ def select_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMet
     if plan.previous_model is None:
         rows = _cold_start(cand_ids, atoms, cfg, rng)
         summary = RoundMetrics(strategy="cold-start: random test set, farthest-point seed")
+    elif cfg.select.strategy == "random":
+        pick = rng.permutation(len(cand_ids))[: plan.k]
+        rows = [{"config_id": cand_ids[int(i)], "role": "selected", "rank": r} for r, i in enumerate(pick)]
+        summary = RoundMetrics(strategy="random")
     else:
         rows, summary = _by_uncertainty(store, plan, cfg, cand_ids, atoms, taken)
     store.add_selections(plan.round_id, rows)
@@ -237,3 +241,36 @@ def _fill_outside_window(
         seed=cfg.seed + plan.index,
     )
     return [rest[i] for i in more.indices]
+
+
+def rerank_queue(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
+    """Re-rank the campaign's pending labels with the ensemble this round trained; cancel the confident ones.
+
+    A pending label (never a running, done or failed one) whose calibrated max-atom force deviation under the
+    new ensemble is below ``select.drop_below`` (default ``select.window_lo``) is cancelled with its reason in
+    the store: the model already knows that region, and the DFT would buy nothing. Held-out test labels are
+    never dropped.
+    """
+    from sapis.models import load_ensemble
+    from sapis.tasks.rank import score_candidates
+    from sapis.tasks.round_metrics import QueueRerank
+
+    threshold = cfg.select.drop_below if cfg.select.drop_below is not None else cfg.select.window_lo
+    train_ids = campaign_label_ids(store, plan.campaign_id)["train"]
+    pending = store.pending_labels(plan.fingerprint, config_ids=train_ids) if train_ids else []
+    if not pending or threshold <= 0 or not (plan.model_dir / "ensemble.json").exists():
+        return RoundMetrics(queue=QueueRerank(pending=len(pending), threshold_eV_A=threshold))
+    atoms = store.get_atoms([cid for _, cid in pending])
+    raw = np.asarray(score_candidates(load_ensemble(plan.model_dir), atoms)["forces_std_max"], dtype=float)
+    dev = plan.calibration(raw) if plan.calibration is not None else raw
+    drop = [lid for (lid, _), d in zip(pending, dev, strict=True) if np.isfinite(d) and d < threshold]
+    reason = (
+        f"queue re-ranked after round {plan.index}: the new ensemble's calibrated force deviation is below "
+        f"{threshold:g} eV/Å"
+    )
+    cancelled = store.cancel_pending(drop, reason) if drop else []
+    return RoundMetrics(
+        queue=QueueRerank(
+            pending=len(pending), cancelled=len(cancelled), threshold_eV_A=threshold, cancelled_label_ids=cancelled
+        )
+    )

@@ -157,3 +157,28 @@ def test_add_configurations_dedup_and_provenance(store: Store) -> None:
     bad.positions[1] = bad.positions[0] + 0.1
     with pytest.raises(InputError, match=r"structure 0 \(md\): atoms 0 and 1"):
         store.add_configurations([bad], {"source": "md"})
+
+
+def test_cancel_pending_never_touches_running_done_or_failed(store: Store) -> None:
+    ids = _configs(store, 5)
+    store.enqueue_labels(ids, FP, SPEC)
+    running, done, failed = store.claim_labels("w1", n=3, lease_seconds=60)
+    assert store.complete_label(done.label_id, "w1", -1.0, np.zeros((3, 3)), {"wall_s": 1.0})
+    assert store.fail_label(failed.label_id, "w1", "scf")
+    pending = store.pending_labels(FP)
+    assert [cid for _, cid in pending] == sorted(ids)[3:]
+    everything = [lid for lid, _ in pending] + [running.label_id, done.label_id, failed.label_id]
+    cancelled = store.cancel_pending(everything, "confident")
+    assert cancelled == sorted(lid for lid, _ in pending)
+    assert store.label_counts(FP) == {"pending": 0, "running": 1, "done": 1, "failed": 1, "cancelled": 2}
+    with store.session() as s:
+        from sqlalchemy import select
+
+        from sapis.storage.orm import Label
+
+        reasons = dict(s.execute(select(Label.id, Label.reason).where(Label.status == "cancelled")).all())
+    assert set(reasons.values()) == {"confident"}
+    # a cancelled label is no verdict: the configuration may be queued again later
+    assert store.enqueue_labels([pending[0][1]], FP, SPEC) == 1
+    with pytest.raises(InputError, match="reason"):
+        store.cancel_pending([running.label_id], "")

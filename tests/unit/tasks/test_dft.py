@@ -252,3 +252,26 @@ def test_threads_are_restored(water: Atoms) -> None:
     before = lib.num_threads()
     compute_label(water, HF_STO3G, threads=2)
     assert lib.num_threads() == before
+
+
+def test_xtb_levels_label_through_tblite_with_their_own_fingerprints(water: Atoms) -> None:
+    """GFN2-xTB is a level of the label path: tblite's energy and forces, a fingerprint of its own."""
+    from tblite.ase import TBLite
+
+    gfn2 = LevelOfTheory.from_spec({"method": "gfn2-xtb", "basis": "def2-tzvp"})
+    assert gfn2.method == "GFN2-xTB" and gfn2.is_xtb and gfn2.basis == "none"
+    assert LevelOfTheory.from_spec(gfn2.spec).fingerprint == gfn2.fingerprint  # stored spec round-trips
+    assert LevelOfTheory.from_spec({"method": "GFN2-xTB"}).fingerprint == gfn2.fingerprint  # basis is irrelevant
+    gfn1 = LevelOfTheory.from_spec({"method": "GFN1-xTB"})
+    assert len({gfn2.fingerprint, gfn1.fingerprint, HF_STO3G.fingerprint}) == 3  # levels never mix
+
+    res = compute_label(water, gfn2)
+    ref = water.copy()
+    ref.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    assert res.energy == pytest.approx(ref.get_potential_energy(), abs=1e-8)
+    np.testing.assert_allclose(res.forces, ref.get_forces(), atol=1e-8)
+    assert res.dm.size == 0 and res.wall_s >= 0
+    assert abs(compute_label(water, gfn1).energy - res.energy) > 1.0  # really another method (eV)
+
+    with pytest.raises(ConfigError, match="dispersion"):
+        LevelOfTheory.from_spec({"method": "GFN2-xTB", "dispersion": "d3bj"})

@@ -218,3 +218,29 @@ def test_committee_with_a_real_tiny_ensemble_stores_candidates(tmp_path) -> None
     strict = explore(seeds, cfg.model_copy(update={"trust_hi": 1e-9}), model_dir=tmp_path / "ens")
     assert strict.stopped_early == 1
     assert strict.candidates == []
+
+
+def test_xtb_explorer_method_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The xtb explorer runs the configured tblite method (GFN1 when the oracle is GFN2), GFN2 by default."""
+    from sapis.tasks import explore as explore_mod
+
+    seen: list[str] = []
+    real = explore_mod.xtb_calculator
+
+    def spy(atoms: Atoms, method: str = "GFN2-xTB") -> Calculator:
+        seen.append(method)
+        return real(atoms, method)
+
+    monkeypatch.setattr(explore_mod, "xtb_calculator", spy)
+    cfg = ExploreConfig(explorer="xtb", temperatures=[300.0], steps=4, interval=2, xtb_method="GFN1-xTB")
+    assert len(explore([_water()], cfg).candidates) == 2
+    assert seen == ["GFN1-xTB"]
+    explore([_water()], ExploreConfig(explorer="xtb", temperatures=[300.0], steps=2, interval=2))
+    assert seen[-1] == "GFN2-xTB"
+    w = _water()
+    w.calc = real(w, "GFN1-xTB")
+    e1 = w.get_potential_energy()
+    w.calc = real(w, "GFN2-xTB")
+    assert abs(w.get_potential_energy() - e1) > 1.0
+    with pytest.raises(ValueError, match="xtb_method"):
+        ExploreConfig(xtb_method="GFN3-xTB")

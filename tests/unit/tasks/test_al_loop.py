@@ -1,0 +1,151 @@
+"""The active-learning loop on a tiny real campaign (water, GFN2-xTB labels, GFN1-xTB exploration).
+
+* the benchmark's active arm runs the product's selection code (a spy on ``rank_candidates`` sees the call),
+  and its random arm differs only in ``select.strategy``;
+* re-ranking the pending queue with a new ensemble cancels the labels it is confident about, keeps the others,
+  and never touches running or done labels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from sapis.storage import Store
+
+BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_active_learning.py"
+
+
+def _bench() -> Any:
+    sys.path.insert(0, str(BENCH.parent))
+    spec = importlib.util.spec_from_file_location("bench_active_learning", BENCH)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _tiny_args(bench: Any) -> argparse.Namespace:
+    a = bench._args(["--molecules", "x.xyz", "--test", "t.xyz"])
+    a.seed_size, a.k, a.test_size, a.max_labels = 4, 3, 1, 7
+    a.members, a.epochs, a.channels, a.layers, a.lmax = 2, 2, 4, 1, 0
+    a.explore_temperatures, a.explore_steps, a.perturbations = [300.0, 1000.0], 40, 2
+    return a
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two campaigns (active, random) of two rounds each, through the benchmark's round runner."""
+    import sapis.tasks.rank as rank
+
+    bench = _bench()
+    a = _tiny_args(bench)
+    store = Store(f"sqlite:///{tmp_path_factory.mktemp('al') / 'store.db'}")
+    w = molecule("H2O")
+    store.submit_pool([w], name="water")
+    calls: dict[str, int] = {}
+    real = rank.rank_candidates
+    out: dict[str, Any] = {"store": store, "bench": bench, "args": a}
+    for arm in ("active", "random"):
+        from sapis.flows.campaign import create_campaign
+
+        cfg = bench._config(a, f"water-{arm}", "water", 0, arm, 2)
+        cid = create_campaign(store, cfg)
+        n = 0
+
+        def spy(*args: Any, **kwargs: Any) -> Any:
+            nonlocal n
+            n += 1
+            return real(*args, **kwargs)
+
+        rank.rank_candidates = spy
+        try:
+            plans = [bench.run_round(store, cid, i, cfg) for i in range(2)]
+        finally:
+            rank.rank_candidates = real
+        calls[arm] = n
+        out[arm] = {"campaign_id": cid, "cfg": cfg, "plans": plans}
+    out["calls"] = calls
+    return out
+
+
+def test_benchmark_active_arm_runs_the_products_selection(loop: dict[str, Any]) -> None:
+    store: Store = loop["store"]
+    assert loop["calls"]["active"] >= 1  # round 1 ranked by the round-0 ensemble, with the product's code
+    assert loop["calls"]["random"] == 0
+    act, rnd = loop["active"]["cfg"], loop["random"]["cfg"]
+    assert act.select.strategy == "uncertainty" and rnd.select.strategy == "random"
+    # the arms' configs differ in the selection strategy and the name only
+    a_dump, r_dump = act.model_dump(mode="json"), rnd.model_dump(mode="json")
+    a_dump["select"].pop("strategy"), r_dump["select"].pop("strategy")
+    a_dump.pop("name"), r_dump.pop("name")
+    assert a_dump == r_dump
+    assert act.explore.xtb_method == "GFN1-xTB" and act.level.method == "GFN2-xTB"  # explorer is not the oracle
+    for arm in ("active", "random"):
+        cid = loop[arm]["campaign_id"]
+        rounds = store.rounds(cid)
+        assert [r.status for r in rounds] == ["done", "done"]
+        selected = store.selections(cid, role="selected", round_index=1)
+        assert len(selected) == 3  # k labels in round 1
+        plan = loop[arm]["plans"][1]
+        assert store.label_counts(plan.fingerprint, [r["config_id"] for r in selected])["done"] == 3
+        assert (plan.model_dir / "ensemble.json").exists()
+    # round 0 (cold start) is the same in both arms: same candidates, same seed set
+    seeds = [
+        sorted(r["config_id"] for r in store.selections(loop[arm]["campaign_id"], role="seed")) for arm in loop["calls"]
+    ]
+    assert seeds[0] == seeds[1]
+
+
+def test_rerank_cancels_confident_pending_labels_only(loop: dict[str, Any]) -> None:
+    from sapis.models import load_ensemble
+    from sapis.tasks.rank import score_candidates
+    from sapis.tasks.select_step import rerank_queue
+
+    store: Store = loop["store"]
+    cid = loop["active"]["campaign_id"]
+    plan = loop["active"]["plans"][1]
+    cfg = loop["active"]["cfg"]
+    # four new configurations chosen in round 1 whose labels are still queued: two near the data, two far from it
+    base = store.get_atoms([store.selections(cid, role="seed")[0]["config_id"]])[0]
+    rng = np.random.default_rng(3)
+    frames = []
+    for sigma in (0.005, 0.006, 0.25, 0.3):
+        f = base.copy()
+        f.positions += rng.normal(scale=sigma, size=f.positions.shape)
+        frames.append(f)
+    ids = store.add_configurations(frames, {"source": "md", "explorer": "xtb", "temperature": 300.0})
+    store.add_selections(plan.round_id, [{"config_id": c, "role": "selected"} for c in ids])
+    dev = score_candidates(load_ensemble(plan.model_dir), frames)["forces_std_max"]
+    cal = plan.calibration(dev) if plan.calibration is not None else dev
+    order = [int(i) for i in np.argsort(cal)]
+    threshold = float(0.5 * (cal[order[1]] + cal[order[2]]))  # two below, two above
+    # the most confident one is already claimed by a worker: running labels are never dropped
+    store.enqueue_labels([ids[order[0]]], plan.fingerprint, plan.level.spec)
+    claimed = store.claim_labels("busy-worker", n=1, lease_seconds=600, fingerprint=plan.fingerprint)
+    assert [c.config_id for c in claimed] == [ids[order[0]]]
+    store.enqueue_labels(ids, plan.fingerprint, plan.level.spec)
+    done_before = store.label_counts(plan.fingerprint)["done"]
+
+    new_cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"drop_below": threshold})})
+    out = rerank_queue(store, plan, new_cfg).queue
+    assert out is not None
+    pending_after = {c for _, c in store.pending_labels(plan.fingerprint)}
+    assert out.pending == 3
+    assert {ids[order[2]], ids[order[3]]} <= pending_after  # not confident: still queued
+    assert ids[order[1]] not in pending_after  # confident and pending: cancelled
+    assert out.cancelled == 1
+    counts = store.label_counts(plan.fingerprint)
+    assert counts["done"] == done_before  # done labels untouched
+    assert counts["running"] == 1  # the confident running one was not cancelled
+    assert counts["cancelled"] == 1
+    # with no threshold (window_lo = 0, the default) nothing is ever dropped
+    again = rerank_queue(store, plan, cfg).queue
+    assert again is not None and again.cancelled == 0
