@@ -256,15 +256,19 @@ def _md_stability(model_dir: Path, start: Any, a: argparse.Namespace, seed: int)
 
 
 def _import_everything() -> None:
-    import sapis.models
-    import sapis.tasks.evaluate_step
-    import sapis.tasks.explore
-    import sapis.tasks.label_step
-    import sapis.tasks.label_worker
-    import sapis.tasks.plan
-    import sapis.tasks.rank
-    import sapis.tasks.select_step
-    import sapis.tasks.train_step  # noqa: F401
+    """Load every module of the product now (several import lazily), so edits during a run cannot mix versions."""
+    import importlib
+    import pkgutil
+
+    import sapis
+
+    for sub in ("models", "storage", "tasks", "flows"):
+        pkg = importlib.import_module(f"sapis.{sub}")
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            if sub == "models" and mod.name == "mace_ref":
+                continue  # MACE only for architecture 'mace' (its import is slow)
+            importlib.import_module(f"sapis.{sub}.{mod.name}")
+    del sapis
 
 
 def run(a: argparse.Namespace) -> dict[str, Any]:
