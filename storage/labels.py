@@ -285,12 +285,12 @@ def pending_labels(
 ) -> list[tuple[int, int]]:
     """(label id, config id) of the labels still waiting for a worker at ``fingerprint``."""
     q = select(Label.id, Label.config_id).where(Label.status == "pending", Label.fingerprint == fingerprint)
+    conds = [None] if config_ids is None else list(configs.matching(session, Label.config_id, sorted(set(config_ids))))
     out: list[tuple[int, int]] = []
-    parts: list[Sequence[int] | None] = [None] if config_ids is None else list(configs.chunks(list(config_ids)))
-    for part in parts:
-        qq = q if part is None else q.where(Label.config_id.in_(list(part)))
-        out.extend((int(i), int(c)) for i, c in session.execute(qq.order_by(Label.id)).all())
-    return out
+    for cond in conds:
+        qq = q if cond is None else q.where(cond)
+        out.extend((int(i), int(c)) for i, c in session.execute(qq).all())
+    return sorted(out)
 
 
 def cancel_pending(session: Session, label_ids: Sequence[int], reason: str) -> list[int]:
@@ -302,10 +302,10 @@ def cancel_pending(session: Session, label_ids: Sequence[int], reason: str) -> l
         raise InputError("cancel_pending", "a cancellation needs a reason")
     now = db_now(session)
     out: list[int] = []
-    for part in configs.chunks(sorted({int(i) for i in label_ids})):
+    for cond in configs.matching(session, Label.id, sorted({int(i) for i in label_ids})):
         stmt = (
             update(Label)
-            .where(Label.id.in_(list(part)), Label.status == "pending")
+            .where(cond, Label.status == "pending")
             .values(status="cancelled", reason=str(reason), finished_at=now)
             .returning(Label.id)
             .execution_options(synchronize_session=False)
