@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from sapis.errors import ConfigError
+from sapis.flows.artifacts import publish_campaign
 from sapis.flows.config import CampaignConfig
 from sapis.flows.round import active_learning_round, store_for
 from sapis.storage import Store
@@ -69,28 +70,51 @@ def campaign(
     info = store.campaign(campaign_id)
     cfg = CampaignConfig.parse(info.config, source=f"campaign {campaign_id}")
     store.set_campaign_status(campaign_id, "running")
+    publish_campaign(store, campaign_id)
     try:
         while (reason := stop_reason(store, campaign_id, cfg)) is None:
             active_learning_round(campaign_id=campaign_id, database_url=database_url)
+            publish_campaign(store, campaign_id)  # a new version of the overview after every round
     except BaseException:
         store.set_campaign_status(campaign_id, "failed")
+        _publish_quietly(store, campaign_id, "the campaign run failed (see its logs)")
         raise
     store.set_campaign_status(campaign_id, "done")
+    publish_campaign(store, campaign_id, reason)
     final = export_campaign(store, campaign_id)
     print(f"campaign {info.name} (id {campaign_id}) stopped: {reason}")
     return {"campaign_id": campaign_id, "reason": reason, **final}
 
 
+def _publish_quietly(store: Store, campaign_id: int, reason: str) -> None:
+    """Best effort on the way out of a failed run: the overview must not hide the original error."""
+    try:
+        publish_campaign(store, campaign_id, reason)
+    except Exception:  # the run's own exception is what matters here
+        get_run_logger().warning("could not update the campaign overview artifact", exc_info=True)
+
+
 def export_campaign(store: Store, campaign_id: int, out: Path | None = None) -> dict[str, Any]:
-    """Write the campaign's data (extxyz) and point at its final model (the last round's ensemble)."""
+    """Write the campaign's data (extxyz) and its final model (the last finished round's ensemble).
+
+    The ensemble comes from the store (checked against the recorded sha256), so this works on any machine
+    that reaches the store, not only on the one that trained it.
+    """
+    from sapis.storage.checkpoints import materialise_ensemble
     from sapis.tasks.plan import campaign_dir, round_dir
 
+    campaign_id = store.campaign(campaign_id).id
     rounds = [r for r in store.rounds(campaign_id) if r.status == "done"]
-    out = out or campaign_dir(campaign_id)
+    home = campaign_dir(store, campaign_id)
+    out = out or home
     out.mkdir(parents=True, exist_ok=True)
     data = out / "labels.extxyz"
     # only the campaign's own level of theory: a pool added with labels at another level must not mix in
     cfg = CampaignConfig.parse(store.campaign(campaign_id).config, source=f"campaign {campaign_id}")
     n = store.export_extxyz(data, campaign_id=campaign_id, fingerprint=cfg.level.fingerprint)
-    model = round_dir(campaign_id, rounds[-1].index) / "ensemble" if rounds else None
+    model = None
+    for r in reversed(rounds):  # the newest finished round that trained a model
+        model = materialise_ensemble(store, campaign_id, r.index, round_dir(store, campaign_id, r.index) / "ensemble")
+        if model is not None:
+            break
     return {"data": str(data), "n_labels": n, "model": str(model) if model else None}

@@ -54,7 +54,16 @@ def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMe
     ids = round_label_ids(store, plan.campaign_id, plan.index)
     if not ids:
         return RoundMetrics(label=LabelStats())
-    progress_id = cast(UUID, create_progress_artifact(0.0, description=f"DFT labels of round {plan.index}"))
+    from sapis.flows.artifacts import campaign_key
+
+    progress_id = cast(
+        UUID,
+        create_progress_artifact(
+            0.0,
+            key=campaign_key(store.uuid, plan.campaign_id, "round", plan.index, "dft-progress"),
+            description=f"DFT labels of round {plan.index}: share finished (done or failed)",
+        ),
+    )
 
     def on_progress(counts: dict[str, int]) -> None:
         finished = counts.get("done", 0) + counts.get("failed", 0)
@@ -173,21 +182,18 @@ def active_learning_round(
         scaling_controller(campaign_id=campaign_id, round_index=index, database_url=database_url)
     final = _round(store, campaign_id, index)
     store.update_round(plan.round_id, status="done", step="done")
-    history = []
-    for r in store.rounds(campaign_id):
-        m = RoundMetrics.from_row(r.metrics)
-        history.append(
-            {
-                "round": r.index,
-                "labels": m.n_labels_total,
-                "test_f_mae_meV_A": m.test_f_mae,
-                "test_e_mae_meV": m.test_e_mae,
-                "train_flops": m.train_flops,
-                "decision": r.decision,
-            }
-        )
     final_metrics = RoundMetrics.from_row(final.metrics)
-    publish_round(info.name, campaign_id, index, final_metrics, final.decision, final.evidence, history)
+    publish_round(
+        info.name,
+        campaign_id,
+        index,
+        final_metrics,
+        final.decision,
+        final.evidence,
+        store.rounds(campaign_id),
+        store.uuid,
+        cfg.targets.force_mae,
+    )
     ids = campaign_label_ids(store, campaign_id)
     f_mae = final_metrics.test_f_mae if final_metrics.test_f_mae is not None else float("nan")
     print(

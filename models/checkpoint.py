@@ -132,3 +132,16 @@ def sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, source: str = "ensemble.json") -> None:
+    """InputError (one line) when the file's sha256 differs from the one recorded in ``source``."""
+    from sapis.errors import InputError
+
+    actual = sha256(path)
+    if actual != expected:
+        raise InputError(
+            str(path),
+            f"sha256 {actual[:12]}… does not match {expected[:12]}… recorded in {source}: the checkpoint was "
+            "changed or replaced (export the model again from its store)",
+        )

@@ -127,7 +127,7 @@ class Ensemble:
 def load_ensemble(path: Path | str, device: str = "cpu", dtype: str | None = None) -> Ensemble:
     """Load the members of an ensemble directory (or a single checkpoint file) with their EMA weights."""
     from sapis.errors import NotFoundError
-    from sapis.models.checkpoint import model_from_checkpoint
+    from sapis.models.checkpoint import model_from_checkpoint, verify_sha256
     from sapis.runtime import resolve_device
 
     path = Path(path)
@@ -148,6 +148,9 @@ def load_ensemble(path: Path | str, device: str = "cpu", dtype: str | None = Non
             raise InputError(
                 str(path / "ensemble.json"), f"invalid ensemble file ({type(exc).__name__}: {exc})"
             ) from None
+        for f, m in zip(files, info["members"], strict=True):
+            if m.get("sha256") and f.is_file():
+                verify_sha256(f, m["sha256"], str(path / "ensemble.json"))
     else:
         files = sorted(path.glob("member_*.pt"))
     if not files:

@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     CheckConstraint,
     DateTime,
     Dialect,
@@ -261,4 +262,25 @@ class Checkpoint(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     path: Mapped[str] = mapped_column(Text)
     sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StoreInfo(Base):
+    """Facts about the store itself, one row per key; ``uuid`` names this store uniquely (set by migration 0003)."""
+
+    __tablename__ = "store_info"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class Blob(Base):
+    """Content-addressed bytes (model checkpoints and their ensemble description), keyed by their sha256.
+
+    Kept in the store so every machine that reaches the store can rebuild a model, verified by its hash.
+    """
+
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)  # bytes
+    data: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,8 +12,8 @@ from ase import Atoms
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from sapis.storage import blobs, configs, db, export, labels, pools
 from sapis.storage import campaigns as camp
-from sapis.storage import configs, db, export, labels, pools
 from sapis.storage.campaigns import CampaignInfo, RoundInfo
 from sapis.storage.labels import Claim
 from sapis.storage.pools import PoolInfo, SubmitReport
@@ -36,8 +36,17 @@ class Store:
         self.url: str = url
         self.engine: Engine = db.make_engine(url)
         self._factory = db.session_factory(self.engine)
+        self._uuid: str | None = None
         if upgrade:
             db.ensure_schema(self.engine)
+
+    @property
+    def uuid(self) -> str:
+        """This store's uuid (32 hex digits): keys local artifacts so two stores sharing SAPIS_HOME never collide."""
+        if self._uuid is None:
+            with self.session() as s:
+                self._uuid = blobs.store_uuid(s)
+        return self._uuid
 
     def __repr__(self) -> str:
         return f"Store({self.engine.url.render_as_string(hide_password=True)!r})"
@@ -299,3 +308,19 @@ class Store:
         """Checkpoints of a campaign."""
         with self.session() as s:
             return camp.checkpoints(s, campaign_id, round_index)
+
+    # blobs (checkpoints kept in the store)
+    def put_blob(self, data: bytes, sha256: str | None = None) -> str:
+        """Keep ``data`` in the store under its sha256 (idempotent); returns the hash."""
+        with self.session() as s:
+            return blobs.put_blob(s, data, sha256)
+
+    def blob(self, sha256: str) -> bytes | None:
+        """The bytes kept under ``sha256``, verified, or None when the store does not hold them."""
+        with self.session() as s:
+            return blobs.get_blob(s, sha256)
+
+    def has_blob(self, sha256: str) -> bool:
+        """Whether the store holds bytes with this hash."""
+        with self.session() as s:
+            return blobs.has_blob(s, sha256)

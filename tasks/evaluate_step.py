@@ -50,8 +50,21 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundM
             test_e_mae_per_atom=m.get("energy_mae_meV_per_atom"),
             n_test=len(test),
             test_members=m.get("members"),
-            parity_png=str(plots.parity(ref, np.concatenate(pred["forces"]), plan.out_dir / "parity.png")),
+            parity_png=str(
+                plots.parity(
+                    ref, np.concatenate(pred["forces"]), plan.out_dir / "parity.png", title="Force parity, test set"
+                )
+            ),
+            energy_parity_png=str(
+                plots.energy_parity(
+                    np.array([a.get_potential_energy() for a in test]),
+                    np.asarray(pred["energy"], dtype=float),
+                    [a.get_chemical_formula() for a in test],
+                    plan.out_dir / "energy_parity.png",
+                )
+            ),
         )
+    out = out.merged(_fit_errors(store, plan, ens, ids["train"]))
 
     cost = label_cost(store, plan)
     out = out.merged(cost)
@@ -62,9 +75,11 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundM
         )
     )
 
+    # calibration data: this round's new labels and the held-out test labels, none of which the previous
+    # ensemble was trained on (the selected ones alone are too few and all from the uncertain end)
     new = store.labelled(plan.fingerprint, config_ids=_round_label_ids(store, plan, ("selected",)))
     if plan.previous_model is not None and len(new) >= 3:
-        out = out.merged(_calibrate(plan, new))
+        out = out.merged(_calibrate(plan, new + test))
 
     scores = plan.out_dir / "candidate_scores.npz"
     if scores.exists():
@@ -75,39 +90,80 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundM
                 plan.out_dir / "uncertainty.png",
                 (cfg.select.window_lo, cfg.select.window_hi),
                 z["calibrated"][z["selected"]],
-                xlabel="calibrated max-atom force deviation (eV/Å)",
+                xlabel=f"max-atom force deviation (eV/Å)\n{_calibration_name(plan)}",
+                title=f"Candidates ranked by round {plan.index - 1}'s ensemble",
             )
         )
 
     if cfg.ensemble.nve_steps > 0:
         out.nve = _nve_gate(store, plan, cfg.ensemble.nve_steps)
 
-    points = [(r.n_labels_total, r.test_f_mae) for r in plan.earlier]
-    points.append((out.n_labels_total, out.test_f_mae))
-    curve = [(n, e) for n, e in points if n and e]
+    # x: training labels, the N of the controller's E(N); this round's n_train was stored by the training step
+    rows = {r.index: RoundMetrics.from_row(r.metrics) for r in store.rounds(plan.campaign_id) if r.index <= plan.index}
+    rows[plan.index] = rows.get(plan.index, RoundMetrics()).merged(out)
+    curve = [(i, m.n_train, m.test_f_mae, m.test_e_mae) for i, m in sorted(rows.items())]
+    curve = [c for c in curve if c[1] and c[2] is not None]
     if curve:
         out.learning_curve_png = str(
             plots.learning_curve(
-                [n for n, _ in curve],
-                [e for _, e in curve],
+                [c[1] for c in curve],
+                [c[2] for c in curve],
                 plan.out_dir / "learning_curve.png",
                 target=cfg.targets.force_mae,
+                rounds=[c[0] for c in curve],
+                e_mae=[c[3] for c in curve],
             )
         )
+    return out
+
+
+def _calibration_name(plan: RoundPlan) -> str:
+    """What the histogram's deviation axis is: raw, or calibrated by the map fitted before this round."""
+    if plan.calibration is None:
+        return "raw: no calibration yet"
+    return f"calibrated with the map fitted before round {plan.index} ({plan.calibration.n} labels)"
+
+
+def _fit_errors(store: Store, plan: RoundPlan, ens: object, train_ids: list[int]) -> RoundMetrics:
+    """Force MAE of the round's ensemble (mean prediction, final weights) on its training and validation labels.
+
+    The same split as training (:func:`split_train_valid`), measured with the same model as the test error, so
+    the three numbers compare (the gap between training and validation error shows over- or underfitting).
+    """
+    from sapis.models import evaluate
+    from sapis.tasks.plan import split_train_valid
+
+    labelled = store.labelled(plan.fingerprint, config_ids=train_ids)
+    train, valid = split_train_valid(labelled, plan.train.valid_fraction)
+    out = RoundMetrics()
+    if train:
+        out.train_f_mae = evaluate(ens, train)["forces_mae_meV_A"]
+    if valid:
+        out.valid_f_mae = evaluate(ens, valid)["forces_mae_meV_A"]
     return out
 
 
 def _calibrate(plan: RoundPlan, new: list[Atoms]) -> RoundMetrics:
     """The previous ensemble chose these labels: compare its predicted deviation with its actual error."""
     from sapis.models import load_ensemble
-    from sapis.tasks.calibration import fit_calibration, plot_calibration
+    from sapis.tasks.calibration import fit_calibration
 
     prev = load_ensemble(plan.previous_model)
     pred = prev.predict(new)
     dev = np.asarray(pred["forces_std_max"], dtype=float)
     err = np.array([np.linalg.norm(f - a.get_forces(), axis=1).max() for f, a in zip(pred["forces"], new, strict=True)])
     cal = fit_calibration(dev, err)
-    png = plot_calibration(cal, dev, err, plan.out_dir / "calibration.png")
+    used = plan.calibration
+    png = plots.calibration_curve(
+        dev,
+        err,
+        plan.out_dir / "calibration.png",
+        fitted=cal,
+        fitted_name=f"map fitted here ({cal.n} labels; ranks round {plan.index + 1})",
+        used=used,
+        used_name=f"map that ranked round {plan.index}'s candidates ({used.n if used else 0} labels)",
+        title=f"Calibration of round {plan.index - 1}'s ensemble on labels it never saw",
+    )
     return RoundMetrics(calibration=cal.to_dict(), calibration_png=str(png))
 
 

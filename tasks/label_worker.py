@@ -5,7 +5,7 @@ extends with ``store.heartbeat`` while the SCF runs; a worker that dies stops he
 expires and another worker claims the label again. The store only accepts a result from the worker that still
 holds the claim, so a label is completed exactly once. The SCF starts from the converged density of the
 nearest already-labelled configuration of the same molecule (saved as ``.npy`` under
-``<artifacts>/dm/<fingerprint>/``), which saves iterations along MD trajectories.
+``<artifacts>/stores/<store uuid>/dm/<fingerprint>/``), which saves iterations along MD trajectories.
 """
 
 from __future__ import annotations
@@ -99,9 +99,9 @@ class Heartbeat:
         self._thread.join()
 
 
-def dm_path(fingerprint: str, config_id: int) -> Path:
-    """Where the converged density matrix of a configuration at a level is kept."""
-    return get_settings().artifacts / "dm" / fingerprint / f"{config_id}.npy"
+def dm_path(store_uuid: str, fingerprint: str, config_id: int) -> Path:
+    """Where the converged density matrix of a configuration at a level is kept (per store: ids are per store)."""
+    return get_settings().artifacts / "stores" / store_uuid / "dm" / fingerprint / f"{config_id}.npy"
 
 
 def save_dm(dm: np.ndarray, path: Path) -> Path:
@@ -309,7 +309,7 @@ def _label_one(
         log.exception("label %s crashed", claim.label_id)
         ok = store.fail_label(claim.label_id, worker, f"error: {type(exc).__name__}: {exc}", {**base})
         return {"status": "failed" if ok else "lost"}
-    artifact = save_dm(res.dm, dm_path(claim.fingerprint, claim.config_id)) if res.dm.size else None
+    artifact = save_dm(res.dm, dm_path(store.uuid, claim.fingerprint, claim.config_id)) if res.dm.size else None
     cost = res.cost(**base, **origin)
     ok = store.complete_label(
         claim.label_id, worker, res.energy, res.forces, cost, artifact=None if artifact is None else str(artifact)

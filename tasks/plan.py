@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 from ase import Atoms
 
 from sapis.models.config import MaceConfig, ModelConfig, TrainConfig
-from sapis.settings import get_settings
 from sapis.storage import Store
+from sapis.storage.checkpoints import materialise_ensemble
 from sapis.tasks.calibration import Calibration
 from sapis.tasks.dft import LevelOfTheory
 from sapis.tasks.round_metrics import RoundMetrics
@@ -57,13 +57,16 @@ class RoundPlan:
         return self.out_dir / "ensemble"
 
 
-def campaign_dir(campaign_id: int) -> Path:
-    return get_settings().artifacts / "campaigns" / f"{campaign_id:04d}"
+def campaign_dir(store: Store, campaign_id: int) -> Path:
+    """This machine's directory for a campaign's artifacts (keyed by the store's uuid)."""
+    from sapis.storage.checkpoints import campaign_dir as _campaign_dir
+
+    return _campaign_dir(store, campaign_id)
 
 
-def round_dir(campaign_id: int, index: int) -> Path:
+def round_dir(store: Store, campaign_id: int, index: int) -> Path:
     """Where round ``index`` of a campaign keeps its artifacts (its ensemble in ``ensemble/``)."""
-    return campaign_dir(campaign_id) / f"round-{index:03d}"
+    return campaign_dir(store, campaign_id) / f"round-{index:03d}"
 
 
 def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) -> RoundPlan:
@@ -98,9 +101,12 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) 
     already = len(chosen["train"]) + len(chosen["test"])
     k = max(0, min(k, cfg.targets.max_labels - already))  # never plan past the DFT label budget
 
-    previous = round_dir(campaign_id, index - 1) / "ensemble" if index > 0 else None
-    if previous is not None and not (previous / "ensemble.json").exists():
-        previous = None
+    # the previous round's ensemble, rebuilt from the store when this machine has no (or a different) copy
+    previous = (
+        materialise_ensemble(store, campaign_id, index - 1, round_dir(store, campaign_id, index - 1) / "ensemble")
+        if index > 0
+        else None
+    )
     nve = earlier_metrics[-1].nve if earlier_metrics else None
     promoted = previous is not None and (nve is None or nve.passed is not False)
     warm = previous if (cfg.ensemble.warm_start and not changed) else None
@@ -119,7 +125,7 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) 
         k=k,
         previous_model=previous,
         promoted=promoted,
-        out_dir=round_dir(campaign_id, index),
+        out_dir=round_dir(store, campaign_id, index),
         calibration=calibration,
         train_factor=train_factor,
         earlier=earlier_metrics,

@@ -120,6 +120,7 @@ class RoundMetrics(_Record):
     calibration: dict[str, Any] | None = Field(None, description="sapis.tasks.calibration.Calibration.to_dict()")
     nve: NveGate | None = None
     parity_png: str | None = None
+    energy_parity_png: str | None = None
     uncertainty_png: str | None = None
     calibration_png: str | None = None
     learning_curve_png: str | None = None

@@ -12,7 +12,6 @@ from typing import Any
 from pydantic import ValidationError
 
 from sapis.errors import ConfigError, NotFoundError
-from sapis.settings import get_settings
 from sapis.storage import Store
 from sapis.tasks.scaling import ControllerConfig, Decision, RoundEvidence, decide
 
@@ -47,9 +46,11 @@ def history_from_store(store: Store, campaign_id: int, upto: int | None = None) 
     ]
 
 
-def plot_path(campaign_id: int, round_index: int) -> Path:
-    """Where the controller's figure for a round goes (under the settings' artifacts directory)."""
-    return get_settings().artifacts / "controller" / f"campaign-{campaign_id:04d}-round-{round_index:03d}.png"
+def plot_path(store: Store, campaign_id: int, round_index: int) -> Path:
+    """Where the controller's figure for a round goes (under this store's part of the artifacts directory)."""
+    from sapis.storage.checkpoints import campaign_dir
+
+    return campaign_dir(store, campaign_id) / "controller" / f"round-{round_index:03d}.png"
 
 
 def decide_round(store: Store, campaign_id: int, round_index: int | None = None, plot: bool = True) -> Decision:
@@ -77,7 +78,7 @@ def decide_round(store: Store, campaign_id: int, round_index: int | None = None,
     if plot:
         from sapis.tasks.scaling_plot import plot_decision
 
-        path = plot_decision(evidence, plot_path(info.id, index), title=f"{info.name} round {index}")
+        path = plot_decision(evidence, plot_path(store, info.id, index), title=f"{info.name} round {index}")
         evidence["plot_png"] = str(path)
     decision.evidence = evidence
     store.update_round(row.id, decision=decision.action, evidence=evidence)

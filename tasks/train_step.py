@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sapis.storage import Store
+from sapis.storage.checkpoints import ENSEMBLE_SHA_KEY, keep_file, materialise_ensemble
 from sapis.tasks.plan import RoundPlan, campaign_label_ids, split_train_valid
 from sapis.tasks.round_metrics import RoundMetrics, TrainingCurve
 
@@ -15,13 +16,20 @@ if TYPE_CHECKING:
 def train_round(store: Store, plan: RoundPlan, cfg: CampaignConfig, progress: bool = False) -> RoundMetrics:
     """Train (or, when already trained, reuse) the ensemble of ``plan``; return the round's training metrics.
 
-    A round whose checkpoints are all recorded and present on disk is not trained again (resume).
+    A round whose checkpoints are all recorded is not trained again (resume): its ensemble is rebuilt from the
+    store when this machine has no copy. Every member checkpoint and the ensemble description are kept in the
+    store (content-addressed by sha256), so any machine of a deployment can load the round's model.
     """
+    from sapis.errors import NotFoundError
     from sapis.models import train_ensemble
 
     recorded = store.checkpoints(plan.campaign_id, plan.index)
-    if len(recorded) >= plan.members and (plan.model_dir / "ensemble.json").exists():
-        return _metrics_from_checkpoints(recorded, plan)
+    if len(recorded) >= plan.members:
+        try:
+            materialise_ensemble(store, plan.campaign_id, plan.index, plan.model_dir)
+            return _metrics_from_checkpoints(recorded, plan)
+        except NotFoundError:
+            pass  # recorded before checkpoints were kept in the store, and the files are gone: train again
 
     ids = campaign_label_ids(store, plan.campaign_id)
     labelled = store.labelled(plan.fingerprint, config_ids=ids["train"])
@@ -40,7 +48,9 @@ def train_round(store: Store, plan: RoundPlan, cfg: CampaignConfig, progress: bo
         train=plan.train,
         progress=progress,
     )
+    ensemble_sha = keep_file(store, plan.model_dir / "ensemble.json")
     for m in result.members:
+        keep_file(store, m.path, m.sha256)  # before the row, so a recorded checkpoint always has its bytes
         store.add_checkpoint(
             plan.campaign_id,
             plan.index,
@@ -56,6 +66,7 @@ def train_round(store: Store, plan: RoundPlan, cfg: CampaignConfig, progress: bo
                 "n_train": len(train),
                 "n_valid": len(valid),
                 "warm_start": str(warm) if warm else None,
+                ENSEMBLE_SHA_KEY: ensemble_sha,
             },
             str(m.path),
             m.sha256,

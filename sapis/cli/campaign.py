@@ -183,6 +183,7 @@ def demo(rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 3, databa
     from sapis.flows.config import CampaignConfig
     from sapis.settings import get_settings
     from sapis.storage import Store
+    from sapis.tasks.plan import campaign_dir
 
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
@@ -201,7 +202,7 @@ def demo(rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 3, databa
     typer.echo(f"campaign {name} (id {cid}); store {store.url}")
     result = campaign(campaign_id=cid, database_url=database_url)
     _print_result(result)
-    typer.echo(f"  plots: {settings.artifacts / 'campaigns' / f'{cid:04d}'}/round-*/*.png")
+    typer.echo(f"  plots: {campaign_dir(store, cid)}/round-*/*.png")
     typer.echo(f"  status: sapis campaign status {cid}")
     typer.echo(
         "  Prefect UI: `.venv/bin/prefect server start`, then open http://127.0.0.1:4200 "
