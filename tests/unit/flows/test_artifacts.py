@@ -19,6 +19,7 @@ from sapis.flows.artifacts import (
     sig3,
 )
 from sapis.tasks import plots
+from sapis.tasks.round_metrics import RoundMetrics
 
 
 @dataclass
@@ -71,9 +72,8 @@ def test_numbers_have_three_significant_figures() -> None:
 def test_round_summary_reads_like_a_report(tmp_path: Path) -> None:
     png = tmp_path / "e.png"
     plots.energy_parity(np.array([-10.0, -10.2, -20.0]), np.array([-10.1, -10.2, -19.9]), ["A", "A", "B"], png)
-    md = round_summary_markdown(
-        "water", 2, {**METRICS, "energy_parity_png": str(png)}, "grow_data", {"reason": "data is cheaper"}, 20.0
-    )
+    m = RoundMetrics.from_row({**METRICS, "energy_parity_png": str(png)})  # what the store gives back
+    md = round_summary_markdown("water", 2, m, "grow_data", {"reason": "data is cheaper"}, 20.0)
     assert "| model capacity | 16 channels, 2 layers, lmax 2, 2 heads, cutoff 5 Å |" in md
     assert "| force MAE on training / validation labels | 40.1 / 95.5 meV/Å |" in md  # training measured
     assert "| test force MAE (ensemble mean) | 160 meV/Å (target 20) |" in md
