@@ -275,13 +275,12 @@ def publish_campaign(store: Any, campaign_id: int, reason: str | None = None) ->
 
     targets = CampaignConfig.parse(info.config, source=f"campaign {info.id}").targets.model_dump()
     done = [(r.index, RoundMetrics.from_row(r.metrics)) for r in rounds if r.status == "done"]
-    pts = [(i, m.n_train, m.test_f_mae, m.test_e_mae) for i, m in done]
-    pts = [p for p in pts if p[1] and p[2] is not None]
+    pts = [(i, m.n_train, m.test_f_mae, m.test_e_mae) for i, m in done if m.n_train and m.test_f_mae is not None]
     png = None
     if pts:
         png = plots.learning_curve(
-            [p[1] for p in pts],
-            [p[2] for p in pts],
+            [float(p[1] or 0) for p in pts],
+            [float(p[2] or 0.0) for p in pts],
             campaign_dir(store, info.id) / "learning_curve_all_rounds.png",
             target=targets.get("force_mae"),
             title=f"{info.name}: learning curve",
