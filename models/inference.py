@@ -148,11 +148,12 @@ def load_ensemble(path: Path | str, device: str = "cpu", dtype: str | None = Non
             raise InputError(
                 str(path / "ensemble.json"), f"invalid ensemble file ({type(exc).__name__}: {exc})"
             ) from None
-        for f, m in zip(files, info["members"], strict=True):
-            if m.get("sha256") and f.is_file():
-                verify_sha256(f, m["sha256"], str(path / "ensemble.json"))
     else:
         files = sorted(path.glob("member_*.pt"))
     if not files:
         raise NotFoundError(f"{path}: no ensemble.json or member_*.pt checkpoints")
-    return Ensemble([model_from_checkpoint(f, dev, tdt) for f in files], dev, info)
+    models = [model_from_checkpoint(f, dev, tdt) for f in files]  # a corrupt file is named as such first
+    for f, m in zip(files, info.get("members") or [], strict=False):
+        if isinstance(m, dict) and m.get("sha256"):  # then a valid but different checkpoint is refused too
+            verify_sha256(f, m["sha256"], str(path / "ensemble.json"))
+    return Ensemble(models, dev, info)
