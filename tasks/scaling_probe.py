@@ -166,7 +166,7 @@ def probe_round(store: Any, campaign_id: int, index: int, cfg: Any) -> dict[str,
         capacity,
         ctl,
         tc,
-        round_dir(campaign_id, index) / "probes",
+        round_dir(store, campaign_id, index) / "probes",
         seed=cfg.seed + index,
     )
     store.update_round(row.id, metrics={"probes": out})
