@@ -353,12 +353,27 @@ def _labels_to_reach(n: list[float], err: list[float], target: float) -> float |
     return None
 
 
+def _mean_or_none(mds: list[dict[str, Any] | None]) -> float | None:
+    shares = [m["share_physical"] for m in mds if m]
+    return float(np.mean(shares)) if shares else None
+
+
 def summarise(report: dict[str, Any]) -> dict[str, Any]:
     """Per arm: mean curves per region; labels to reach random's final MAE; ratios active/random; MD share."""
     runs = report["runs"]
     arms = list(runs[0]["arms"])
+    length = min(len(r["arms"][arm]["n"]) for r in runs for arm in arms)  # a run cut short: common rounds only
+    runs = [
+        {
+            **r,
+            "arms": {
+                arm: {**st, "n": st["n"][:length], "errors": st["errors"][:length]} for arm, st in r["arms"].items()
+            },
+        }
+        for r in runs
+    ]
     regions = list(runs[0]["arms"][arms[0]]["errors"][0])
-    out: dict[str, Any] = {"n_seeds": len(runs), "arms": {}}
+    out: dict[str, Any] = {"n_seeds": len(runs), "rounds": length, "arms": {}}
     for arm in arms:
         n = np.mean([r["arms"][arm]["n"] for r in runs], axis=0).tolist()
         curves = {
@@ -372,8 +387,8 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             "n": n,
             "mean": {reg: {key: np.mean(v, axis=0).tolist() for key, v in c.items()} for reg, c in curves.items()},
             "per_seed": curves,
-            "md_share_physical": float(np.mean([r["arms"][arm]["md"]["share_physical"] for r in runs])),
-            "md_share_physical_per_seed": [r["arms"][arm]["md"]["share_physical"] for r in runs],
+            "md_share_physical": _mean_or_none([r["arms"][arm].get("md") for r in runs]),
+            "md_share_physical_per_seed": [(r["arms"][arm].get("md") or {}).get("share_physical") for r in runs],
         }
     if "active" in out["arms"] and "random" in out["arms"]:
         act, rnd = out["arms"]["active"], out["arms"]["random"]
@@ -422,6 +437,9 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     molecules: dict[str, dict[str, Any]] = {}
     for p in paths:  # files of one molecule (seeds run in separate processes) are joined
         r = json.loads(p.read_text())
+        if not r["runs"] and r.get("partial"):  # cut short before its seed finished: the rounds it has
+            part = r["partial"]
+            r["runs"] = [{"seed": part["seed"], "arms": part["arms"], "cut_short_after_round": part["round"]}]
         if r["molecule"] in molecules:
             m = molecules[r["molecule"]]
             m["runs"] = sorted(m["runs"] + r["runs"], key=lambda x: x["seed"])
@@ -459,6 +477,35 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     return report
 
 
+def _f(x: float | None, fmt: str = "{:.3g}") -> str:
+    return "–" if x is None else fmt.format(x)
+
+
+def table(report: dict[str, Any]) -> str:
+    """The README table: per molecule, final errors per arm, the ratios and the MD stability."""
+    rows = [
+        "| molecule | labels | force MAE, all regions: active / random (meV/Å) | labels to random's final MAE, "
+        "active / random | p95 force error ratio | per-region MAE ratio (md300, md600, md1200, torsion, reactive) "
+        "| 600 K MD physical: active / random |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for m, r in report["molecules"].items():
+        s = r["summary"]
+        act, rnd = s["arms"]["active"], s["arms"]["random"]
+        per = s.get("per_region_final_mae_ratio") or {}
+        regions = ", ".join(_f(per.get(k), "{:.2f}") for k in ("md300", "md600", "md1200", "torsion", "reactive"))
+        seeds = ", ".join(_f(x, "{:.2f}") for x in s.get("final_mae_ratio_per_seed", []))
+        md = s.get("md_share_physical") or {}
+        rows.append(
+            f"| {m} | {act['n'][-1]:.0f} | {act['mean']['all']['f_mae'][-1]:.0f} / "
+            f"{rnd['mean']['all']['f_mae'][-1]:.0f}"
+            f" (ratio per seed {seeds}) | {_f(s.get('labels_to_target_ratio'), '{:.2f}')} | "
+            f"{_f(s.get('p95_ratio'), '{:.2f}')} | {regions} | "
+            f"{_f(md.get('active'), '{:.0%}')} / {_f(md.get('random'), '{:.0%}')} |"
+        )
+    return "\n".join(rows)
+
+
 def plot(report: dict[str, Any], path: Path) -> Path:
     from matplotlib.figure import Figure
 
@@ -493,7 +540,7 @@ def plot(report: dict[str, Any], path: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     a = _args(argv)
     if a.merge:
-        merge(a.merge, a.out)
+        print(table(merge(a.merge, a.out)))
         return 0
     a.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("SAPIS_HOME", str(a.work))  # campaign artifacts (checkpoints, plots) go to scratch
