@@ -39,7 +39,7 @@ class ModelConfig(BaseModel):
     envelope_p: int = Field(6, ge=2, description="exponent of the polynomial cutoff envelope")
     readout_hidden: int = Field(16, ge=1, description="hidden width of the per-atom energy readout")
     correlation: int = Field(
-        1, ge=1, le=3, description="body order - 1 of each block: products of the aggregated message (1: two-body)"
+        2, ge=1, le=3, description="body order - 1 of each block: products of the aggregated message (1: two-body)"
     )
     zbl: bool = Field(False, description="add a ZBL screened-nuclear repulsion prior (stops atoms collapsing in MD)")
     zbl_radius_scale: float = Field(

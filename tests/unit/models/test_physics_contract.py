@@ -144,6 +144,7 @@ class TestSapisTransformer(PhysicsContract):
             "num_radial": 4,
             "radial_hidden": 8,
             "readout_hidden": 4,
+            "correlation": 1,
         },
         "elements": ELEMENTS,
         "e0s": {1: -13.6, 6: -1025.3, 8: -2035.6},
