@@ -126,14 +126,66 @@ def _gpu_count() -> int:
 
 
 def _member_job(args: tuple) -> dict[str, Any]:
-    """Entry point of a member process (spawn): one thread, then train."""
+    """Entry point of a member process (spawn): one thread, then train (or reuse a finished member)."""
     spec, tr, va, cfg, seed, path = args
+    if (done := finished_member(path, member_key(spec, tr, va, cfg, seed))) is not None:
+        return done
     from sapis.runtime import set_threads
 
     set_threads(cfg.threads)
     from sapis.models.train import train_member
 
-    return train_member(spec, tr, va, cfg, seed, path)
+    return _record_finished(path, member_key(spec, tr, va, cfg, seed), train_member(spec, tr, va, cfg, seed, path))
+
+
+def member_key(spec: Mapping[str, Any], tr: Sequence[Any], va: Sequence[Any], cfg: TrainConfig, seed: int) -> str:
+    """A digest of everything a member's training depends on: model spec, training config, seed and data."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            {"spec": spec, "cfg": cfg.model_dump(mode="json"), "seed": seed}, sort_keys=True, default=str
+        ).encode()
+    )
+    for part in (tr, va):
+        h.update(b"|")
+        for g in part:
+            for arr in (g.numbers, g.positions, g.cell, g.forces):
+                h.update(np.ascontiguousarray(arr).tobytes() if arr is not None else b"-")
+            h.update(repr(g.energy).encode())
+    return h.hexdigest()
+
+
+def _done_path(path: Path) -> Path:
+    return path.with_name(path.name + ".done.json")
+
+
+def finished_member(path: Path, key: str) -> dict[str, Any] | None:
+    """The recorded result of a member whose checkpoint was fully written by the same job, else None.
+
+    A run killed after some members finished trains only the others again: a member counts as finished when
+    its checkpoint exists, its ``.done.json`` names the same job digest, and the file's sha256 still matches.
+    """
+    from sapis.models.checkpoint import sha256
+
+    done = _done_path(path)
+    try:
+        rec = json.loads(done.read_text())
+        if rec.get("key") == key and path.exists() and sha256(path) == rec.get("sha256"):
+            return dict(rec["result"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _record_finished(path: Path, key: str, result: dict[str, Any]) -> dict[str, Any]:
+    from sapis.models.checkpoint import sha256
+
+    tmp = _done_path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "sha256": sha256(path), "result": result}, default=float))
+    tmp.replace(_done_path(path))
+    return result
 
 
 def train_ensemble(
@@ -221,8 +273,11 @@ def _train_with_progress(i: int, job: tuple, progress: bool, members: int) -> di
     from sapis.models.train import train_member
 
     spec, tr, va, cfg, seed, path = job
+    key = member_key(spec, tr, va, cfg, seed)
+    if (done := finished_member(path, key)) is not None:
+        return done
     if not progress:
-        return train_member(spec, tr, va, cfg, seed, path)
+        return _record_finished(path, key, train_member(spec, tr, va, cfg, seed, path))
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
@@ -241,4 +296,4 @@ def _train_with_progress(i: int, job: tuple, progress: bool, members: int) -> di
                 txt += f" | valid E {rec['valid_e_mae']:.1f} meV F {rec['valid_f_mae']:.1f} meV/Å"
             bar.update(task, completed=rec["epoch"], losses=txt)
 
-        return train_member(spec, tr, va, cfg, seed, path, on_epoch=on_epoch)
+        return _record_finished(path, key, train_member(spec, tr, va, cfg, seed, path, on_epoch=on_epoch))

@@ -212,3 +212,38 @@ def test_members_train_in_parallel_processes(frames: dict, tmp_path: Path) -> No
     res = train_ensemble(frames["train"], frames["valid"], tmp_path, members=2, model=TINY, train=cfg, progress=False)
     assert [m.index for m in res.members] == [0, 1] and all(m.path.exists() for m in res.members)
     assert load_ensemble(tmp_path).predict(frames["test"][:1])["energy_std"][0] > 0
+
+
+def test_a_finished_member_is_not_retrained_after_a_kill(
+    frames: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed after member 0 was fully written trains only member 1 again; other data retrains both."""
+    import sapis.models.train as train_mod
+
+    out = tmp_path / "ens"
+    first = train_ensemble(frames["train"], frames["valid"], out, members=2, model=TINY, train=FAST, progress=False)
+    sha0 = first.members[0].sha256
+    # the kill: member 1's checkpoint never landed
+    (out / "member_1.pt").unlink()
+    calls: list[Path] = []
+    real = train_mod.train_member
+
+    def spy(*args: object, **kwargs: object) -> dict:
+        calls.append(Path(str(args[5])))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_mod, "train_member", spy)
+    again = train_ensemble(frames["train"], frames["valid"], out, members=2, model=TINY, train=FAST, progress=False)
+    assert [p.name for p in calls] == ["member_1.pt"]
+    assert again.members[0].sha256 == sha0 and again.members[0].history == first.members[0].history
+    assert (out / "member_1.pt").exists()
+
+    calls.clear()  # a different training set is a different job: nothing is reused
+    train_ensemble(frames["train"][:5], frames["valid"], out, members=2, model=TINY, train=FAST, progress=False)
+    assert [p.name for p in calls] == ["member_0.pt", "member_1.pt"]
+
+    calls.clear()  # a checkpoint changed on disk after it was recorded is not trusted
+    with (out / "member_0.pt").open("ab") as fh:
+        fh.write(b"x")
+    train_ensemble(frames["train"][:5], frames["valid"], out, members=2, model=TINY, train=FAST, progress=False)
+    assert [p.name for p in calls] == ["member_0.pt"]
