@@ -40,7 +40,7 @@ test-all: $(STAMP)
 	$(TEST_ENV) $(BIN)/python -m pytest -m "not gpu" -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy storage tasks flows
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/python tools/typecheck.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

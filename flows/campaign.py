@@ -20,18 +20,72 @@ from sapis.storage import Store
 from sapis.tasks.round_metrics import RoundMetrics
 
 
-def create_campaign(store: Store, cfg: CampaignConfig) -> int:
-    """Create the campaign row and attach its pools (which must exist)."""
-    known = {p.name for p in store.pools()}
-    missing = [p for p in cfg.pools if p not in known]
-    if missing:
-        raise ConfigError(
-            f"campaign {cfg.name!r}: unknown pool(s) {', '.join(missing)}; submit them first with `sapis pool submit`"
-        )
+def create_campaign(store: Store, cfg: CampaignConfig, source: str | None = None) -> int:
+    """Check the campaign (:func:`check_campaign`), then create its row and attach its pools."""
+    check_campaign(store, cfg, source or f"campaign {cfg.name!r}")
     cid = store.create_campaign(cfg.name, cfg.model_dump(mode="json"))
     for p in cfg.pools:
         store.attach_pool(cid, p)
     return cid
+
+
+def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign config") -> None:
+    """Everything a campaign can know before it starts, checked before any row is written.
+
+    Pools exist, hold no periodic structures (labels are molecular PySCF calculations), and every element they
+    contain has functions in the basis (and auxiliary basis); a ``work-pool`` label mode needs its deployment
+    registered (``sapis deploy``). A problem raises ConfigError: one line naming ``source`` and the field.
+    """
+    known = {p.name for p in store.pools()}
+    missing = [p for p in cfg.pools if p not in known]
+    if missing:
+        raise ConfigError(
+            f"{source}: pools: unknown pool(s) {', '.join(missing)}; submit them first with `sapis pool submit`"
+        )
+    elements: dict[str, set[str]] = {}
+    for pool in cfg.pools:
+        for i, atoms in enumerate(store.pool_atoms(pool)):
+            if atoms.pbc.any():
+                raise ConfigError(
+                    f"{source}: pools: pool {pool!r} structure {i} is periodic (pbc={atoms.pbc.tolist()}); "
+                    "campaigns label molecules with PySCF: submit non-periodic structures"
+                )
+            for symbol in set(atoms.get_chemical_symbols()):
+                elements.setdefault(symbol, set()).add(pool)
+    try:
+        cfg.level.check_elements(set(elements))
+    except ConfigError as exc:
+        pools = sorted({p for ps in elements.values() for p in ps})
+        raise ConfigError(f"{source}: level.basis: {exc} (in pool {', '.join(map(repr, pools))})") from None
+    if cfg.label.mode == "work-pool":
+        _check_label_deployment(cfg, source)
+
+
+def _check_label_deployment(cfg: CampaignConfig, source: str) -> None:
+    """The labelling deployment is registered on the Prefect API, on the configured DFT pool."""
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from sapis.flows.label import LABEL_DEPLOYMENT
+
+    try:
+        with get_client(sync_client=True) as client:
+            deployment = client.read_deployment_by_name(LABEL_DEPLOYMENT)
+    except ObjectNotFound:
+        raise ConfigError(
+            f"{source}: label.mode: 'work-pool' needs the deployment {LABEL_DEPLOYMENT} on the Prefect server; "
+            f"run `sapis deploy --dft-pool {cfg.label.work_pool}` first (or set label.mode = 'local')"
+        ) from None
+    except Exception as exc:  # an unreachable or misconfigured API: say so in one line
+        raise ConfigError(
+            f"{source}: label.mode: 'work-pool' needs a Prefect API, which did not answer "
+            f"({type(exc).__name__}: {exc}); start it or set label.mode = 'local'"
+        ) from None
+    if deployment.work_pool_name != cfg.label.work_pool:
+        raise ConfigError(
+            f"{source}: label.work_pool: {cfg.label.work_pool!r}, but {LABEL_DEPLOYMENT} runs on "
+            f"{deployment.work_pool_name!r}; run `sapis deploy --dft-pool {cfg.label.work_pool}`"
+        )
 
 
 def stop_reason(store: Store, campaign_id: int, cfg: CampaignConfig) -> str | None:
@@ -65,7 +119,7 @@ def campaign(
         if config_path is None:
             raise ConfigError("campaign: give a campaign id to resume or a config file to start")
         cfg = CampaignConfig.load(config_path)
-        campaign_id = create_campaign(store, cfg)
+        campaign_id = create_campaign(store, cfg, source=config_path)
         log.info("created campaign %s (id %d)", cfg.name, campaign_id)
     info = store.campaign(campaign_id)
     cfg = CampaignConfig.parse(info.config, source=f"campaign {campaign_id}")

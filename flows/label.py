@@ -27,6 +27,10 @@ from sapis.errors import ConfigError
 DFT_TAG = "dft"
 
 
+#: The labelling deployment a campaign in ``label.mode = "work-pool"`` queues runs of (``sapis deploy``).
+LABEL_DEPLOYMENT = "label-worker/sapis-dft"
+
+
 def _check_budget(
     max_labels: int | None, max_minutes: float | None, threads: int | None, max_memory_mb: int | None
 ) -> None:
@@ -185,7 +189,7 @@ def label_worker(
     return result
 
 
-def launch_label_workers(n: int, deployment: str = "label-worker/sapis-dft", **parameters: Any) -> list[str]:
+def launch_label_workers(n: int, deployment: str = LABEL_DEPLOYMENT, **parameters: Any) -> list[str]:
     """Queue ``n`` runs of the labelling deployment (``n`` workers on the DFT pool) and return their run ids.
 
     Returns at once; the pool's workers pick the runs up. ``parameters`` are those of :func:`label_worker`.

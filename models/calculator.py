@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from ase import Atoms
 from ase.calculators.calculator import Calculator, CalculatorError, all_changes
@@ -16,7 +16,8 @@ class SapisCalculator(Calculator):
     >>> # calc = SapisCalculator.from_checkpoint("runs/model"); atoms.calc = calc; atoms.get_forces()
     """
 
-    implemented_properties: ClassVar[list[str]] = [
+    # A plain class attribute, as ASE's BaseCalculator declares it (a ClassVar would clash with that declaration).
+    implemented_properties: list[str] = [  # noqa: RUF012
         "energy",
         "free_energy",
         "forces",

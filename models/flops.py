@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from sapis.models.graph import AtomicGraph
 
 
 def measure_flops(fn: Callable[[], object]) -> float:
@@ -17,7 +21,7 @@ def measure_flops(fn: Callable[[], object]) -> float:
     return float(counter.get_total_flops())
 
 
-def forward_backward_flops(model: torch.nn.Module, graph: object) -> float:
+def forward_backward_flops(model: torch.nn.Module, graph: AtomicGraph) -> float:
     """FLOPs of one energy + forces evaluation (forward and the autograd backward for -dE/dr)."""
     from sapis.models.transformer import energy_and_forces
 

@@ -18,7 +18,9 @@ class Ensemble:
 
     def __init__(self, models: list[torch.nn.Module], device: str = "cpu", info: dict | None = None) -> None:
         self.models, self.device, self.info = models, device, info or {}
-        self.cutoff = float(models[0].config.cutoff)
+        first: Any = models[0]  # a SapisTransformer or MaceModel: both carry .config and .elements
+        self.cutoff = float(first.config.cutoff)
+        self.elements: list[int] = [int(z) for z in first.elements]
         self.dtype = next(models[0].parameters()).dtype
         # Δ-learning: the members learned labels minus this baseline; predict adds it back
         self.baseline = str(getattr(models[0], "baseline", None) or getattr(models[0].config, "baseline", "none"))
@@ -37,7 +39,7 @@ class Ensemble:
         from sapis.errors import InputError
         from sapis.models.graph import to_graph
 
-        known = set(self.models[0].elements)
+        known = set(self.elements)
         out = []
         for k, atoms in enumerate(atoms_list):
             unknown = sorted(set(int(z) for z in atoms.numbers) - known)

@@ -7,6 +7,7 @@ All blocks act on a flat batch (nodes of every structure concatenated) and scatt
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn as tnn
@@ -26,6 +27,8 @@ class RadialBasis(tnn.Module):
     The envelope (DimeNet, exponent p) and its first derivatives vanish at the cutoff, so energies stay smooth
     as an atom crosses it.
     """
+
+    freq: torch.Tensor  # (num_radial,) buffer: Bessel frequencies
 
     def __init__(self, cutoff: float, num_radial: int, p: int = 6) -> None:
         super().__init__()
@@ -150,6 +153,8 @@ class GraphAttention(tnn.Module):
     alpha_ij = u_ij e^{a_ij} / (1 + sum_k u_ik e^{a_ik}), so they go to zero smoothly at the cutoff.
     """
 
+    head_of: torch.Tensor  # (dim,) buffer: attention head of every value channel
+
     def __init__(
         self,
         irreps_node: o3.Irreps,
@@ -165,7 +170,8 @@ class GraphAttention(tnn.Module):
         self.lin_src = o3.Linear(self.irreps_node, self.irreps_node)
         self.lin_dst = o3.Linear(self.irreps_node, self.irreps_node, biases=False)
         lmax = max(ir.l for _, ir in self.irreps_node)
-        mid, instr = [], []
+        mid: list[tuple[int, Any]] = []  # (multiplicity, o3.Irrep)
+        instr: list[tuple[int, int, int, str, bool]] = []
         for i, (mul, ir_in) in enumerate(self.irreps_node):
             for j, (_, ir_sh) in enumerate(irreps_sh):
                 for ir_out in ir_in * ir_sh:

@@ -43,6 +43,9 @@ def import_mace() -> ModuleType:
 class MaceModel(tnn.Module):
     """ScaleShiftMACE behind the sapis model interface."""
 
+    z_index: torch.Tensor  # (119,) buffer: atomic number -> species index (-1: unknown)
+    scalar_cols: torch.Tensor  # buffer: columns of the invariant (l = 0) node features
+
     def __init__(
         self,
         config: MaceConfig,

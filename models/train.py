@@ -129,7 +129,11 @@ def train_member(
             size = b.edge_index.shape[1] + len(b.numbers)
             if flops_per_unit is None:  # measure one real step; later steps scale with edges + nodes
                 box: list[Any] = []
-                flops_per_unit = measure_flops(lambda b=b, box=box: box.append(step_fn(b))) / size
+
+                def first_step(b: Any = b, box: list[Any] = box) -> None:
+                    box.append(step_fn(b))
+
+                flops_per_unit = measure_flops(first_step) / size
                 _, de, df = box[0]
             else:
                 _, de, df = step_fn(b)

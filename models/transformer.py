@@ -23,6 +23,10 @@ class SapisTransformer(tnn.Module):
     ``scale``/``shift`` (eV) put the learned per-atom energies on the scale of the data.
     """
 
+    z_index: torch.Tensor  # (119,) buffer: atomic number -> species index (-1: unknown)
+    scale: torch.Tensor  # () buffer, eV
+    shift: torch.Tensor  # () buffer, eV
+
     def __init__(
         self,
         config: ModelConfig,
@@ -66,13 +70,12 @@ class SapisTransformer(tnn.Module):
         )
         self.ffn = tnn.ModuleList(GatedFeedForward(self.irreps_node) for _ in range(c.layers))
         self.norm_out = EquivariantLayerNorm(o3.Irreps(f"{c.channels}x0e"))
-        self.readout = tnn.Sequential(
-            tnn.Linear(c.channels, c.readout_hidden), tnn.SiLU(), tnn.Linear(c.readout_hidden, 1)
-        )
+        head = tnn.Linear(c.readout_hidden, 1)
+        self.readout = tnn.Sequential(tnn.Linear(c.channels, c.readout_hidden), tnn.SiLU(), head)
         self.zbl = ZBLRepulsion(c.zbl_radius_scale) if c.zbl else None
         with torch.no_grad():  # start from E = sum of reference energies; training grows the rest
-            self.readout[-1].weight.mul_(0.01)
-            self.readout[-1].bias.zero_()
+            head.weight.mul_(0.01)
+            head.bias.zero_()
 
     def species(self, numbers: torch.Tensor) -> torch.Tensor:
         """(N,) atomic numbers -> (N,) species indices; ValueError for an element the model does not know."""

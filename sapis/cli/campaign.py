@@ -23,10 +23,12 @@ def start(
     database_url: DbOpt = None,
 ) -> None:
     """Create a campaign from CONFIG and run it to its end (target error, budget, round limit or stop)."""
-    from sapis.flows.campaign import campaign
+    from sapis.flows.campaign import campaign, check_campaign
     from sapis.flows.config import CampaignConfig
+    from sapis.storage import Store
 
-    CampaignConfig.load(config)  # fail fast, before Prefect starts
+    cfg = CampaignConfig.load(config)  # fail fast, before Prefect starts and before any row is written
+    check_campaign(Store(database_url), cfg, source=str(config))
     result = campaign(config_path=str(config), database_url=database_url)
     _print_result(result)
 

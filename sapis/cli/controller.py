@@ -89,10 +89,11 @@ def explain(
         raise NotFoundError(f"campaign {info.name!r} has no rounds yet")
     cfg = controller_config(info.config)
     history = history_from_store(store, info.id)
-    rows, last_ev = [], {}
+    rows: list[dict[str, Any]] = []
+    last_ev: dict[str, Any] = {}
     for i, r in enumerate(track(rounds, description="deciding", disable=as_json or len(rounds) < 20)):
         if r.decision and r.evidence:
-            d = {
+            d: dict[str, Any] = {
                 "action": r.decision,
                 "reason": r.evidence.get("reason"),
                 "factors": r.evidence.get("factors"),

@@ -7,13 +7,15 @@ subcommand name to the default subcommand ``file``, so ``sapis label mol.xyz --o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from sapis.cli.paths import check_output
+
+if TYPE_CHECKING:  # typer vendors click; its classes are what TyperGroup's methods take
+    from typer._click.core import Command, Context
 
 
 class DefaultGroup(TyperGroup):
@@ -21,15 +23,13 @@ class DefaultGroup(TyperGroup):
 
     default_command = "file"
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         # A leading option (`sapis label --out x.xyz mol.xyz`) belongs to the default subcommand.
         if args and args[0].startswith("-") and args[0] not in ctx.help_option_names:
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
-    def resolve_command(
-        self, ctx: click.Context, args: list[str]
-    ) -> tuple[str | None, click.Command | None, list[str]]:
+    def resolve_command(self, ctx: Context, args: list[str]) -> tuple[str | None, Command | None, list[str]]:
         if args and self.get_command(ctx, args[0]) is None:
             args = [self.default_command, *args]
         return super().resolve_command(ctx, args)

@@ -26,9 +26,10 @@ def _read_labelled(path: Path, what: str) -> list[Any]:
     if not path.exists():
         raise NotFoundError(f"{path}: {what} file not found")
     try:
-        frames = read(path, index=":")
+        read_back = read(path, index=":")
     except Exception as exc:  # ASE raises many types for malformed files
         raise InputError(str(path), f"cannot read as a structure file ({type(exc).__name__}: {exc})") from exc
+    frames = read_back if isinstance(read_back, list) else [read_back]
     if not frames:
         raise InputError(str(path), "contains no structures")
     for k, atoms in enumerate(frames):
@@ -48,7 +49,10 @@ def _isolated_atoms(path: Path) -> dict[int, float]:
             raise InputError(str(path), f"an isolated-atom frame must hold one atom, not {len(atoms)}", k)
         from sapis.models.graph import reference_labels
 
-        out[int(atoms.numbers[0])] = float(reference_labels(atoms)[0])
+        energy = reference_labels(atoms)[0]
+        if energy is None:
+            raise InputError(str(path), "an isolated-atom frame needs a reference energy", k)
+        out[int(atoms.numbers[0])] = float(energy)
     return out
 
 

@@ -1,4 +1,5 @@
-"""A two-round campaign on H2O at HF/STO-3G runs end to end; a SIGKILLed campaign resumes without recomputing."""
+"""A two-round campaign on H2O at HF/STO-3G runs end to end (sapis, and MACE); a SIGKILLed campaign resumes without
+recomputing."""
 
 from __future__ import annotations
 
@@ -172,3 +173,44 @@ def test_resume_after_sigkill_recomputes_nothing(water_store: tuple[Store, Path]
     assert store.label_counts(fingerprint=fp).get("done", 0) == 14
     assert [r.status for r in store.rounds(cid)] == ["done", "done"]
     assert result["campaign_id"] == cid
+
+
+MACE_MODEL = """[model]
+architecture = "mace"
+channels = 4
+max_L = 1
+max_ell = 2
+correlation = 2
+layers = 1
+cutoff = 4.0
+num_radial = 4
+radial_mlp = [8]
+"""
+
+
+@pytest.mark.slow
+def test_two_round_mace_campaign(tmp_path: Path) -> None:
+    from sapis.flows.campaign import campaign
+    from sapis.tasks.dft import LevelOfTheory
+
+    start, end = TOML.index("[model]"), TOML.index("[train]")
+    toml = TOML[:start] + MACE_MODEL + "\n" + TOML[end:]
+    (tmp_path / "water.xyz").write_text(WATER)
+    cfg = tmp_path / "mace.toml"
+    cfg.write_text(toml.format(name="water-mace"))
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.submit_pool([tmp_path / "water.xyz"], name="water")
+
+    result = campaign(config_path=str(cfg), database_url=store.url)
+
+    cid = result["campaign_id"]
+    rounds = store.rounds(cid)
+    assert [r.index for r in rounds] == [0, 1] and all(r.status == "done" and r.decision for r in rounds)
+    fp = LevelOfTheory(method="HF", basis="sto-3g", density_fit=False).fingerprint
+    assert store.label_counts(fingerprint=fp).get("done", 0) == 6 + 4 + 4
+    for index in (0, 1):
+        checkpoints = store.checkpoints(cid, index)
+        assert len(checkpoints) == 2 and {c["architecture"] for c in checkpoints} == {"mace"}
+    m1 = rounds[1].metrics
+    assert m1["capacity"]["architecture"] == "mace" and m1["test_f_mae"] > 0 and m1["n_labels_total"] == 14
+    assert store.campaign(cid).status == "done"

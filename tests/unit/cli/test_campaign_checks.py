@@ -1,0 +1,88 @@
+"""`sapis campaign start` checks everything it can before any row is written: one line naming the file and the
+field, exit status 2, no campaign row (and nothing else new in the store)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ase.io
+import pytest
+from ase import Atoms
+from ase.build import molecule
+
+from sapis.cli import run
+from sapis.storage import Store
+
+HEAD = 'name = "checks"\npools = ["mols"]\n[level]\nmethod = "HF"\nbasis = "sto-3g"\ndensity_fit = false\n'
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'checks.db'}"
+
+
+def _pool(tmp_path: Path, url: str, frames: list[Atoms]) -> None:
+    path = tmp_path / "mols.extxyz"
+    ase.io.write(path, frames)
+    assert run(["pool", "submit", str(path), "--name", "mols", "--database-url", url]) == 0
+
+
+def _start_fails(tmp_path: Path, url: str, toml: str, capsys: pytest.CaptureFixture[str]) -> str:
+    cfg = tmp_path / "campaign.toml"
+    cfg.write_text(toml)
+    capsys.readouterr()
+    assert run(["campaign", "start", str(cfg), "--database-url", url]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err, err
+    assert str(cfg) in err, err
+    store = Store(url)
+    assert store.campaigns() == []
+    assert store.label_counts() == {} or sum(store.label_counts().values()) == 0
+    return err
+
+
+@pytest.mark.parametrize(
+    ("section", "field"),
+    [
+        ("[model]\nknobs = { chanels = 8 }\n", "model.chanels"),
+        ("[model]\nchanels = 8\n", "model.chanels"),
+        ('[model]\narchitecture = "mace"\nlmax = 2\n', "model.lmax"),
+        ("[train]\nmax_epochs = 0\n", "train.max_epochs"),
+        ("[explore]\ntemperatures = [300.0, -10.0]\n", "explore.temperatures"),
+        ("[explore]\ntemperatures = [0.0]\n", "explore.temperatures"),
+    ],
+)
+def test_bad_knob_or_temperature(
+    tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str], section: str, field: str
+) -> None:
+    _pool(tmp_path, url, [molecule("H2O")])
+    err = _start_fails(tmp_path, url, HEAD + section, capsys)
+    assert field in err
+
+
+def test_pool_element_missing_from_the_basis(tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _pool(tmp_path, url, [molecule("H2O"), Atoms("Br2", positions=[[0, 0, 0], [0, 0, 2.28]])])
+    err = _start_fails(tmp_path, url, HEAD.replace("sto-3g", "6-31g"), capsys)
+    assert "level.basis" in err and "'6-31g'" in err and "Br" in err and "mols" in err
+
+
+def test_periodic_pool(tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    crystal = molecule("H2O")
+    crystal.cell = [6.0, 6.0, 6.0]
+    crystal.pbc = True
+    _pool(tmp_path, url, [molecule("H2O"), crystal])
+    err = _start_fails(tmp_path, url, HEAD, capsys)
+    assert "pools" in err and "periodic" in err and "mols" in err
+
+
+def test_unknown_pool(tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _pool(tmp_path, url, [molecule("H2O")])
+    err = _start_fails(tmp_path, url, HEAD.replace('["mols"]', '["mols", "nope"]'), capsys)
+    assert "pools" in err and "nope" in err
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_work_pool_mode_without_its_deployment(tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    _pool(tmp_path, url, [molecule("H2O")])
+    err = _start_fails(tmp_path, url, HEAD + '[label]\nmode = "work-pool"\n', capsys)
+    assert "label.mode" in err and "label-worker/sapis-dft" in err and "sapis deploy" in err
