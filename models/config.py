@@ -144,7 +144,7 @@ def model_config_for(
     A sapis :class:`ModelConfig` asked for as ``architecture="mace"`` maps onto the MACE model of the same
     width, depth, cutoff and radial basis (:meth:`MaceConfig.from_sapis`). ConfigError names every problem.
     """
-    from sapis.errors import ConfigError
+    from sapis.errors import ConfigError, config_error
 
     if architecture is not None and architecture not in ARCHITECTURES:
         raise ConfigError(f"unknown architecture {architecture!r} (choose 'sapis' or 'mace')")
@@ -161,8 +161,7 @@ def model_config_for(
     try:
         return _ANY_MODEL.validate_python(data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'model'}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"invalid model config: {problems}") from None
+        raise config_error("invalid model config", exc, drop=ARCHITECTURES) from None
 
 
 class TrainConfig(BaseModel):

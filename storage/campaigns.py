@@ -19,7 +19,7 @@ from sapis.storage.orm import (
     Checkpoint,
     Configuration,
     Round,
-    Selection,
+    SelectionRow,
     utcnow,
 )
 from sapis.storage.pools import PoolInfo, pool_id, pools
@@ -209,14 +209,14 @@ def add_selections(session: Session, round_id: int, rows: Sequence[Mapping[str, 
         )
     before = _count_selections(session, round_id)
     for part in configs.chunks(clean):
-        session.execute(configs.upsert(session, Selection), list(part))
+        session.execute(configs.upsert(session, SelectionRow), list(part))
     return _count_selections(session, round_id) - before
 
 
 def _count_selections(session: Session, round_id: int) -> int:
     from sqlalchemy import func
 
-    return int(session.execute(select(func.count()).where(Selection.round_id == round_id)).scalar_one())
+    return int(session.execute(select(func.count()).where(SelectionRow.round_id == round_id)).scalar_one())
 
 
 def selections(
@@ -225,13 +225,13 @@ def selections(
     """Selections of a campaign as dicts (round_index, round_id, config_id, role, score, ...)."""
     cid = _campaign(session, campaign_id).id
     q = (
-        select(Selection, Round.index)
-        .join(Round, Round.id == Selection.round_id)
+        select(SelectionRow, Round.index)
+        .join(Round, Round.id == SelectionRow.round_id)
         .where(Round.campaign_id == cid)
-        .order_by(Round.index, Selection.id)
+        .order_by(Round.index, SelectionRow.id)
     )
     if role is not None:
-        q = q.where(Selection.role == role)
+        q = q.where(SelectionRow.role == role)
     if round_index is not None:
         q = q.where(Round.index == round_index)
     return [

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from sapis.errors import ConfigError, InputError, NotFoundError
 from sapis.storage import structures as st
-from sapis.storage.orm import MAX_NAME, Configuration, LevelOfTheory, Molecule
+from sapis.storage.orm import MAX_NAME, Configuration, LevelRow, Molecule
 
 CHUNK = 500  # ids per IN (...) clause
 PROVENANCE_COLUMNS = ("source", "explorer", "campaign_id", "round_index", "temperature", "step", "parent_id")
@@ -306,7 +306,7 @@ def ensure_level(session: Session, fingerprint: str, spec: Mapping[str, Any]) ->
         raise ConfigError("level-of-theory fingerprint is empty")
     check_name("level-of-theory fingerprint", fingerprint)
     clean = jsonable(spec)
-    session.execute(upsert(session, LevelOfTheory), [{"fingerprint": fingerprint, "spec": clean, "created_at": _now()}])
-    stored = session.execute(select(LevelOfTheory.spec).where(LevelOfTheory.fingerprint == fingerprint)).scalar_one()
+    session.execute(upsert(session, LevelRow), [{"fingerprint": fingerprint, "spec": clean, "created_at": _now()}])
+    stored = session.execute(select(LevelRow.spec).where(LevelRow.fingerprint == fingerprint)).scalar_one()
     if stored != clean:
         raise ConfigError(f"fingerprint {fingerprint!r} already names a different level of theory: {stored} != {clean}")

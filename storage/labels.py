@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from sapis.errors import ConfigError, InputError, NotFoundError
 from sapis.storage import configs
 from sapis.storage import structures as st
-from sapis.storage.orm import Configuration, Label, LevelOfTheory, utcnow
+from sapis.storage.orm import Configuration, Label, LevelRow, utcnow
 
 LIVE = ("pending", "running", "done")
 
@@ -143,9 +143,9 @@ def claim_labels(
         return []
     q = (
         configs.config_query()
-        .add_columns(Label.id.label("label_id"), Label.fingerprint, Label.attempt, LevelOfTheory.spec.label("spec"))
+        .add_columns(Label.id.label("label_id"), Label.fingerprint, Label.attempt, LevelRow.spec.label("spec"))
         .join(Label, Label.config_id == Configuration.id)
-        .join(LevelOfTheory, LevelOfTheory.fingerprint == Label.fingerprint)
+        .join(LevelRow, LevelRow.fingerprint == Label.fingerprint)
         .where(Label.id.in_(ids))
         .order_by(Label.id)
     )

@@ -144,7 +144,7 @@ class PoolMember(Base):
     position: Mapped[int]  # order of submission within the pool
 
 
-class LevelOfTheory(Base):
+class LevelRow(Base):
     """A level-of-theory fingerprint and the settings it stands for (method, basis, code version, ...)."""
 
     __tablename__ = "levels"
@@ -231,7 +231,7 @@ class Round(Base):
     finished_at: Mapped[datetime | None]
 
 
-class Selection(Base):
+class SelectionRow(Base):
     """A configuration's role in a round (selected, candidate, test, seed) with its score."""
 
     __tablename__ = "selections"

@@ -23,7 +23,7 @@ from ase.data import chemical_symbols
 from ase.units import Bohr, Hartree
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from sapis.errors import ConfigError, InputError, SapisError
+from sapis.errors import ConfigError, InputError, SapisError, config_error
 from sapis.keys import MIN_DISTANCE
 from sapis.storage import structures as st
 from sapis.tasks.scf import DEFAULT_LADDER, Remedy, run_ladder
@@ -136,8 +136,7 @@ class LevelOfTheory(BaseModel):
         try:
             return cls.model_validate(spec)
         except ValidationError as exc:
-            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in exc.errors())
-            raise ConfigError(f"invalid level of theory: {problems}") from None
+            raise config_error("invalid level of theory", exc) from None
 
     @property
     def spec(self) -> dict[str, Any]:

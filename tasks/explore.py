@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sapis.errors import ConfigError, InputError
 from sapis.keys import MIN_DISTANCE
+from sapis.tasks.md import start_md
 
 Explorer = Literal["xtb", "committee", "perturb"]
 XtbMethod = Literal["GFN2-xTB", "GFN1-xTB", "IPEA1-xTB"]
@@ -174,15 +175,6 @@ def _candidate(parent: Atoms, positions: np.ndarray, prov: dict[str, Any], **ext
     return atoms
 
 
-def thermalize(atoms: Atoms, temperature: float, rng: np.random.RandomState) -> None:
-    """Maxwell-Boltzmann momenta at ``temperature`` (ASE >= 3.29 name, older name as fallback)."""
-    try:
-        from ase.md.velocitydistribution import thermalize_momenta
-    except ImportError:  # ASE < 3.29
-        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
-    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
-
-
 class _TrustExceeded(Exception):
     """Raised from an MD observer to stop a committee trajectory that left the trusted region."""
 
@@ -196,25 +188,9 @@ def _run_md(
     result: ExploreResult,
 ) -> list[tuple[Atoms, float | None]]:
     """Langevin NVT from ``seed_atoms``; returns (frame, potential energy) every ``cfg.interval`` steps."""
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation
-
-    atoms = Atoms(numbers=seed_atoms.numbers, positions=seed_atoms.positions, cell=seed_atoms.cell, pbc=seed_atoms.pbc)
-    atoms.info.update({k: seed_atoms.info[k] for k in ("charge", "multiplicity") if k in seed_atoms.info})
-    atoms.set_constraint(FixCom())
-    atoms.calc = calc
     np_rng = np.random.RandomState(int(rng.integers(2**31 - 1)))
-    thermalize(atoms, temperature, np_rng)
-    Stationary(atoms)
-    ZeroRotation(atoms)
-    dyn = Langevin(
-        atoms,
-        timestep=cfg.timestep_fs * units.fs,
-        temperature_K=temperature,
-        friction=cfg.friction / units.fs,
-        fixcm=False,
-        rng=np_rng,
+    atoms, dyn = start_md(
+        seed_atoms, calc, temperature, np_rng, ensemble="nvt", timestep_fs=cfg.timestep_fs, friction=cfg.friction
     )
     frames: list[tuple[Atoms, float | None]] = []
     check_trust = cfg.explorer == "committee" and cfg.trust_hi is not None

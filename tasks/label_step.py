@@ -1,6 +1,6 @@
 """Label a round's selection with DFT: enqueue in the store, let workers claim, and wait for the outcome.
 
-Workers are real processes (``python -m sapis.cli label work``) on this machine, or flow runs of the
+Workers are real processes (``python -m sapis.tasks.label_worker``) on this machine, or flow runs of the
 ``label-worker`` deployment on a Prefect work pool. Either way the store is the queue: a claim is transactional,
 a killed worker's lease expires and another worker retries it, and nothing done is computed twice.
 """
@@ -85,9 +85,7 @@ def _spawn_local_worker(store: Store, fingerprint: str, threads: int, max_memory
     cmd = [
         sys.executable,
         "-m",
-        "sapis.cli",
-        "label",
-        "work",
+        "sapis.tasks.label_worker",
         "--fingerprint",
         fingerprint,
         "--threads",

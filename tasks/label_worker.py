@@ -320,3 +320,35 @@ def _label_one(
         "scf_iterations": res.scf_iterations,
         "reused": res.guess == "reused",
     }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sapis.tasks.label_worker``: one worker process on the store (what a local round spawns).
+
+    The store is ``--database-url`` or ``SAPIS_DATABASE_URL``. A user error prints one line on stderr and
+    returns its exit status (2); the last line of stderr is what the round reports for a failed worker.
+    """
+    import argparse
+    import sys
+
+    from sapis.storage import Store
+
+    parser = argparse.ArgumentParser(prog="python -m sapis.tasks.label_worker", description=main.__doc__)
+    parser.add_argument("--fingerprint", help="only labels at this level fingerprint")
+    parser.add_argument("--threads", type=int, default=1, help="PySCF threads")
+    parser.add_argument("--max-memory-mb", type=int, default=4000, help="PySCF memory, MB")
+    parser.add_argument("--database-url", help="store URL (default: SAPIS_DATABASE_URL)")
+    args = parser.parse_args(argv)
+    try:
+        store = Store(args.database_url)
+        rep = run_worker(store, fingerprint=args.fingerprint, threads=args.threads, max_memory_mb=args.max_memory_mb)
+        store.dispose()
+    except SapisError as exc:
+        print(f"label worker: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(f"worker {rep.worker}: {rep.done} done, {rep.failed} failed, {rep.lost} lost (stopped: {rep.stopped})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -23,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.calculators.calculator import Calculator
 
-from sapis.tasks.explore import covalent_sums, frame_problem, pair_distances, thermalize
+from sapis.tasks.explore import covalent_sums, frame_problem, pair_distances
+from sapis.tasks.md import start_md
 
 
 @dataclass
@@ -76,19 +77,12 @@ def check_nve(
     Bonds are the pairs closer than ``bond_factor`` times their covalent-radius sum at the start; a bond is
     broken beyond ``bond_break_factor`` times that sum. ``progress(step)`` is called at every sample.
     """
-    from ase.md.velocitydistribution import Stationary, ZeroRotation
-    from ase.md.verlet import VelocityVerlet
-
-    work = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-    work.info.update({k: atoms.info[k] for k in ("charge", "multiplicity") if k in atoms.info})
-    work.calc = calc
-    thermalize(work, temperature_K, np.random.RandomState(seed))
-    Stationary(work)
-    ZeroRotation(work)
+    work, dyn = start_md(
+        atoms, calc, temperature_K, np.random.RandomState(seed), ensemble="nve", timestep_fs=timestep_fs
+    )
     cov = covalent_sums(work.numbers)
     d0 = pair_distances(work)
     bonds = np.triu(d0 < bond_factor * cov, k=1)
-    dyn = VelocityVerlet(work, timestep=timestep_fs * units.fs)
     n = len(work)
     times: list[float] = []
     e_tot: list[float] = []

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sapis.errors import ConfigError, NotFoundError
+from sapis.errors import NotFoundError, config_error
 from sapis.storage import Store
 from sapis.tasks.scaling import ControllerConfig, Decision, RoundEvidence, decide
 
@@ -30,8 +30,7 @@ def controller_config(campaign_config: dict[str, Any] | None) -> ControllerConfi
     try:
         return ControllerConfig(**cfg)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ConfigError(f"campaign config, [controller] section: {problems}") from None
+        raise config_error("campaign config, [controller] section", exc) from None
 
 
 def history_from_store(store: Store, campaign_id: int, upto: int | None = None) -> list[RoundEvidence]:

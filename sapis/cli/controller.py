@@ -8,12 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(help="Scaling controller: data or capacity, decided from fitted scaling laws.", no_args_is_help=True)
+from sapis.cli.options import DbOpt
 
-DbOpt = Annotated[
-    str | None,
-    typer.Option("--database-url", help="Store URL (default: SAPIS_DATABASE_URL or the SQLite file in SAPIS_HOME)."),
-]
+app = typer.Typer(help="Scaling controller: data or capacity, decided from fitted scaling laws.", no_args_is_help=True)
 
 
 def _campaign_ref(value: str) -> int | str:

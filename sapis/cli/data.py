@@ -7,12 +7,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Labelled data: export as extxyz for training.", no_args_is_help=True)
+from sapis.cli.options import DbOpt
 
-DbOpt = Annotated[
-    str | None,
-    typer.Option("--database-url", help="Store URL (default: SAPIS_DATABASE_URL or the SQLite file in SAPIS_HOME)."),
-]
+app = typer.Typer(help="Labelled data: export as extxyz for training.", no_args_is_help=True)
 
 
 @app.command("export")

@@ -6,12 +6,9 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(help="Database schema: upgrade to the newest revision, show the current one.", no_args_is_help=True)
+from sapis.cli.options import DbOpt
 
-DbOpt = Annotated[
-    str | None,
-    typer.Option("--database-url", help="Store URL (default: SAPIS_DATABASE_URL or the SQLite file in SAPIS_HOME)."),
-]
+app = typer.Typer(help="Database schema: upgrade to the newest revision, show the current one.", no_args_is_help=True)
 
 
 def _url(database_url: str | None) -> str:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer.core import TyperGroup
 
+from sapis.cli.options import DbOpt
 from sapis.cli.paths import check_output
 
 if TYPE_CHECKING:  # typer vendors click; its classes are what TyperGroup's methods take
@@ -41,11 +42,6 @@ app = typer.Typer(
     "`sapis label work` runs a worker on the store's pending labels.",
     no_args_is_help=True,
 )
-
-DbOpt = Annotated[
-    str | None,
-    typer.Option("--database-url", help="Store URL (default: SAPIS_DATABASE_URL or the SQLite file in SAPIS_HOME)."),
-]
 
 
 @app.command("file")

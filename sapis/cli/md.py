@@ -154,41 +154,28 @@ def run_md(
     """
     import ase.io
     import numpy as np
-    from ase import units
     from ase.calculators.calculator import CalculatorError
     from ase.calculators.singlepoint import SinglePointCalculator
-    from ase.constraints import FixCom
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation
-    from ase.md.verlet import VelocityVerlet
 
-    from sapis.tasks.explore import frame_problem, thermalize, xtb_calculator
+    from sapis.tasks.explore import frame_problem, xtb_calculator
+    from sapis.tasks.md import start_md
 
-    work = atoms.copy()
-    work.info = {k: atoms.info[k] for k in ("charge", "multiplicity") if k in atoms.info}
-    work.calc = xtb_calculator(work) if calc == "xtb" else calc
+    if ensemble not in ("nvt", "nve"):
+        raise ConfigError(f"unknown ensemble {ensemble!r}; use nvt or nve")
+    md_calc = xtb_calculator(atoms) if calc == "xtb" else calc
+    work, dyn = start_md(
+        atoms,
+        md_calc,
+        temperature,
+        np.random.RandomState(seed),
+        ensemble=ensemble,
+        timestep_fs=timestep_fs,
+        friction=friction,
+    )
     try:
         work.get_forces()
     except CalculatorError as exc:
         raise InputError(source, str(exc)) from exc
-    rng = np.random.RandomState(seed)
-    thermalize(work, temperature, rng)
-    Stationary(work)
-    ZeroRotation(work)
-    if ensemble == "nvt":
-        work.set_constraint(FixCom())
-        dyn: Any = Langevin(
-            work,
-            timestep=timestep_fs * units.fs,
-            temperature_K=temperature,
-            friction=friction / units.fs,
-            fixcm=False,
-            rng=rng,
-        )
-    elif ensemble == "nve":
-        dyn = VelocityVerlet(work, timestep=timestep_fs * units.fs)
-    else:
-        raise ConfigError(f"unknown ensemble {ensemble!r}; use nvt or nve")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("")

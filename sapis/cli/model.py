@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from sapis.errors import ConfigError, InputError, NotFoundError
+from sapis.errors import ConfigError, InputError, NotFoundError, config_error
 
 MIN_FRAMES_FOR_SPLIT = 10  # sapis.models.ensemble holds out --valid-fraction only from this many structures
 
@@ -150,7 +150,7 @@ def train(
             threads=threads,
         )
     except ValidationError as exc:
-        raise ConfigError(f"invalid model or training settings: {exc.errors()[0]['msg']}") from exc
+        raise config_error("invalid model or training settings", exc) from None
     train_set = _read_labelled(train_path, "training")
     valid = _read_labelled(valid_path, "validation") if valid_path else None
     e0s = _isolated_atoms(isolated_atoms) if isolated_atoms else None

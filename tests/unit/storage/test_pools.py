@@ -194,9 +194,9 @@ def test_labels_imported_only_with_fingerprint(store: Store, tmp_path: Path) -> 
     assert done[0].info["fingerprint"] == "toy-pbe"
     assert store.pools()[0].n_labelled == 4
     with store.session() as s:
-        from sapis.storage.orm import LevelOfTheory
+        from sapis.storage.orm import LevelRow
 
-        assert s.get(LevelOfTheory, "toy-pbe").spec == {"imported": True, "name": "toy-pbe"}
+        assert s.get(LevelRow, "toy-pbe").spec == {"imported": True, "name": "toy-pbe"}
 
 
 def test_fingerprint_without_labels_rejected(store: Store, tmp_path: Path, counts: Callable) -> None:

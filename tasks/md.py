@@ -1,0 +1,70 @@
+"""Molecular-dynamics set-up shared by exploration (Langevin NVT), the NVE gate and ``sapis md``.
+
+One place decides how a trajectory starts: a fresh copy of the structure (positions, cell, periodicity, charge
+and multiplicity; no constraints or calculator of the caller's), Maxwell-Boltzmann momenta at the temperature,
+no net momentum or rotation; and how each ensemble integrates (ASE's Langevin with the centre of mass fixed, or
+velocity Verlet). Units: K, fs, 1/fs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator
+from ase.md.md import MolecularDynamics
+
+
+def thermalize(atoms: Atoms, temperature: float, rng: np.random.RandomState) -> None:
+    """Maxwell-Boltzmann momenta at ``temperature`` (ASE >= 3.29 name, older name as fallback)."""
+    try:
+        from ase.md.velocitydistribution import thermalize_momenta
+    except ImportError:  # ASE < 3.29
+        from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as thermalize_momenta
+    thermalize_momenta(atoms, temperature_K=temperature, rng=rng)
+
+
+def start_md(
+    atoms: Atoms,
+    calc: Calculator,
+    temperature_K: float,
+    rng: np.random.RandomState,
+    *,
+    ensemble: str = "nvt",
+    timestep_fs: float = 0.5,
+    friction: float = 0.01,
+) -> tuple[Atoms, MolecularDynamics]:
+    """A thermalised copy of ``atoms`` on ``calc`` and its integrator (``rng`` drives momenta and noise).
+
+    nvt: Langevin at ``temperature_K`` with ``friction`` (1/fs), centre of mass fixed; nve: velocity Verlet.
+    """
+    from ase.constraints import FixCom
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import Stationary, ZeroRotation
+    from ase.md.verlet import VelocityVerlet
+
+    from sapis.errors import ConfigError
+
+    if ensemble not in ("nvt", "nve"):
+        raise ConfigError(f"unknown ensemble {ensemble!r}; use nvt or nve")
+    work = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    work.set_masses(atoms.get_masses())  # isotopes given in the input stay
+    work.info.update({k: atoms.info[k] for k in ("charge", "multiplicity") if k in atoms.info})
+    if ensemble == "nvt":
+        work.set_constraint(FixCom())
+    work.calc = calc
+    thermalize(work, temperature_K, rng)
+    Stationary(work)
+    ZeroRotation(work)
+    dyn: MolecularDynamics
+    if ensemble == "nvt":
+        dyn = Langevin(
+            work,
+            timestep=timestep_fs * units.fs,
+            temperature_K=temperature_K,
+            friction=friction / units.fs,
+            fixcm=False,
+            rng=rng,
+        )
+    else:
+        dyn = VelocityVerlet(work, timestep=timestep_fs * units.fs)
+    return work, dyn
