@@ -17,7 +17,6 @@ from sapis.flows.artifacts import publish_campaign
 from sapis.flows.config import CampaignConfig
 from sapis.flows.round import active_learning_round, store_for
 from sapis.storage import Store
-from sapis.tasks.round_metrics import RoundMetrics
 
 
 def create_campaign(store: Store, cfg: CampaignConfig, source: str | None = None) -> int:
@@ -89,20 +88,18 @@ def _check_label_deployment(cfg: CampaignConfig, source: str) -> None:
 
 
 def stop_reason(store: Store, campaign_id: int, cfg: CampaignConfig) -> str | None:
-    """Why the campaign should not run another round, or None to go on."""
+    """Why the campaign should not run another round, or None to go on.
+
+    The target error and the label, DFT and compute budgets are the scaling controller's stop rules
+    (:func:`sapis.tasks.scaling.decide`, which reads ``[targets]`` through
+    :func:`sapis.tasks.scaling_step.controller_config`); the campaign adds only its round limit.
+    """
     rounds = [r for r in store.rounds(campaign_id) if r.status == "done"]
     if not rounds:
         return None
     last = rounds[-1]
-    m = RoundMetrics.from_row(last.metrics)
     if last.decision == "stop":
         return f"the controller decided to stop: {(last.evidence or {}).get('reason', '')}"
-    if m.test_f_mae is not None and m.test_f_mae <= cfg.targets.force_mae:
-        return f"target reached: test force MAE {m.test_f_mae:.1f} <= {cfg.targets.force_mae} meV/Å"
-    if (m.n_labels_total or 0) >= cfg.targets.max_labels:
-        return f"label budget spent: {m.n_labels_total} >= {cfg.targets.max_labels}"
-    if (m.dft_cpu_s_cum or 0.0) / 3600 >= cfg.targets.max_cpu_hours:
-        return f"DFT budget spent: {(m.dft_cpu_s_cum or 0.0) / 3600:.2f} >= {cfg.targets.max_cpu_hours} CPU hours"
     if len(rounds) >= cfg.targets.max_rounds:
         return f"round limit reached: {len(rounds)} rounds"
     return None
