@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -62,14 +62,7 @@ class ModelConfig(BaseModel):
 
     def scaled(self, width: float = 1.0, depth: int = 0, lmax: int | None = None) -> ModelConfig:
         """A validated copy with ``width`` times the channels, ``depth`` more layers and optionally another ``lmax``."""
-        return ModelConfig.model_validate(
-            {
-                **self.model_dump(),
-                "channels": max(1, round(self.channels * width)),
-                "layers": max(1, self.layers + depth),
-                "lmax": self.lmax if lmax is None else lmax,
-            }
-        )
+        return _grown(self, width, depth, lmax=self.lmax if lmax is None else lmax)
 
 
 class MaceConfig(BaseModel):
@@ -115,18 +108,20 @@ class MaceConfig(BaseModel):
 
     def scaled(self, width: float = 1.0, depth: int = 0, lmax: int | None = None) -> MaceConfig:
         """A validated copy with ``width`` times the channels, ``depth`` more interactions, ``max_L = min(lmax, 2)``."""
-        return MaceConfig.model_validate(
-            {
-                **self.model_dump(),
-                "channels": max(1, round(self.channels * width)),
-                "layers": max(1, self.layers + depth),
-                "max_L": self.max_L if lmax is None else min(lmax, 2),
-            }
-        )
+        return _grown(self, width, depth, max_L=self.max_L if lmax is None else min(lmax, 2))
 
     def hidden_irreps(self) -> str:
         """e.g. '32x0e + 32x1o' for channels=32, max_L=1."""
         return " + ".join(f"{self.channels}x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(self.max_L + 1))
+
+
+_Capacity = TypeVar("_Capacity", ModelConfig, MaceConfig)
+
+
+def _grown(cfg: _Capacity, width: float, depth: int, **angular: int) -> _Capacity:
+    """``cfg`` with ``width`` times the channels and ``depth`` more layers (at least one of each), validated."""
+    data = {**cfg.model_dump(), "channels": max(1, round(cfg.channels * width)), "layers": max(1, cfg.layers + depth)}
+    return type(cfg).model_validate({**data, **angular})
 
 
 AnyModelConfig = Annotated[ModelConfig | MaceConfig, Field(discriminator="architecture")]

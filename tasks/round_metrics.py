@@ -147,6 +147,21 @@ class RoundMetrics(_Record):
         """JSON-able dict for the store (fields never set are left out)."""
         return self.model_dump(mode="json", exclude_unset=True)
 
+    def summary(self, index: int, decision: str | None) -> dict[str, Any]:
+        """One row of a campaign's history (CLI status, the flow's learning-curve table): counts, errors, cost."""
+        return {
+            "round": index,
+            "labels": self.n_labels_total,
+            "added": self.n_labels_added,
+            "failed": self.n_labels_failed,
+            "test_f_mae_meV_A": self.test_f_mae,
+            "test_e_mae_meV": self.test_e_mae,
+            "n_params": self.n_params,
+            "train_flops": self.train_flops,
+            "dft_cpu_s": self.dft_cpu_s,
+            "decision": decision,
+        }
+
     @property
     def plots(self) -> dict[str, str]:
         """The round's figures by name (``parity_png`` ...)."""

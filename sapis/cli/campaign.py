@@ -71,24 +71,9 @@ def campaign_status(store: Any, campaign_id: int) -> dict[str, Any]:
     rounds = []
     for r in store.rounds(campaign_id):
         m = RoundMetrics.from_row(r.metrics)
-        rounds.append(
-            {
-                "round": r.index,
-                "status": r.status,
-                "step": r.step,
-                "labels": m.n_labels_total,
-                "added": m.n_labels_added,
-                "failed": m.n_labels_failed,
-                "test_f_mae_meV_A": m.test_f_mae,
-                "test_e_mae_meV": m.test_e_mae,
-                "n_params": m.n_params,
-                "train_flops": m.train_flops,
-                "dft_cpu_s": m.dft_cpu_s,
-                "decision": r.decision,
-                "reason": (r.evidence or {}).get("reason"),
-                "plots": m.plots,
-            }
-        )
+        row = m.summary(r.index, r.decision)
+        row.update(status=r.status, step=r.step, reason=(r.evidence or {}).get("reason"), plots=m.plots)
+        rounds.append(row)
     return {
         "id": info.id,
         "name": info.name,
