@@ -3,6 +3,7 @@ field, exit status 2, no campaign row (and nothing else new in the store)."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import ase.io
@@ -83,6 +84,27 @@ def test_unknown_pool(tmp_path: Path, url: str, capsys: pytest.CaptureFixture[st
 
 @pytest.mark.usefixtures("prefect_harness")
 def test_work_pool_mode_without_its_deployment(tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    from sapis.flows.label import LABEL_DEPLOYMENT
+
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
+        # the session's server may hold one from the deploy tests
+        client.delete_deployment(client.read_deployment_by_name(LABEL_DEPLOYMENT).id)
     _pool(tmp_path, url, [molecule("H2O")])
     err = _start_fails(tmp_path, url, HEAD + '[label]\nmode = "work-pool"\n', capsys)
     assert "label.mode" in err and "label-worker/sapis-dft" in err and "sapis deploy" in err
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_work_pool_mode_with_its_deployment_on_another_pool(
+    tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sapis.flows.deploy import register_deployments
+    from sapis.flows.label import LABEL_DEPLOYMENT
+
+    register_deployments(dft_pool="checks-other-dft", only=[LABEL_DEPLOYMENT])
+    _pool(tmp_path, url, [molecule("H2O")])
+    err = _start_fails(tmp_path, url, HEAD + '[label]\nmode = "work-pool"\nwork_pool = "checks-dft"\n', capsys)
+    assert "label.work_pool" in err and "'checks-other-dft'" in err and "sapis deploy --dft-pool checks-dft" in err
