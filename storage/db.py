@@ -86,7 +86,7 @@ def _sqlite_events(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        raw = conn.connection.driver_connection
+        raw: Any = conn.connection.driver_connection  # the sqlite3 connection (never None while in use)
         raw.execute(f"PRAGMA busy_timeout={SQLITE_NOTICE_AFTER_MS}")
         try:
             raw.execute("BEGIN IMMEDIATE")
