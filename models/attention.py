@@ -26,7 +26,8 @@ def attention_weights(model: torch.nn.Module, atoms: Atoms) -> dict[str, Any]:
     blocks = getattr(model, "attn", None)
     if blocks is None:
         raise ConfigError("attention weights exist only for the sapis transformer (this model has none)")
-    g = to_graph(atoms, float(model.config.cutoff), labels=False)
+    config: Any = model.config  # a SapisTransformer's ModelConfig (it has attention blocks)
+    g = to_graph(atoms, float(config.cutoff), labels=False)
     batch = collate([g], next(model.parameters()).dtype)
     for b in blocks:
         b.record_attention = True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -119,7 +119,7 @@ def model_from_checkpoint(
         lines = [ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln or "key(s)" in ln]
         detail = lines[0] if lines else type(exc).__name__
         raise InputError(str(path), f"weights do not fit the checkpoint's model config: {detail}") from None
-    model.baseline = str(ckpt["spec"].get("baseline", "none"))  # added back by Ensemble.predict
+    cast(Any, model).baseline = str(ckpt["spec"].get("baseline", "none"))  # added back by Ensemble.predict
     if dtype is None:
         dtype = {"float64": torch.float64}.get(ckpt["metadata"].get("train_config", {}).get("dtype"), torch.float32)
     return model.to(device=device, dtype=dtype).eval()

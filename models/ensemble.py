@@ -63,6 +63,7 @@ def _prepare(
             except InputError as exc:
                 raise InputError(name, exc.problem, exc.frame) from exc
             for g, (e, f) in zip(out, base, strict=True):
+                assert g.energy is not None and g.forces is not None  # checked above
                 g.energy, g.forces = g.energy - e, g.forces - f
         return out
 

@@ -84,7 +84,8 @@ def _product_instructions(irreps_a: o3.Irreps, irreps_b: o3.Irreps, lmax: int, s
 
     ``symmetric`` drops (j, i) when (i, j) is present (right when a and b are the same tensor).
     """
-    out, instr = [], []
+    out: list[tuple[int, Any]] = []  # (multiplicity, o3.Irrep)
+    instr: list[tuple[int, int, int, str, bool]] = []
     for i, (mul, ir_a) in enumerate(irreps_a):
         for j, (_, ir_b) in enumerate(irreps_b):
             if symmetric and j < i:
@@ -105,6 +106,8 @@ class SymmetricProduct(tnn.Module):
     ``correlation=1`` is the identity (the two-body message).
     """
 
+    cols: torch.Tensor  # buffer: column order of the concatenated products
+
     def __init__(self, irreps: o3.Irreps, correlation: int) -> None:
         super().__init__()
         self.irreps, self.correlation = o3.Irreps(irreps), correlation
@@ -122,7 +125,7 @@ class SymmetricProduct(tnn.Module):
     def _regroup(self, nu: int) -> torch.Tensor:
         """Column order that turns [B_1 | ... | B_nu] (each in node irreps) into irreps-sorted nu*C x l blocks."""
         d = self.irreps.dim
-        cols = []
+        cols: list[Any] = []
         for (_mul, _ir), sl in zip(self.irreps, self.irreps.slices(), strict=True):
             for k in range(nu):
                 cols.extend(range(k * d + sl.start, k * d + sl.stop))
@@ -195,7 +198,8 @@ class GraphAttention(tnn.Module):
             for c in range(mul):
                 head_of += [c * heads // mul] * ir.dim
         self.register_buffer("head_of", torch.tensor(head_of, dtype=torch.long))
-        self.record_attention, self.last_alpha = False, None
+        self.record_attention = False
+        self.last_alpha: torch.Tensor | None = None  # (E, H) weights of the last call, when recorded
 
     def forward(
         self,

@@ -28,6 +28,10 @@ class ZBLRepulsion(tnn.Module):
     where there is no data (short distances), the learned part fits the rest.
     """
 
+    coef: torch.Tensor  # (4,) buffer: screening-function coefficients
+    expo: torch.Tensor  # (4,) buffer: screening-function exponents
+    radii: torch.Tensor  # (119,) buffer: covalent radii, Å
+
     def __init__(self, radius_scale: float = 1.0, p: int = 6) -> None:
         super().__init__()
         self.radius_scale, self.p = float(radius_scale), p

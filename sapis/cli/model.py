@@ -247,15 +247,16 @@ def attention_cmd(
     if not structure.exists():
         raise NotFoundError(f"{structure}: structure file not found")
     try:
-        atoms = read(structure, index=frame)
+        read_back = read(structure, index=frame)
     except (IndexError, StopIteration) as exc:
         raise InputError(str(structure), f"has no frame {frame}") from exc
     except Exception as exc:  # ASE raises many types for malformed files
         raise InputError(str(structure), f"cannot read as a structure file ({type(exc).__name__}: {exc})") from exc
+    atoms = read_back[0] if isinstance(read_back, list) else read_back
     if not np.all(np.isfinite(atoms.positions)):
         raise InputError(str(structure), "positions contain NaN or inf", frame)
     ens = load_ensemble(model)
-    unknown = sorted(set(int(z) for z in atoms.numbers) - set(ens.models[0].elements))
+    unknown = sorted(set(int(z) for z in atoms.numbers) - set(ens.elements))
     if unknown:
         raise InputError(str(structure), f"elements {unknown} are unknown to the model", frame)
     result = attention_weights(ens.models[0], atoms)
