@@ -101,8 +101,8 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundM
     # x: training labels, the N of the controller's E(N); this round's n_train was stored by the training step
     rows = {r.index: RoundMetrics.from_row(r.metrics) for r in store.rounds(plan.campaign_id) if r.index <= plan.index}
     rows[plan.index] = rows.get(plan.index, RoundMetrics()).merged(out)
-    curve = [(i, m.n_train, m.test_f_mae, m.test_e_mae) for i, m in sorted(rows.items())]
-    curve = [c for c in curve if c[1] and c[2] is not None]
+    points = [(i, m.n_train, m.test_f_mae, m.test_e_mae) for i, m in sorted(rows.items())]
+    curve = [(i, float(n), float(e), e_mae) for i, n, e, e_mae in points if n and e is not None]
     if curve:
         out.learning_curve_png = str(
             plots.learning_curve(
