@@ -6,11 +6,12 @@ pickled, so a checkpoint survives refactors of the model code.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+
+from sapis.files import file_sha256
 
 FORMAT = 1
 
@@ -126,12 +127,8 @@ def model_from_checkpoint(
 
 
 def sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex sha256 of a checkpoint file."""
+    return file_sha256(path)
 
 
 def verify_sha256(path: Path, expected: str, source: str = "ensemble.json") -> None:

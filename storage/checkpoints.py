@@ -9,28 +9,19 @@ other's models.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sapis.errors import NotFoundError
+from sapis.files import file_sha256
 
 if TYPE_CHECKING:
     from sapis.storage.store import Store
 
 log = logging.getLogger(__name__)
 ENSEMBLE_SHA_KEY = "ensemble_sha256"  # checkpoint metrics key: sha256 of the round's ensemble.json blob
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def campaign_dir(store: Store, campaign_id: int) -> Path:
