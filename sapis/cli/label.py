@@ -36,6 +36,15 @@ class DefaultGroup(TyperGroup):
         return super().resolve_command(ctx, args)
 
 
+# The level-of-theory options `label file` and `label queue` share.
+MethodOpt = Annotated[str, typer.Option(help="HF or a DFT functional PySCF parses (PBE, B3LYP, wB97X, ...).")]
+BasisOpt = Annotated[str, typer.Option(help="Orbital basis (any PySCF basis name).")]
+DensityFitOpt = Annotated[bool, typer.Option(help="Density fitting with --auxbasis.")]
+AuxBasisOpt = Annotated[str, typer.Option(help="Auxiliary basis for density fitting.")]
+GridLevelOpt = Annotated[int, typer.Option(help="DFT integration grid level, 0-9.")]
+DispersionOpt = Annotated[str | None, typer.Option(help="D3 dispersion: d3bj, d3zero, d3bjm, d3zerom, d3op.")]
+
+
 app = typer.Typer(
     cls=DefaultGroup,
     help="DFT labels with PySCF. `sapis label PATH --out OUT` labels a structure file directly (no store); "
@@ -48,12 +57,12 @@ app = typer.Typer(
 def label_file(
     path: Annotated[Path, typer.Argument(help="Structures to label (xyz/extxyz or any ASE-readable file).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output extxyz with REF_energy, REF_forces, fingerprint.")],
-    method: Annotated[str, typer.Option(help="HF or a DFT functional PySCF parses (PBE, B3LYP, wB97X, ...).")] = "PBE",
-    basis: Annotated[str, typer.Option(help="Orbital basis (any PySCF basis name).")] = "def2-svp",
-    density_fit: Annotated[bool, typer.Option(help="Density fitting with --auxbasis.")] = True,
-    auxbasis: Annotated[str, typer.Option(help="Auxiliary basis for density fitting.")] = "def2-universal-jfit",
-    grid_level: Annotated[int, typer.Option(help="DFT integration grid level, 0-9.")] = 3,
-    dispersion: Annotated[str | None, typer.Option(help="D3 dispersion: d3bj, d3zero, d3bjm, d3zerom, d3op.")] = None,
+    method: MethodOpt = "PBE",
+    basis: BasisOpt = "def2-svp",
+    density_fit: DensityFitOpt = True,
+    auxbasis: AuxBasisOpt = "def2-universal-jfit",
+    grid_level: GridLevelOpt = 3,
+    dispersion: DispersionOpt = None,
     conv_tol: Annotated[float, typer.Option(help="SCF energy convergence, Hartree.")] = 1e-9,
     max_cycle: Annotated[int, typer.Option(help="SCF cycle limit of each remediation step.")] = 100,
     charge: Annotated[int | None, typer.Option(help="Total charge (default: the file's `charge`, else 0).")] = None,
@@ -239,12 +248,12 @@ def work(
 @app.command("queue")
 def queue(
     pool: Annotated[str, typer.Option("--pool", help="Name (or id) of a submitted pool.")],
-    method: Annotated[str, typer.Option(help="HF or a DFT functional PySCF parses (PBE, B3LYP, wB97X, ...).")] = "PBE",
-    basis: Annotated[str, typer.Option(help="Orbital basis (any PySCF basis name).")] = "def2-svp",
-    density_fit: Annotated[bool, typer.Option(help="Density fitting with --auxbasis.")] = True,
-    auxbasis: Annotated[str, typer.Option(help="Auxiliary basis for density fitting.")] = "def2-universal-jfit",
-    grid_level: Annotated[int, typer.Option(help="DFT integration grid level, 0-9.")] = 3,
-    dispersion: Annotated[str | None, typer.Option(help="D3 dispersion: d3bj, d3zero, d3bjm, d3zerom, d3op.")] = None,
+    method: MethodOpt = "PBE",
+    basis: BasisOpt = "def2-svp",
+    density_fit: DensityFitOpt = True,
+    auxbasis: AuxBasisOpt = "def2-universal-jfit",
+    grid_level: GridLevelOpt = 3,
+    dispersion: DispersionOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
     database_url: DbOpt = None,
 ) -> None:
@@ -264,7 +273,7 @@ def queue(
     }  # fmt: skip
     store = Store(database_url)
     try:
-        queued = enqueue_pool(store, int(pool) if pool.isdigit() else pool, spec)
+        queued = enqueue_pool(store, pool, spec)  # a pool named "1" is found by its name first
         counts = store.label_counts(fingerprint=queued.fingerprint)
     finally:
         store.dispose()

@@ -168,3 +168,22 @@ def test_label_queue_bad_input_is_one_line_and_queues_nothing(
     assert code == 2
     assert err.startswith(message) and err.count("\n") == 1, err
     assert sum(Store(url).label_counts().values()) == 0
+
+
+def test_label_queue_finds_a_pool_named_by_digits_by_its_name(
+    water_xyz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--pool 1` means the pool named "1" when there is one, not pool id 1 (as `data export --pool` does)."""
+    import json
+
+    from ase import Atoms
+
+    from sapis.storage import Store
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    Store(url).submit_pool([water_xyz], name="water")  # pool id 1, two structures
+    ase.io.write(tmp_path / "h2.xyz", [Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])])
+    Store(url).submit_pool([tmp_path / "h2.xyz"], name="1")  # pool id 2, named "1", one structure
+    assert run(["label", "queue", "--pool", "1", *HF_ARGS, "--json", "--database-url", url]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["pool"], out["structures"], out["queued"]) == ("1", 1, 1)
