@@ -340,12 +340,7 @@ def _choose(
 
     p_hat = np.array([[fit_n.e_inf, fit_n.a, fit_n.alpha]])
     draws = fit_n.sample_params(400)
-    plans = {
-        "continue": (n + n_add, 1.0),
-        "grow_data": (n + cfg.k_N * n_add, 1.0),
-        "grow_capacity": (n + n_add, k_p),
-        "both": (n + cfg.k_N * n_add, k_p),
-    }
+    plans = _plans(n, n_add, k_p, cfg)
     can_grow = cfg.max_n_params is None or not last.n_params or last.n_params * k_p <= cfg.max_n_params
     pred: dict[str, dict[str, Any]] = {}
     e_cont = float(predict(p_hat, *plans["continue"])[0])
@@ -353,25 +348,7 @@ def _choose(
     for name, (n_next, kp) in plans.items():
         e_hat = float(predict(p_hat, n_next, kp)[0])
         gains = e_cont_draws - predict(draws, n_next, kp)
-        extra_labels = n_next - (n + n_add)
-        extra_train = train_s * (kp * n_next / (n + n_add) - 1.0)
-        cost = extra_labels * s_label + extra_train
-        gain = e_cont - e_hat
-        pred[name] = {
-            "error": e_hat,
-            "gain": gain,
-            "gain_lo": float(np.percentile(gains, 16)),
-            "gain_hi": float(np.percentile(gains, 84)),
-            "rel_gain": gain / e_now,
-            "extra_labels": extra_labels,
-            "extra_dft_s": extra_labels * s_label,
-            "extra_train_s": extra_train,
-            "extra_train_flops": extra_train / s_flop if s_flop else None,
-            "cost_s": cost,
-            "gain_per_s": gain / cost if cost > 0 else None,
-            "n_next": n_next,
-            "k_P": kp,
-        }
+        pred[name] = _prediction(e_hat, e_cont - e_hat, gains, e_now, n_next, kp, n + n_add, train_s, s_label, s_flop)
     pred["continue"]["gain"] = e_now - e_cont  # what the default plan itself is expected to bring
     pred["continue"]["rel_gain"] = (e_now - e_cont) / e_now
     pred["continue"]["gain_lo"] = float(e_now - np.percentile(e_cont_draws, 84))
@@ -503,12 +480,7 @@ def _choose_joint(
     k_p = param_factor(cfg, last.capacity)
     overhead = 1.0 + last.probe_train_s / last.train_wall_s
     train_s = last.train_wall_s * overhead * (n + n_add) / n
-    plans = {
-        "continue": (n + n_add, 1.0),
-        "grow_data": (n + cfg.k_N * n_add, 1.0),
-        "grow_capacity": (n + n_add, k_p),
-        "both": (n + cfg.k_N * n_add, k_p),
-    }
+    plans = _plans(n, n_add, k_p, cfg)
     draws = joint.sample(400)
     e_model_now = float(joint.predict(n, p))
     e_cont = float(joint.predict(plans["continue"][0], p))
@@ -517,25 +489,10 @@ def _choose_joint(
     for name, (n_next, kp) in plans.items():
         e_hat = float(joint.predict(n_next, p * kp))
         gains = cont_draws - joint.predict_draws(draws, n_next, p * kp)
-        extra_labels = n_next - (n + n_add)
-        extra_train = train_s * (kp * n_next / (n + n_add) - 1.0)
-        cost = extra_labels * s_label + extra_train
-        gain = e_cont - e_hat
-        pred[name] = {
-            "error": e_now + (e_hat - e_model_now),  # the law's change applied to the measured error
-            "gain": gain,
-            "gain_lo": float(np.percentile(gains, 16)),
-            "gain_hi": float(np.percentile(gains, 84)),
-            "rel_gain": gain / e_now,
-            "extra_labels": extra_labels,
-            "extra_dft_s": extra_labels * s_label,
-            "extra_train_s": extra_train,
-            "extra_train_flops": extra_train / s_flop if s_flop else None,
-            "cost_s": cost,
-            "gain_per_s": gain / cost if cost > 0 else None,
-            "n_next": n_next,
-            "k_P": kp,
-        }
+        pred[name] = _prediction(
+            e_now + (e_hat - e_model_now),  # the law's change applied to the measured error
+            e_cont - e_hat, gains, e_now, n_next, kp, n + n_add, train_s, s_label, s_flop,
+        )  # fmt: skip
     pred["continue"]["gain"] = e_model_now - e_cont  # what the default plan itself is expected to bring
     pred["continue"]["rel_gain"] = (e_model_now - e_cont) / e_now
     now_draws = joint.predict_draws(draws, n, p)
@@ -598,3 +555,47 @@ def _best_reachable(
     cap = max(fit_n.e_inf - irr, 0.0) * (0.0 if math.isinf(kp_max) else max(kp_max, 1.0) ** (-gamma))
     data = 0.0 if math.isinf(labels_left) else fit_n.a * ((n + max(labels_left, 0.0)) / fit_n.x_ref) ** (-fit_n.alpha)
     return irr + cap + data
+
+
+def _plans(n: float, n_add: float, k_p: float, cfg: ControllerConfig) -> dict[str, tuple[float, float]]:
+    """Next round's (training labels, parameter factor) under each action."""
+    return {
+        "continue": (n + n_add, 1.0),
+        "grow_data": (n + cfg.k_N * n_add, 1.0),
+        "grow_capacity": (n + n_add, k_p),
+        "both": (n + cfg.k_N * n_add, k_p),
+    }
+
+
+def _prediction(
+    error: float,
+    gain: float,
+    gains: np.ndarray,
+    e_now: float,
+    n_next: float,
+    kp: float,
+    n_cont: float,
+    train_s: float,
+    s_label: float,
+    s_flop: float | None,
+) -> dict[str, Any]:
+    """One action's predicted error, gain over ``continue`` (16-84 % band from ``gains`` draws) and extra cost:
+    DFT seconds for the labels beyond ``continue``'s ``n_cont`` plus training seconds that scale with N × P."""
+    extra_labels = n_next - n_cont
+    extra_train = train_s * (kp * n_next / n_cont - 1.0)
+    cost = extra_labels * s_label + extra_train
+    return {
+        "error": error,
+        "gain": gain,
+        "gain_lo": float(np.percentile(gains, 16)),
+        "gain_hi": float(np.percentile(gains, 84)),
+        "rel_gain": gain / e_now,
+        "extra_labels": extra_labels,
+        "extra_dft_s": extra_labels * s_label,
+        "extra_train_s": extra_train,
+        "extra_train_flops": extra_train / s_flop if s_flop else None,
+        "cost_s": cost,
+        "gain_per_s": gain / cost if cost > 0 else None,
+        "n_next": n_next,
+        "k_P": kp,
+    }
