@@ -102,11 +102,7 @@ def prepare(
     """Check ``atoms`` (structure, charge, spin, fragments) and compute its hash; InputError naming source/frame
     if bad. Separated fragments are refused unless ``allow_fragments`` (then recorded in the provenance, so the
     labeller accepts them too)."""
-    problem = st.structure_problem(atoms)
-    if problem is None:
-        problem = st.spin_problem(atoms, charge, multiplicity)
-    if problem is None:
-        problem = st.fragment_problem(atoms, charge, multiplicity, allow_fragments)
+    problem = st.molecule_problem(atoms, charge, multiplicity, allow_fragments)
     if problem is not None:
         raise InputError(source, problem, frame)
     prov = dict(provenance or {})

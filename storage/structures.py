@@ -323,15 +323,28 @@ def spin_problem(atoms: Atoms, charge: int, multiplicity: int | None) -> str | N
         return f"multiplicity must be a positive integer, got {multiplicity}"
     unpaired = multiplicity - 1
     if unpaired % 2 != nelec % 2:
-        parity = "odd" if nelec % 2 else "even"
-        need = "even (1, 3, ...)" if nelec % 2 == 0 else "odd-numbered as 2S+1 (2, 4, ...)"
+        parity, need = ("odd", "even (2, 4, ...)") if nelec % 2 else ("even", "odd (1, 3, ...)")
         return (
-            f"{nelec} electrons (charge {charge}) is {parity}: multiplicity {multiplicity} is impossible, "
-            f"it must be {need}"
+            f"multiplicity {multiplicity} is impossible with {nelec} electrons (charge {charge}): "
+            f"an {parity} electron count needs an {need} multiplicity"
         )
     if unpaired > nelec:
-        return f"multiplicity {multiplicity} needs {unpaired} unpaired electrons but there are only {nelec}"
+        return (
+            f"multiplicity {multiplicity} is impossible with {nelec} electrons (charge {charge}): "
+            f"it needs {unpaired} unpaired electrons"
+        )
     return None
+
+
+def molecule_problem(atoms: Atoms, charge: int, multiplicity: int | None, allow_fragments: bool = False) -> str | None:
+    """Why ``atoms`` at ``charge``/``multiplicity`` cannot be stored or labelled (None if it can): the one rule
+    pool submission and the labeller share (:func:`structure_problem`, then :func:`spin_problem`, then
+    :func:`fragment_problem`)."""
+    return (
+        structure_problem(atoms)
+        or spin_problem(atoms, charge, multiplicity)
+        or fragment_problem(atoms, charge, multiplicity, allow_fragments)
+    )
 
 
 def reference(atoms: Atoms) -> tuple[float | None, np.ndarray | None]:

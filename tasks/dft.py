@@ -19,12 +19,10 @@ from typing import Any, Literal
 
 import numpy as np
 from ase import Atoms
-from ase.data import chemical_symbols
 from ase.units import Bohr, Hartree
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from sapis.errors import ConfigError, InputError, SapisError, config_error
-from sapis.keys import MIN_DISTANCE
 from sapis.storage import structures as st
 from sapis.tasks.scf import DEFAULT_LADDER, Remedy, run_ladder
 
@@ -248,41 +246,16 @@ def check_molecule(
     def bad(problem: str) -> InputError:
         return InputError(where, problem, frame)
 
-    if len(atoms) == 0:
-        raise bad("no atoms")
     if atoms.pbc.any():
         raise bad("periodic structure; the labeller computes isolated molecules only")
-    numbers = atoms.numbers
-    unknown = [int(z) for z in numbers if z <= 0 or z >= len(chemical_symbols)]
-    if unknown:
-        raise bad(f"unknown element (atomic number {unknown[0]})")
-    pos = atoms.positions
-    if not np.isfinite(pos).all():
-        raise bad("non-finite positions")
-    if len(atoms) > 1:
-        d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-        d[np.diag_indices(len(atoms))] = np.inf
-        i, j = np.unravel_index(np.argmin(d), d.shape)
-        if d[i, j] < MIN_DISTANCE:
-            raise bad(f"atoms {i} and {j} are {d[i, j]:.2f} Å apart (minimum {MIN_DISTANCE} Å)")
     q = int(st.integer_info(atoms, "charge", 0, where, frame) if charge is None else charge)
-    n_elec = int(numbers.sum()) - q
-    if n_elec <= 0:
-        raise bad(f"charge {q} leaves {n_elec} electrons")
-    problem = st.charge_problem(atoms, q)
-    if problem is not None:
-        raise bad(problem)
     if allow_fragments is None:
         allow_fragments = bool((atoms.info.get("provenance") or {}).get("allow_fragments"))
     m = multiplicity if multiplicity is not None else st.integer_info(atoms, "multiplicity", None, where, frame)
-    m = int(m) if m is not None else st.default_multiplicity(atoms, q, allow_fragments)
-    if m < 1:
-        raise bad(f"multiplicity must be >= 1, got {m}")
-    if (n_elec - (m - 1)) % 2 or m - 1 > n_elec:
-        raise bad(f"multiplicity {m} is impossible with {n_elec} electrons (charge {q})")
-    problem = st.fragment_problem(atoms, q, m, allow_fragments)
+    problem = st.molecule_problem(atoms, q, None if m is None else int(m), allow_fragments)
     if problem is not None:
         raise bad(problem)
+    m = int(m) if m is not None else st.default_multiplicity(atoms, q, allow_fragments)
     return q, m
 
 

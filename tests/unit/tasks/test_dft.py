@@ -200,9 +200,9 @@ def no_compute(monkeypatch: pytest.MonkeyPatch) -> None:
     ("charge", "mult", "message"),
     [
         (0, 2, "multiplicity 2 is impossible with 10 electrons"),
-        (0, 0, "multiplicity must be >= 1"),
+        (0, 0, "multiplicity must be a positive integer, got 0"),
         (1, 1, "multiplicity 1 is impossible with 9 electrons"),
-        (10, None, "charge 10 leaves 0 electrons"),
+        (10, None, "charge 10 leaves no electrons"),
         (0, 13, "multiplicity 13 is impossible"),
     ],
 )
@@ -223,8 +223,8 @@ def test_basis_missing_an_element_is_rejected_before_compute() -> None:
 @pytest.mark.parametrize(
     ("atoms", "message"),
     [
-        (Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.1]]), "atoms 0 and 1 are 0.10 Å apart"),
-        (Atoms("H2", positions=[[0, 0, 0], [0, 0, np.nan]]), "non-finite positions"),
+        (Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.1]]), "atoms 0 and 1 are 0.100 Å apart"),
+        (Atoms("H2", positions=[[0, 0, 0], [0, 0, np.nan]]), "atom 1: non-finite coordinates"),
         (Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[5, 5, 5], pbc=True), "periodic"),
         (Atoms(), "no atoms"),
     ],
