@@ -17,7 +17,7 @@ from a curve it cannot pin down.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +105,26 @@ def _residuals(p: np.ndarray, xr: np.ndarray, logy: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(model, 1e-300)) - logy
 
 
+def _best_fit(
+    resid: Callable[[np.ndarray], np.ndarray],
+    starts: Sequence[np.ndarray],
+    lower: np.ndarray,
+    upper: np.ndarray,
+    max_nfev: int,
+) -> Any:
+    """The lowest-cost bounded least-squares solution over several starting points (None if every start failed):
+    the power-law fits are not convex in (E_inf, alpha), so one start can stall in a shallow valley."""
+    best = None
+    for p0 in starts:
+        try:
+            res = least_squares(resid, p0, bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=max_nfev)
+        except (ValueError, FloatingPointError):  # pragma: no cover - defensive
+            continue
+        if best is None or res.cost < best.cost:
+            best = res
+    return best
+
+
 def fit_power_law(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> PowerLawFit | None:
     """Fit E(x) = E_inf + A (x/x_ref)^-alpha to positive (x, y) points; None when there are too few.
 
@@ -126,27 +146,14 @@ def fit_power_law(x: np.ndarray | list[float], y: np.ndarray | list[float]) -> P
     e_hi = float(ya.min()) * (1 - 1e-9)
     lower = np.array([0.0, -50.0, ALPHA_BOUNDS[0]])
     upper = np.array([e_hi, 50.0, ALPHA_BOUNDS[1]])
-    best = None
+    starts = []
     for frac in (0.0, 0.5, 0.9):
         for alpha0 in (0.2, 0.6, 1.5):
             e0 = frac * e_hi
             # A from the point nearest x_ref given e0 and alpha0
             a0 = max(float(np.median(ya - e0)), 1e-12)
-            p0 = np.clip([e0, math.log(a0), alpha0], lower + 1e-12, upper - 1e-12)
-            try:
-                res = least_squares(
-                    _residuals,
-                    p0,
-                    bounds=(lower, upper),
-                    args=(xr, logy),
-                    method="trf",
-                    x_scale="jac",
-                    max_nfev=2000,
-                )
-            except (ValueError, FloatingPointError):  # pragma: no cover - defensive
-                continue
-            if best is None or res.cost < best.cost:
-                best = res
+            starts.append(np.clip([e0, math.log(a0), alpha0], lower + 1e-12, upper - 1e-12))
+    best = _best_fit(lambda p: _residuals(p, xr, logy), starts, lower, upper, max_nfev=2000)
     if best is None:  # pragma: no cover - defensive
         return None
     p = best.x
@@ -520,20 +527,15 @@ def fit_joint_law(
     e_hi = float(ea.min()) * (1 - 1e-9)
     lower = np.array([0.0, -50.0, ALPHA_BOUNDS[0], -50.0, ALPHA_BOUNDS[0]])
     upper = np.array([e_hi, 50.0, ALPHA_BOUNDS[1], 50.0, ALPHA_BOUNDS[1]])
-    best = None
     spread = max(float(np.median(ea)) - 0.0, 1e-12)
+    starts = []
     for frac in (0.0, 0.7):
         for a0 in (0.3, 1.0):
             for b0 in (0.3, 1.0):
                 e0 = frac * e_hi
                 half = max((float(np.median(ea)) - e0) / 2, 1e-6 * spread)
-                q0 = np.clip([e0, math.log(half), a0, math.log(half), b0], lower + 1e-9, upper - 1e-9)
-                try:
-                    res = least_squares(resid, q0, bounds=(lower, upper), method="trf", x_scale="jac", max_nfev=600)
-                except (ValueError, FloatingPointError):  # pragma: no cover - defensive
-                    continue
-                if best is None or res.cost < best.cost:
-                    best = res
+                starts.append(np.clip([e0, math.log(half), a0, math.log(half), b0], lower + 1e-9, upper - 1e-9))
+    best = _best_fit(resid, starts, lower, upper, max_nfev=600)
     if best is None:  # pragma: no cover - defensive
         return None
     dof = na.size - 5
