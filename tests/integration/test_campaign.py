@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sapis.storage import Store
@@ -214,3 +215,40 @@ def test_two_round_mace_campaign(tmp_path: Path) -> None:
     m1 = rounds[1].metrics
     assert m1["capacity"]["architecture"] == "mace" and m1["test_f_mae"] > 0 and m1["n_labels_total"] == 14
     assert store.campaign(cid).status == "done"
+
+
+@pytest.mark.slow
+def test_two_round_delta_xtb_campaign(tmp_path: Path) -> None:
+    """Δ-learning end to end: the members learn HF - GFN2-xTB, the exported ensemble adds the baseline back, and
+    the tandem prior's capacity growth keeps it."""
+    from ase.io import read
+
+    from sapis.flows.campaign import campaign
+    from sapis.models.inference import load_ensemble
+    from sapis.models.priors import baseline_energy_forces
+
+    toml = TOML.replace("heads = 2\n", 'heads = 2\nbaseline = "gfn2-xtb"\n').replace(
+        'prior = "continue"', 'prior = "tandem"'
+    )
+    (tmp_path / "water.xyz").write_text(WATER)
+    cfg = tmp_path / "delta.toml"
+    cfg.write_text(toml.format(name="water-delta"))
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.submit_pool([tmp_path / "water.xyz"], name="water")
+
+    result = campaign(config_path=str(cfg), database_url=store.url)
+
+    cid = result["campaign_id"]
+    rounds = store.rounds(cid)
+    assert [r.status for r in rounds] == ["done", "done"]
+    assert rounds[1].metrics["capacity"]["baseline"] == "gfn2-xtb"
+    assert rounds[1].metrics["capacity"]["channels"] > 8  # the tandem prior grew the model and kept Δ
+    ensemble = load_ensemble(result["model"])
+    assert ensemble.baseline == "gfn2-xtb"
+    atoms = read(result["data"], index=0)
+    pred = ensemble.predict([atoms])
+    ((e_base, f_base),) = baseline_energy_forces([atoms], "gfn2-xtb")
+    ensemble.baseline = "none"  # the members alone: the correction (HF - xTB, atomic reference energies included)
+    alone = ensemble.predict([atoms])
+    assert float(pred["energy"][0]) == pytest.approx(float(alone["energy"][0]) + e_base, abs=1e-6)
+    assert np.allclose(pred["forces"][0], alone["forces"][0] + f_base, atol=1e-6)
