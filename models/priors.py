@@ -15,6 +15,7 @@ from ase.data import covalent_radii
 from torch import nn as tnn
 
 from sapis.models.graph import AtomicGraph
+from sapis.models.xtb import xtb_calculator
 
 KE = 14.399645  # e^2 / (4 pi eps0) in eV·Å
 BASELINES = ("none", "gfn2-xtb")
@@ -60,15 +61,6 @@ class ZBLRepulsion(tnn.Module):
         # where(...) rather than a product with a mask: r -> the far side of rc must give exactly zero gradient
         v = torch.where(inside, KE * zs_f * zr_f / r.clamp(min=1e-6) * phi * env, torch.zeros_like(r))
         return torch.zeros(len(graph.numbers), dtype=torch.float64, device=r.device).index_add(0, recv, 0.5 * v)
-
-
-def xtb_calculator(atoms: Atoms):
-    """GFN2-xTB (tblite) with charge/multiplicity from ``atoms.info``, silent."""
-    from tblite.ase import TBLite
-
-    charge = int(atoms.info.get("charge", 0) or 0)
-    mult = atoms.info.get("multiplicity")
-    return TBLite(method="GFN2-xTB", charge=charge, multiplicity=None if mult is None else int(mult), verbosity=0)
 
 
 def baseline_energy_forces(atoms_list: Sequence[Atoms], method: str) -> list[tuple[float, np.ndarray]]:

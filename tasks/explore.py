@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from sapis.errors import ConfigError, InputError
 from sapis.keys import MIN_DISTANCE
+from sapis.models.xtb import xtb_calculator
 from sapis.tasks.md import start_md
 
 Explorer = Literal["xtb", "committee", "perturb"]
@@ -89,15 +90,6 @@ class ExploreResult:
 
 
 CalculatorFactory = Callable[[Atoms], Calculator]
-
-
-def xtb_calculator(atoms: Atoms, method: XtbMethod = "GFN2-xTB") -> Calculator:
-    """An xTB calculator (tblite, GFN2 by default) for ``atoms``, with its charge and multiplicity, silent."""
-    from tblite.ase import TBLite
-
-    charge = int(atoms.info.get("charge", 0) or 0)
-    mult = atoms.info.get("multiplicity")
-    return TBLite(method=method, charge=charge, multiplicity=None if mult is None else int(mult), verbosity=0)
 
 
 def explore(
