@@ -8,7 +8,7 @@ campaign join its next round.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger
 
@@ -17,6 +17,9 @@ from sapis.flows.artifacts import publish_campaign
 from sapis.flows.config import CampaignConfig
 from sapis.flows.round import active_learning_round, store_for
 from sapis.storage import Store
+
+if TYPE_CHECKING:
+    from ase import Atoms
 
 
 def create_campaign(store: Store, cfg: CampaignConfig, source: str | None = None) -> int:
@@ -42,6 +45,7 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
             f"{source}: pools: unknown pool(s) {', '.join(missing)}; submit them first with `sapis pool submit`"
         )
     elements: dict[str, set[str]] = {}
+    kinds: dict[tuple[object, ...], tuple[str, int, Atoms]] = {}  # one structure per formula, charge and spin
     for pool in cfg.pools:
         for i, atoms in enumerate(store.pool_atoms(pool)):
             if atoms.pbc.any():
@@ -51,13 +55,34 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
                 )
             for symbol in set(atoms.get_chemical_symbols()):
                 elements.setdefault(symbol, set()).add(pool)
+            key = (atoms.get_chemical_formula(), atoms.info.get("charge", 0), atoms.info.get("multiplicity"))
+            kinds.setdefault(key, (pool, i, atoms))
     try:
         cfg.level.check_elements(set(elements))
     except ConfigError as exc:
         pools = sorted({p for ps in elements.values() for p in ps})
         raise ConfigError(f"{source}: level.basis: {exc} (in pool {', '.join(map(repr, pools))})") from None
+    if cfg.model.baseline != "none":
+        _check_baseline(cfg.model.baseline, list(kinds.values()), source)
     if cfg.label.mode == "work-pool":
         _check_label_deployment(cfg, source)
+
+
+def _check_baseline(baseline: str, structures: list[tuple[str, int, Atoms]], source: str) -> None:
+    """The Δ baseline runs on one structure of each kind in the pools (GFN2-xTB has no parameters beyond Rn,
+    and its SCF can fail on odd spin states): better said now than after the first DFT labels."""
+    from sapis.errors import InputError
+    from sapis.models.priors import baseline_energy_forces
+
+    for pool, i, atoms in structures:
+        try:
+            baseline_energy_forces([atoms], baseline)
+        except InputError as exc:
+            problem = exc.problem.split(";")[0]
+            raise ConfigError(
+                f"{source}: model.baseline: {problem} on pool {pool!r} structure {i} "
+                f'({atoms.get_chemical_formula()}); set model.baseline = "none" to learn the labels directly'
+            ) from None
 
 
 def _check_label_deployment(cfg: CampaignConfig, source: str) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from ase import Atoms
-from ase.calculators.calculator import Calculator, CalculatorError, all_changes
+from ase.calculators.calculator import CalculationFailed, Calculator, CalculatorError, all_changes
 
 
 class SapisCalculator(Calculator):
@@ -45,6 +46,8 @@ class SapisCalculator(Calculator):
             p = self.ensemble.predict([self.atoms])
         except Exception as exc:  # an unknown element etc.: ASE's error type, message kept
             raise CalculatorError(str(exc)) from exc
+        if not np.isfinite(p["energy"][0]):  # a Δ model whose xTB baseline failed on this geometry
+            raise CalculationFailed(f"the {self.ensemble.baseline} baseline failed on this structure")
         self.results = {
             "energy": float(p["energy"][0]),
             "free_energy": float(p["energy"][0]),

@@ -81,7 +81,7 @@ class Ensemble:
         if self.baseline != "none":  # the same for every member: shifts the means, leaves the spread
             from sapis.models.priors import baseline_energy_forces
 
-            base = baseline_energy_forces(atoms_list, self.baseline)
+            base = baseline_energy_forces(atoms_list, self.baseline, failed="nan")  # NaN mean where xTB fails
             e_all = e_all + np.array([e for e, _ in base])[None, :]
             out_f = [f + fb for f, (_, fb) in zip(out_f, base, strict=True)]
         return {

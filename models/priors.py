@@ -7,6 +7,7 @@ structure, prediction adds it back, so E = E_xTB + E_model and F = F_xTB + F_mod
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -63,10 +64,13 @@ class ZBLRepulsion(tnn.Module):
         return torch.zeros(len(graph.numbers), dtype=torch.float64, device=r.device).index_add(0, recv, 0.5 * v)
 
 
-def baseline_energy_forces(atoms_list: Sequence[Atoms], method: str) -> list[tuple[float, np.ndarray]]:
+def baseline_energy_forces(
+    atoms_list: Sequence[Atoms], method: str, failed: Literal["raise", "nan"] = "raise"
+) -> list[tuple[float, np.ndarray]]:
     """(energy eV, forces (n, 3) eV/Å) of the baseline for each structure; zeros for ``method='none'``.
 
-    A structure whose baseline fails raises :class:`sapis.errors.InputError` naming the frame.
+    A structure whose baseline fails raises :class:`sapis.errors.InputError` naming the frame, or with
+    ``failed="nan"`` gets NaN energy and forces (prediction: one bad candidate must not stop a whole batch).
     """
     if method == "none":
         return [(0.0, np.zeros((len(a), 3))) for a in atoms_list]
@@ -83,7 +87,15 @@ def baseline_energy_forces(atoms_list: Sequence[Atoms], method: str) -> list[tup
         try:
             e, f = float(a.get_potential_energy()), np.asarray(a.get_forces(), dtype=np.float64)
         except Exception as exc:  # tblite raises plain exceptions (SCF failure, impossible spin)
-            raise InputError("structures", f"GFN2-xTB baseline failed: {exc}".splitlines()[0], k) from exc
+            if failed == "nan":
+                out.append((float("nan"), np.full((len(atoms), 3), np.nan)))
+                continue
+            raise InputError(
+                "structures",
+                f"GFN2-xTB baseline failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                "; train without it with model.baseline = 'none'",
+                k,
+            ) from exc
         out.append((e, f))
     return out
 

@@ -98,10 +98,13 @@ def score_candidates(ensemble: Any, atoms_list: Sequence[Atoms], batch_size: int
         }
     pred = ens.predict(list(atoms_list), batch_size=batch_size)
     n_atoms = np.array([len(a) for a in atoms_list], dtype=float)
+    energy = np.asarray(pred["energy"], dtype=float)
+    # a Δ ensemble whose baseline failed on a candidate predicts NaN there: never select what cannot be trained on
+    deviation = np.where(np.isfinite(energy), np.asarray(pred["forces_std_max"], dtype=float), np.nan)
     return {
-        "forces_std_max": np.asarray(pred["forces_std_max"], dtype=float),
+        "forces_std_max": deviation,
         "energy_std_per_atom": np.asarray(pred["energy_std"], dtype=float) / n_atoms,
-        "energy": np.asarray(pred["energy"], dtype=float),
+        "energy": energy,
         "forces_std": [np.asarray(f, dtype=float) for f in pred["forces_std"]],
         "forces": [np.asarray(f, dtype=float) for f in pred["forces"]],
         "descriptors": np.asarray(ens.descriptors(list(atoms_list)), dtype=float),

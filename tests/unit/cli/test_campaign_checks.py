@@ -108,3 +108,27 @@ def test_work_pool_mode_with_its_deployment_on_another_pool(
     _pool(tmp_path, url, [molecule("H2O")])
     err = _start_fails(tmp_path, url, HEAD + '[label]\nmode = "work-pool"\nwork_pool = "checks-dft"\n', capsys)
     assert "label.work_pool" in err and "'checks-other-dft'" in err and "sapis deploy --dft-pool checks-dft" in err
+
+
+def test_pool_element_beyond_the_xtb_baseline(tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Campaigns learn Δ to GFN2-xTB by default: an element xTB has no parameters for (Z > 86) is refused up
+    front, naming the field and the way out; with baseline = "none" the same pool passes this check."""
+    uh = Atoms("UH", positions=[[0, 0, 0], [0, 0, 2.0]])
+    uh.info["multiplicity"] = 4  # 93 electrons: odd
+    _pool(tmp_path, url, [molecule("H2O"), uh])
+    head = HEAD.replace("sto-3g", "ano-rcc")
+    err = _start_fails(tmp_path, url, head, capsys)
+    assert "model.baseline" in err and "Z >86" in err and "pool 'mols' structure 1 (HU)" in err
+    assert 'model.baseline = "none"' in err
+
+    from sapis.flows.campaign import check_campaign
+    from sapis.flows.config import CampaignConfig
+
+    cfg = CampaignConfig.parse({**_toml(head), "model": {"baseline": "none"}})
+    check_campaign(Store(url), cfg)  # no error: the basis has U and nothing else needs xTB
+
+
+def _toml(text: str) -> dict:
+    import tomllib
+
+    return tomllib.loads(text)

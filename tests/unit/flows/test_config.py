@@ -41,3 +41,18 @@ def test_demo_config_is_valid() -> None:
 
     cfg = CampaignConfig.load(str(files("sapis.flows") / "demo.toml"))
     assert cfg.pools == ["demo-molecules"] and cfg.ensemble.members >= 2
+
+
+def test_campaigns_learn_delta_to_xtb_by_default() -> None:
+    """The benchmark's best prior is the campaign default for both architectures; an explicit choice wins."""
+    from sapis.flows.config import CAMPAIGN_BASELINE, CampaignConfig
+
+    assert CAMPAIGN_BASELINE == "gfn2-xtb"
+    assert CampaignConfig(name="c", pools=["p"]).model.baseline == "gfn2-xtb"
+    assert CampaignConfig.parse({"name": "c", "pools": ["p"], "model": {"size": "XS"}}).model.baseline == "gfn2-xtb"
+    mace = CampaignConfig.parse({"name": "c", "pools": ["p"], "model": {"architecture": "mace"}})
+    assert mace.model.baseline == "gfn2-xtb"
+    none = CampaignConfig.parse({"name": "c", "pools": ["p"], "model": {"baseline": "none"}})
+    assert none.model.baseline == "none"
+    stored = none.model_dump(mode="json")  # a stored campaign keeps what it was created with
+    assert CampaignConfig.parse(stored).model.baseline == "none"

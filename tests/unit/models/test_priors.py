@@ -107,3 +107,24 @@ def test_baseline_failure_names_the_frame(tmp_path: Path) -> None:
     bad = Atoms("H", positions=[[0, 0, 0]], info={"charge": 1, "multiplicity": 2})  # no electron, one unpaired
     with pytest.raises(InputError, match="frame 0: GFN2-xTB baseline failed"):
         baseline_energy_forces([bad], "gfn2-xtb")
+
+
+def test_a_failed_baseline_spoils_one_prediction_not_the_batch(delta_dir: Path, frames: dict) -> None:
+    """Candidates are scored in batches: a structure GFN2-xTB cannot do (here: a proton with one unpaired
+    electron) gets NaN and is never selected; its neighbours are scored; the ASE calculator raises ASE's
+    CalculationFailed instead of returning NaN."""
+    from ase.calculators.calculator import CalculationFailed
+
+    from sapis.tasks.rank import score_candidates
+
+    good = frames["test"][0].copy()
+    bad = Atoms("H", positions=[[0, 0, 0]], info={"charge": 1, "multiplicity": 2})
+    ens = load_ensemble(delta_dir)
+    p = ens.predict([good, bad, good])
+    assert np.isfinite(p["energy"][[0, 2]]).all() and np.isnan(p["energy"][1])
+    assert np.isnan(p["forces"][1]).all() and np.isfinite(p["forces_std_max"][1])  # the spread needs no xTB
+    scores = score_candidates(ens, [good, bad, good])
+    assert np.isnan(scores["forces_std_max"][1]) and np.isfinite(scores["forces_std_max"][[0, 2]]).all()
+    bad.calc = SapisCalculator(ens)
+    with pytest.raises(CalculationFailed, match="gfn2-xtb baseline failed"):
+        bad.get_potential_energy()
