@@ -50,17 +50,19 @@ class Ensemble:
             out.append(to_graph(atoms, self.cutoff, labels=False))
         return out
 
-    def predict(self, atoms_list: Sequence[Atoms], batch_size: int = 32) -> dict[str, Any]:
-        """energy (B,), energy_std (B,), forces list[(n,3)], forces_std list[(n,)], forces_std_max (B,).
-
-        Means and standard deviations over members (population std, 0 for one member); forces_std of an atom
-        is sqrt(mean_m |F_m - <F>|^2) (DP-GEN's model deviation). eV and eV/Å.
-        """
+    def _members(
+        self, atoms_list: Sequence[Atoms], batch_size: int
+    ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
+        """Every member's learned energies (M, B) and forces (one (M, n_i, 3) array per structure), then the
+        baseline's energies (B,) and forces (n_i, 3): computed once, the same for every member, zeros without
+        one and NaN where it failed."""
         from sapis.models.graph import collate
+        from sapis.models.priors import baseline_energy_forces
         from sapis.models.transformer import energy_and_forces
 
         graphs = self._graphs(atoms_list)
-        energies, forces = [], []  # per batch: (M, b), (M, n, 3)
+        energies: list[np.ndarray] = []  # per batch: (M, b)
+        forces: list[np.ndarray] = []  # per structure: (M, n, 3)
         for i in range(0, len(graphs), batch_size):
             b = collate(graphs[i : i + batch_size], self.dtype, self.device)
             es, fs = [], []
@@ -69,38 +71,38 @@ class Ensemble:
                 es.append(e.detach().cpu().numpy())
                 fs.append(f.detach().cpu().double().numpy())
             energies.append(np.stack(es))
-            forces.append((np.stack(fs), b.ptr.cpu().numpy()))
+            f_all, ptr = np.stack(fs), b.ptr.cpu().numpy()
+            forces.extend(f_all[:, a:z] for a, z in itertools.pairwise(ptr))
         e_all = np.concatenate(energies, axis=1) if energies else np.zeros((len(self.models), 0))
-        out_f, out_fs = [], []
-        for f_all, ptr in forces:
-            mean = f_all.mean(0)
-            std = np.sqrt(((f_all - mean) ** 2).sum(-1).mean(0))
-            for a, z in itertools.pairwise(ptr):
-                out_f.append(mean[a:z])
-                out_fs.append(std[a:z])
-        if self.baseline != "none":  # the same for every member: shifts the means, leaves the spread
-            from sapis.models.priors import baseline_energy_forces
+        base = baseline_energy_forces(atoms_list, self.baseline, failed="nan")
+        return e_all, forces, np.array([e for e, _ in base], dtype=float), [f for _, f in base]
 
-            base = baseline_energy_forces(atoms_list, self.baseline, failed="nan")  # NaN mean where xTB fails
-            e_all = e_all + np.array([e for e, _ in base])[None, :]
-            out_f = [f + fb for f, (_, fb) in zip(out_f, base, strict=True)]
+    def predict(self, atoms_list: Sequence[Atoms], batch_size: int = 32) -> dict[str, Any]:
+        """energy (B,), energy_std (B,), forces list[(n,3)], forces_std list[(n,)], forces_std_max (B,).
+
+        Means and standard deviations over members (population std, 0 for one member); forces_std of an atom
+        is sqrt(mean_m |F_m - <F>|^2) (DP-GEN's model deviation). eV and eV/Å. A Δ model adds its baseline to
+        the means (the spread is the members' own); where the baseline failed, energy and forces are NaN.
+        """
+        e_all, forces, e_base, f_base = self._members(atoms_list, batch_size)
+        means = [f.mean(0) for f in forces]
+        stds = [np.sqrt(((f - mu) ** 2).sum(-1).mean(0)) for f, mu in zip(forces, means, strict=True)]
         return {
-            "energy": e_all.mean(0),
+            "energy": e_all.mean(0) + e_base,
             "energy_std": e_all.std(0),
-            "energy_members": e_all,
-            "forces": out_f,
-            "forces_std": out_fs,
-            "forces_std_max": np.array([s.max() if len(s) else 0.0 for s in out_fs]),
+            "energy_members": e_all + e_base[None, :],
+            "forces": [mu + fb for mu, fb in zip(means, f_base, strict=True)],
+            "forces_std": stds,
+            "forces_std_max": np.array([s.max() if len(s) else 0.0 for s in stds]),
         }
 
     def member_predictions(self, atoms_list: Sequence[Atoms], batch_size: int = 32) -> list[dict[str, Any]]:
-        """Per-member energy (B,) and forces list[(n,3)]."""
-        preds = []
-        for m in self.models:
-            sub = Ensemble([m], self.device)  # m carries its baseline
-            p = sub.predict(atoms_list, batch_size)
-            preds.append({"energy": p["energy"], "forces": p["forces"]})
-        return preds
+        """Per-member energy (B,) and forces list[(n,3)], baseline included (computed once for all members)."""
+        e_all, forces, e_base, f_base = self._members(atoms_list, batch_size)
+        return [
+            {"energy": e_all[k] + e_base, "forces": [f[k] + fb for f, fb in zip(forces, f_base, strict=True)]}
+            for k in range(len(self.models))
+        ]
 
     def descriptors(self, atoms_list: Sequence[Atoms], batch_size: int = 32) -> np.ndarray:
         """(B, D) invariant per-structure descriptors: mean over atoms of the first member's last features."""
