@@ -40,6 +40,7 @@ NAMING_CONVENTION = {
 }
 
 LABEL_STATUSES = ("pending", "running", "done", "failed", "cancelled")  # cancelled: dropped while pending
+PENDING = "status = 'pending'"  # the predicate of the partial queue indexes on labels, as SQL
 CAMPAIGN_STATUSES = ("created", "running", "done", "failed", "stopped")
 
 
@@ -172,6 +173,11 @@ class Label(Base):
             postgresql_where=text("status IN ('pending', 'running', 'done')"),
         ),
         Index("ix_labels_claim", "status", "fingerprint", "lease_expires"),
+        # The work queue: only pending rows, in claim order, so a claim reads the first n entries (O(log queue))
+        # instead of walking every label of the level. Queries must spell the predicate as the literal
+        # ``PENDING`` (a bound parameter does not match a partial index on SQLite, nor in a generic PG plan).
+        Index("ix_labels_pending", "fingerprint", "id", sqlite_where=text(PENDING), postgresql_where=text(PENDING)),
+        Index("ix_labels_pending_id", "id", sqlite_where=text(PENDING), postgresql_where=text(PENDING)),
     )
     id: Mapped[int] = mapped_column(primary_key=True)
     config_id: Mapped[int] = mapped_column(ForeignKey("configurations.id"), index=True)

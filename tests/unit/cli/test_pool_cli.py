@@ -82,13 +82,13 @@ def test_submit_with_label_fingerprint(tmp_path: Path, url: str, capsys: pytest.
 
 def test_db_upgrade_and_current(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["db", "current", "--database-url", url]) == 0
-    assert "(empty) (behind head 0003" in capsys.readouterr().out
+    assert "(empty) (behind head 0004" in capsys.readouterr().out
     assert run(["db", "upgrade", "--database-url", url]) == 0
-    assert "upgraded (empty) -> 0003" in capsys.readouterr().out
+    assert "upgraded (empty) -> 0004" in capsys.readouterr().out
     assert run(["db", "upgrade", "--database-url", url]) == 0
-    assert "already at revision 0003" in capsys.readouterr().out
+    assert "already at revision 0004" in capsys.readouterr().out
     assert run(["db", "current", "--database-url", url]) == 0
-    assert capsys.readouterr().out.strip() == "0003 (head)"
+    assert capsys.readouterr().out.strip() == "0004 (head)"
 
 
 def test_console_script_exit_status(tmp_path: Path, url: str) -> None:

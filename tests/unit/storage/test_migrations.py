@@ -12,10 +12,10 @@ def test_fresh_database_is_upgraded(db_url: str) -> None:
     engine = db.make_engine(db_url)
     assert db.current_revision(engine) is None
     store = Store(db_url)
-    assert db.current_revision(engine) == db.head_revision() == "0003"
+    assert db.current_revision(engine) == db.head_revision() == "0004"
     tables = set(inspect(engine).get_table_names())
     assert set(Base.metadata.tables) <= tables
-    assert db.upgrade(engine) == "0003"  # idempotent
+    assert db.upgrade(engine) == "0004"  # idempotent
     store.dispose()
     engine.dispose()
 
