@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, literal_column, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -63,12 +63,16 @@ def enqueue_labels(
     for cond in configs.matching(session, Configuration.id, ids):
         known.update(session.execute(select(Configuration.id).where(cond)).scalars())
     for cond in configs.matching(session, Label.config_id, ids):
+        # Selected by config id alone (the index the planner must take; the fingerprint is filtered here): with
+        # ``fingerprint = ?`` in the query SQLite prefers that index and reads the level's labels once per chunk.
         rows = session.execute(
-            select(Label.config_id, Label.status, func.count())
-            .where(Label.fingerprint == fingerprint, cond)
-            .group_by(Label.config_id, Label.status)
+            select(Label.config_id, Label.fingerprint, Label.status, func.count())
+            .where(cond)
+            .group_by(Label.config_id, Label.fingerprint, Label.status)
         ).all()
-        for cid, status, n in rows:
+        for cid, fp, status, n in rows:
+            if fp != fingerprint:
+                continue
             if status in LIVE:
                 live.add(cid)
             elif status == "failed":
@@ -106,6 +110,11 @@ def _claimable(now: Any) -> Any:
     return or_(Label.status == "pending", (Label.status == "running") & (Label.lease_expires < now))
 
 
+_SQLITE_HEAD = text(
+    "SELECT id FROM labels INDEXED BY ix_labels_pending_id WHERE status = 'pending' ORDER BY id LIMIT :n"
+)
+
+
 def claim_labels(
     session: Session, worker: str, n: int, lease_seconds: float, fingerprint: str | None = None
 ) -> list[Claim]:
@@ -117,11 +126,18 @@ def claim_labels(
     if n < 1:
         return []
     now = db_now(session)
-    pick = select(Label.id).where(_claimable(now))
+    # Two picks, each read from an index in claim order: the head of the pending queue (partial index
+    # ix_labels_pending, whose predicate must appear literally) and the expired leases (ix_labels_claim; as
+    # few as there are crashed workers). The lowest n ids of both are what one query over either would pick.
+    pending = select(Label.id).where(Label.status == literal_column("'pending'"))
+    expired = select(Label.id).where(Label.status == "running", Label.lease_expires < now)
     if fingerprint is not None:
-        pick = pick.where(Label.fingerprint == fingerprint)
-    pick = pick.order_by(Label.id).limit(n).with_for_update(skip_locked=True)
-    picked = list(session.execute(pick).scalars())
+        pending, expired = (q.where(Label.fingerprint == fingerprint) for q in (pending, expired))
+    picks: list[Any] = [q.order_by(Label.id).limit(n).with_for_update(skip_locked=True) for q in (pending, expired)]
+    if fingerprint is None and session.get_bind().dialect.name == "sqlite":
+        picks[0] = _SQLITE_HEAD.bindparams(n=n)  # the planner would take ix_labels_claim and sort the whole queue
+    picked = [int(i) for pick in picks for i in session.execute(pick).scalars()]
+    picked = sorted(picked)[:n]
     if not picked:
         return []
     stmt = (
@@ -269,14 +285,19 @@ def label_counts(
 ) -> dict[str, int]:
     """Number of label rows per status (the four working statuses always present; 'cancelled' when any)."""
     counts = dict.fromkeys(("pending", "running", "done", "failed"), 0)
-    base = select(Label.status, func.count()).group_by(Label.status)
-    if fingerprint is not None:
-        base = base.where(Label.fingerprint == fingerprint)
-    conds: list[Any] = [None] if config_ids is None else list(configs.matching(session, Label.config_id, config_ids))
-    for cond in conds:
-        q = base if cond is None else base.where(cond)
-        for status, n in session.execute(q).all():
+    if config_ids is None:
+        base = select(Label.status, func.count()).group_by(Label.status)
+        if fingerprint is not None:
+            base = base.where(Label.fingerprint == fingerprint)
+        for status, n in session.execute(base).all():
             counts[status] = counts.get(status, 0) + int(n)
+        return counts
+    # by config id alone, fingerprint filtered here (see enqueue_labels): one index lookup per configuration
+    by_config = select(Label.fingerprint, Label.status, func.count()).group_by(Label.fingerprint, Label.status)
+    for cond in configs.matching(session, Label.config_id, sorted({int(i) for i in config_ids})):
+        for fp, status, n in session.execute(by_config.where(cond)).all():
+            if fingerprint is None or fp == fingerprint:
+                counts[status] = counts.get(status, 0) + int(n)
     return counts
 
 
@@ -284,12 +305,19 @@ def pending_labels(
     session: Session, fingerprint: str, config_ids: Sequence[int] | None = None
 ) -> list[tuple[int, int]]:
     """(label id, config id) of the labels still waiting for a worker at ``fingerprint``."""
-    q = select(Label.id, Label.config_id).where(Label.status == "pending", Label.fingerprint == fingerprint)
-    conds = [None] if config_ids is None else list(configs.matching(session, Label.config_id, sorted(set(config_ids))))
+    if config_ids is None:  # the queue's partial index (literal predicate, as in claim_labels)
+        q = select(Label.id, Label.config_id).where(
+            Label.status == literal_column("'pending'"), Label.fingerprint == fingerprint
+        )
+        return sorted((int(i), int(c)) for i, c in session.execute(q).all())
     out: list[tuple[int, int]] = []
-    for cond in conds:
-        qq = q if cond is None else q.where(cond)
-        out.extend((int(i), int(c)) for i, c in session.execute(qq).all())
+    by_config = select(Label.id, Label.config_id, Label.fingerprint, Label.status)  # config id alone: enqueue_labels
+    for cond in configs.matching(session, Label.config_id, sorted({int(i) for i in config_ids})):
+        out.extend(
+            (int(i), int(c))
+            for i, c, fp, status in session.execute(by_config.where(cond)).all()
+            if status == "pending" and fp == fingerprint
+        )
     return sorted(out)
 
 

@@ -148,39 +148,26 @@ def import_labels(
 ) -> int:
     """Store the frames' energies/forces as done labels under ``fingerprint``; returns how many were new."""
     configs.ensure_level(session, fingerprint, spec)
-    have: set[int] = set()
-    for cond in configs.matching(session, Label.config_id, sorted(set(ids))):
-        have.update(
-            session.execute(
-                select(Label.config_id).where(
-                    Label.fingerprint == fingerprint,
-                    cond,
-                    Label.status.in_(("pending", "running", "done")),
-                )
-            ).scalars()
-        )
     now = utcnow()
-    rows = []
+    rows: dict[int, dict[str, Any]] = {}
     for cid, fr in zip(ids, frames, strict=True):
-        if cid in have:
+        if cid in rows:  # the same structure twice in one submission: its first label
             continue
-        have.add(cid)
-        rows.append(
-            {
-                "config_id": cid,
-                "fingerprint": fingerprint,
-                "status": "done",
-                "energy": fr.energy,
-                "forces": None if fr.forces is None else st.pack(fr.forces),
-                "cost": {"imported": True},
-                "attempt": 0,
-                "created_at": now,
-                "finished_at": now,
-            }
-        )
-    for part in configs.chunks(rows):
-        session.execute(configs.upsert(session, Label), list(part))
-    return len(rows)
+        rows[cid] = {
+            "config_id": cid,
+            "fingerprint": fingerprint,
+            "status": "done",
+            "energy": fr.energy,
+            "forces": None if fr.forces is None else st.pack(fr.forces),
+            "cost": {"imported": True},
+            "attempt": 0,
+            "created_at": now,
+            "finished_at": now,
+        }
+    # De-duplicated by the database: the partial unique index uq_labels_live (one pending/running/done label per
+    # configuration and level) turns a label that exists already into a no-op, and RETURNING counts the new ones.
+    stmt = configs.upsert(session, Label).returning(Label.config_id)
+    return sum(len(session.execute(stmt, list(part)).all()) for part in configs.chunks(list(rows.values())))
 
 
 def pool_id(session: Session, pool: str | int) -> int:
