@@ -1,8 +1,9 @@
 """Engines, sessions and schema migrations.
 
 SQLite runs in WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` transactions, so concurrent writers queue
-instead of failing on a lock upgrade. PostgreSQL migrations are serialised with an advisory lock keyed on the
-current schema, so concurrent processes never race to create tables.
+instead of failing on a lock upgrade; read-only sessions begin deferred and read a snapshot without the lock.
+PostgreSQL migrations are serialised with an advisory lock keyed on the current schema, so concurrent processes
+never race to create tables.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for another writer's lock in all
 SQLITE_NOTICE_AFTER_MS = 3_000  # when it says that it is waiting
 PG_CONNECT_TIMEOUT_S = 10
+READ_ONLY = "sapis_read_only"  # execution option of the engine behind read-only sessions (SQLite: deferred BEGIN)
 log = logging.getLogger(__name__)
 
 
@@ -87,6 +89,9 @@ def _sqlite_events(engine: Engine) -> None:
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         raw: Any = conn.connection.driver_connection  # the sqlite3 connection (never None while in use)
+        if conn.get_execution_options().get(READ_ONLY):
+            raw.execute("BEGIN")  # deferred: a WAL snapshot that neither waits for writers nor blocks them
+            return
         raw.execute(f"PRAGMA busy_timeout={SQLITE_NOTICE_AFTER_MS}")
         try:
             raw.execute("BEGIN IMMEDIATE")
@@ -113,9 +118,13 @@ def _sqlite_events(engine: Engine) -> None:
             raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
 
 
-def session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions that keep loaded attributes after commit (rows are read, then used outside)."""
-    return sessionmaker(engine, expire_on_commit=False)
+def session_factory(engine: Engine, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions that keep loaded attributes after commit (rows are read, then used outside).
+
+    ``read_only`` sessions start SQLite transactions deferred instead of ``BEGIN IMMEDIATE``, so a long read
+    (an export of a million labels) holds no write lock: workers keep claiming and completing meanwhile.
+    """
+    return sessionmaker(engine.execution_options(**{READ_ONLY: True}) if read_only else engine, expire_on_commit=False)
 
 
 def store_error(exc: BaseException, url: Any) -> StoreError | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,60 @@ from sapis.storage import configs
 from sapis.storage import structures as st
 from sapis.storage.orm import CampaignPool, Configuration, Label, PoolMember
 from sapis.storage.pools import pool_id
+
+
+def _selection(session: Session, pool: str | int | None, campaign_id: int | None, molecule_id: int | None) -> list[Any]:
+    """WHERE conditions on Configuration for a pool, a campaign (its own structures and its pools') and a
+    molecule."""
+    where: list[Any] = []
+    if molecule_id is not None:
+        where.append(Configuration.molecule_id == molecule_id)
+    if pool is not None:
+        pid = pool_id(session, pool)
+        where.append(Configuration.id.in_(select(PoolMember.config_id).where(PoolMember.pool_id == pid)))
+    if campaign_id is not None:
+        attached = (
+            select(PoolMember.config_id)
+            .join(CampaignPool, CampaignPool.pool_id == PoolMember.pool_id)
+            .where(CampaignPool.campaign_id == campaign_id)
+        )
+        where.append(or_(Configuration.campaign_id == campaign_id, Configuration.id.in_(attached)))
+    return where
+
+
+def _labelled_query(
+    session: Session,
+    fingerprint: str | None,
+    pool: str | int | None,
+    campaign_id: int | None,
+    molecule_id: int | None,
+) -> Any:
+    q = (
+        configs.config_query()
+        .add_columns(
+            Label.id.label("label_id"),
+            Label.fingerprint,
+            Label.energy,
+            Label.forces,
+            Label.artifact,
+            Label.wall_s,
+            Label.cpu_s,
+            Label.scf_iterations,
+        )
+        .join(Label, Label.config_id == Configuration.id)
+        .where(Label.status == "done", *_selection(session, pool, campaign_id, molecule_id))
+        .order_by(Label.id)
+    )
+    return q if fingerprint is None else q.where(Label.fingerprint == fingerprint)
+
+
+def _row_atoms(row: Any) -> Atoms:
+    atoms = configs.row_atoms(row)
+    forces = None if row.forces is None else st.unpack(row.forces, (row.n_atoms, 3))
+    atoms.calc = SinglePointCalculator(atoms, energy=row.energy, forces=forces)
+    atoms.info.update(label_id=row.label_id, fingerprint=row.fingerprint, artifact=row.artifact)
+    atoms.info["cost"] = {"wall_s": row.wall_s, "cpu_s": row.cpu_s, "scf_iterations": row.scf_iterations}
+    return atoms
 
 
 def labelled(
@@ -32,52 +86,62 @@ def labelled(
     (wall_s, cpu_s, scf_iterations).
     ``campaign_id`` selects configurations generated in the campaign and those of pools attached to it.
     """
-    q = (
-        configs.config_query()
-        .add_columns(
-            Label.id.label("label_id"),
-            Label.fingerprint,
-            Label.energy,
-            Label.forces,
-            Label.artifact,
-            Label.wall_s,
-            Label.cpu_s,
-            Label.scf_iterations,
-        )
-        .join(Label, Label.config_id == Configuration.id)
-        .where(Label.status == "done")
-        .order_by(Label.id)
-    )
-    if fingerprint is not None:
-        q = q.where(Label.fingerprint == fingerprint)
-    if molecule_id is not None:
-        q = q.where(Configuration.molecule_id == molecule_id)
-    if pool is not None:
-        pid = pool_id(session, pool)
-        q = q.where(Configuration.id.in_(select(PoolMember.config_id).where(PoolMember.pool_id == pid)))
-    if campaign_id is not None:
-        attached = (
-            select(PoolMember.config_id)
-            .join(CampaignPool, CampaignPool.pool_id == PoolMember.pool_id)
-            .where(CampaignPool.campaign_id == campaign_id)
-        )
-        q = q.where(or_(Configuration.campaign_id == campaign_id, Configuration.id.in_(attached)))
-    conds: list[Any] = (
-        [None] if config_ids is None else list(configs.matching(session, Configuration.id, list(config_ids)))
-    )
-    out: list[Atoms] = []
-    for cond in conds:
-        qq = q if cond is None else q.where(cond)
-        for row in session.execute(qq):
-            atoms = configs.row_atoms(row)
-            forces = None if row.forces is None else st.unpack(row.forces, (row.n_atoms, 3))
-            atoms.calc = SinglePointCalculator(atoms, energy=row.energy, forces=forces)
-            atoms.info.update(label_id=row.label_id, fingerprint=row.fingerprint, artifact=row.artifact)
-            atoms.info["cost"] = {"wall_s": row.wall_s, "cpu_s": row.cpu_s, "scf_iterations": row.scf_iterations}
-            out.append(atoms)
-    if config_ids is not None:
-        out.sort(key=lambda a: a.info["label_id"])
+    if config_ids is None:
+        return list(iter_labelled(session, fingerprint, pool, campaign_id, molecule_id))
+    q = _labelled_query(session, fingerprint, pool, campaign_id, molecule_id)
+    out = [
+        _row_atoms(row)
+        for cond in configs.matching(session, Configuration.id, list(config_ids))
+        for row in session.execute(q.where(cond))
+    ]
+    out.sort(key=lambda a: a.info["label_id"])
     return out
+
+
+STREAM_ROWS = 1000  # rows fetched at a time when streaming
+
+
+def iter_labelled(
+    session: Session,
+    fingerprint: str | None,
+    pool: str | int | None = None,
+    campaign_id: int | None = None,
+    molecule_id: int | None = None,
+) -> Iterator[Atoms]:
+    """:func:`labelled` as a stream, :data:`STREAM_ROWS` rows fetched at a time (memory independent of the
+    number of labels); consume it inside the session's transaction."""
+    q = _labelled_query(session, fingerprint, pool, campaign_id, molecule_id)
+    for row in session.execute(q.execution_options(yield_per=STREAM_ROWS)):
+        yield _row_atoms(row)
+
+
+def levels(
+    session: Session, pool: str | int | None = None, campaign_id: int | None = None, molecule_id: int | None = None
+) -> list[str]:
+    """The level fingerprints of the done labels in a selection, sorted."""
+    q = (
+        select(Label.fingerprint)
+        .distinct()
+        .join(Configuration, Configuration.id == Label.config_id)
+        .where(Label.status == "done", *_selection(session, pool, campaign_id, molecule_id))
+    )
+    return sorted(session.execute(q).scalars())
+
+
+def export_extxyz(
+    session: Session,
+    path: str | Path,
+    pool: str | int | None = None,
+    campaign_id: int | None = None,
+    fingerprint: str | None = None,
+) -> int:
+    """Stream the selection's done labels into an extxyz file (:func:`write_extxyz`); returns the frame count.
+
+    ConfigError (nothing written) when the selection mixes levels of theory and no ``fingerprint`` is given.
+    """
+    if fingerprint is None:
+        check_one_level(levels(session, pool, campaign_id))
+    return write_extxyz(iter_labelled(session, fingerprint, pool, campaign_id), path)
 
 
 def to_training_atoms(atoms: Atoms) -> Atoms:
@@ -99,23 +163,41 @@ def to_training_atoms(atoms: Atoms) -> Atoms:
 def one_level(frames: Sequence[Atoms]) -> str | None:
     """The single level-of-theory fingerprint of ``frames`` (None when empty); ConfigError when they mix
     levels, since a training file with two levels of theory teaches a model two different energy surfaces."""
+    return check_one_level(sorted({str(a.info[keys.FINGERPRINT]) for a in frames}))
+
+
+def check_one_level(found: Sequence[str]) -> str | None:
+    """The one level in ``found`` (None when empty); ConfigError when there are several."""
     from sapis.errors import ConfigError
 
-    levels = sorted({str(a.info[keys.FINGERPRINT]) for a in frames})
-    if len(levels) > 1:
+    if len(found) > 1:
         raise ConfigError(
-            f"the selection mixes {len(levels)} levels of theory ({', '.join(levels)}); choose one with --fingerprint"
+            f"the selection mixes {len(found)} levels of theory ({', '.join(found)}); choose one with --fingerprint"
         )
-    return levels[0] if levels else None
+    return found[0] if found else None
 
 
-def write_extxyz(frames: Sequence[Atoms], path: str | Path) -> int:
-    """Write training frames as extxyz atomically (tmp file, then rename); returns the frame count."""
-    import ase.io
+def write_extxyz(frames: Iterable[Atoms], path: str | Path) -> int:
+    """Write training frames as extxyz atomically (tmp file, then rename), one frame at a time (a stream of
+    frames is never held in memory); returns the frame count."""
+    from ase.io.extxyz import write_xyz
 
     dest = Path(path)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_name(dest.name + ".tmp")
-    ase.io.write(tmp, [to_training_atoms(a) for a in frames], format="extxyz")
+    n = 0
+
+    def training() -> Iterator[Atoms]:
+        nonlocal n
+        for atoms in frames:
+            n += 1
+            yield to_training_atoms(atoms)
+
+    try:
+        with tmp.open("w") as fh:
+            write_xyz(fh, training())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     tmp.replace(dest)
-    return len(frames)
+    return n

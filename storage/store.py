@@ -36,6 +36,7 @@ class Store:
         self.url: str = url
         self.engine: Engine = db.make_engine(url)
         self._factory = db.session_factory(self.engine)
+        self._read_factory = db.session_factory(self.engine, read_only=True)
         self._uuid: str | None = None
         if upgrade:
             db.ensure_schema(self.engine)
@@ -55,6 +56,12 @@ class Store:
     def session(self) -> Iterator[Session]:
         """One transaction: commits on exit, rolls back on error."""
         with db.session_scope(self._factory) as s:
+            yield s
+
+    @contextmanager
+    def read_session(self) -> Iterator[Session]:
+        """One read-only transaction (a consistent snapshot; on SQLite it takes no write lock)."""
+        with db.session_scope(self._read_factory) as s:
             yield s
 
     def dispose(self) -> None:
@@ -103,7 +110,7 @@ class Store:
 
     def pool_atoms(self, pool: str | int) -> list[Atoms]:
         """The submitted structures of a pool, in submission order."""
-        with self.session() as s:
+        with self.read_session() as s:
             return pools.pool_atoms(s, pool)
 
     # configurations
@@ -116,7 +123,7 @@ class Store:
 
     def get_atoms(self, config_ids: Sequence[int]) -> list[Atoms]:
         """Configurations as Atoms, in the order asked."""
-        with self.session() as s:
+        with self.read_session() as s:
             return configs.get_atoms(s, config_ids)
 
     # labels
@@ -186,7 +193,7 @@ class Store:
         molecule_id: int | None = None,
     ) -> list[Atoms]:
         """Done labels as Atoms with a SinglePointCalculator."""
-        with self.session() as s:
+        with self.read_session() as s:
             return export.labelled(s, fingerprint, config_ids, pool, campaign_id, molecule_id)
 
     def export_extxyz(
@@ -200,9 +207,8 @@ class Store:
 
         ConfigError (nothing written) when the selection mixes levels of theory and no ``fingerprint`` is given.
         """
-        frames = self.labelled(fingerprint, pool=pool, campaign_id=campaign_id)
-        export.one_level(frames)
-        return export.write_extxyz(frames, path)
+        with self.read_session() as s:
+            return export.export_extxyz(s, path, pool, campaign_id, fingerprint)
 
     # campaigns
     def create_campaign(self, name: str, config: Mapping[str, Any]) -> int:
