@@ -126,9 +126,10 @@ def claim_labels(
     if n < 1:
         return []
     now = db_now(session)
-    # Two picks, each read from an index in claim order: the head of the pending queue (partial index
-    # ix_labels_pending, whose predicate must appear literally) and the expired leases (ix_labels_claim; as
-    # few as there are crashed workers). The lowest n ids of both are what one query over either would pick.
+    # Two picks, each read from an index in claim order: the head of the pending queue (partial indexes
+    # ix_labels_pending and ix_labels_pending_id, whose predicate must appear literally) and the expired leases
+    # (ix_labels_claim; as few as there are crashed workers). The lowest n ids of both are what one query over
+    # either would pick.
     pending = select(Label.id).where(Label.status == literal_column("'pending'"))
     expired = select(Label.id).where(Label.status == "running", Label.lease_expires < now)
     if fingerprint is not None:
