@@ -196,6 +196,11 @@ class Store:
         with self.read_session() as s:
             return export.labelled(s, fingerprint, config_ids, pool, campaign_id, molecule_id)
 
+    def label_levels(self, pool: str | int | None = None, campaign_id: int | None = None) -> list[str]:
+        """The level fingerprints of the done labels in a selection (a pool, a campaign, or all), sorted."""
+        with self.read_session() as s:
+            return export.levels(s, pool, campaign_id)
+
     def export_extxyz(
         self,
         path: str | Path,

@@ -40,13 +40,13 @@ def export(
         if campaign is not None:
             store.campaign(campaign)
         # a name first (a pool may be called "1"), then an id: sapis.storage.pools.pool_id
-        frames = store.labelled(fingerprint, pool=pool, campaign_id=campaign)
-        from sapis.storage.export import one_level, write_extxyz
+        found = store.label_levels(pool=pool, campaign_id=campaign)
+        from sapis.storage.export import check_one_level
 
-        level = one_level(frames)
-        if not frames:
+        level = check_one_level(found) if fingerprint is None else (fingerprint if fingerprint in found else None)
+        if level is None:
             raise NotFoundError("no done labels match the selection; nothing written")
-        n = write_extxyz(frames, out)
+        n = store.export_extxyz(out, pool=pool, campaign_id=campaign, fingerprint=level)  # streamed to the file
     finally:
         store.dispose()
     typer.echo(f"wrote {n} labelled structures ({level}) to {out}")

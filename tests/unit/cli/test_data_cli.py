@@ -55,3 +55,21 @@ def test_export_refusals(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert run(["data", "export", "--out", str(out), "--campaign", "7", "--database-url", url]) == 2
     assert "campaign 7 not found" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_export_streams_through_the_store(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`data export` writes through Store.export_extxyz (rows streamed to the file), never a list of every label."""
+    from sapis.storage import Store
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    _store_with_labels(url)
+
+    def no_lists(*args: object, **kwargs: object) -> None:
+        raise AssertionError("data export loaded every label into memory")
+
+    monkeypatch.setattr(Store, "labelled", no_lists)
+    out = tmp_path / "train.xyz"
+    assert run(["data", "export", "--out", str(out), "--fingerprint", "fp-a", "--database-url", url]) == 0
+    assert len(ase.io.read(out, index=":")) == 3
