@@ -151,9 +151,11 @@ def campaign(
         while (reason := stop_reason(store, campaign_id, cfg)) is None:
             active_learning_round(campaign_id=campaign_id, database_url=database_url)
             publish_campaign(store, campaign_id)  # a new version of the overview after every round
-    except BaseException:
-        store.set_campaign_status(campaign_id, "failed")
-        _publish_quietly(store, campaign_id, "the campaign run failed (see its logs)")
+    except BaseException as exc:
+        interrupted = not isinstance(exc, Exception)  # Ctrl-C, SIGTERM, a cancel: `sapis campaign resume` goes on
+        store.set_campaign_status(campaign_id, "stopped" if interrupted else "failed")
+        why = "the campaign run was interrupted" if interrupted else "the campaign run failed (see its logs)"
+        _publish_quietly(store, campaign_id, why)
         raise
     store.set_campaign_status(campaign_id, "done")
     publish_campaign(store, campaign_id, reason)

@@ -47,8 +47,38 @@ def _check_budget(
 
 def worker_name() -> str:
     """The name this worker's claims carry in the store: flow run, host and process, to trace a claim back."""
-    run_name = flow_run.get_name() or "local"
-    return f"prefect:{run_name}@{socket.gethostname()}:{os.getpid()}"
+    return f"{run_owner(flow_run.get_name() or 'local')}@{socket.gethostname()}:{os.getpid()}"
+
+
+def run_owner(run_name: str) -> str:
+    """The worker-name prefix of every claim made on behalf of the flow run ``run_name``
+    (``prefect:<run name>``, followed by ``@host:pid`` and for extra workers ``#...``)."""
+    return f"prefect:{run_name}"
+
+
+def release_run_claims(flow: Any, run: Any, state: Any) -> None:
+    """Flow hook (``on_cancellation``, ``on_crashed``): hand back as pending the labels this run's workers still
+    hold, so a run cancelled in the UI, crashed or interrupted does not leave them waiting out their leases.
+
+    Runs in the flow run's process, or in the Prefect worker's process when the worker killed the run; the store
+    is the run's ``database_url`` (or ``database_url_secret``) parameter, else that machine's
+    ``SAPIS_DATABASE_URL``. A failure here is logged by Prefect and changes nothing else.
+    """
+    from prefect.logging.loggers import flow_run_logger
+
+    from sapis.storage import Store
+    from sapis.tasks.label_step import release_claims
+
+    params = dict(getattr(run, "parameters", None) or {})
+    url = params.get("database_url")
+    if params.get("database_url_secret"):
+        url = resolve_secret_url(params["database_url_secret"])
+    store = Store(url)
+    try:
+        n = release_claims(store, run_owner(run.name))
+    finally:
+        store.dispose()
+    flow_run_logger(run, flow).info("%s: %d claimed label(s) released as pending", getattr(state, "name", "stopped"), n)
 
 
 def label_markdown(result: Mapping[str, Any]) -> str:
@@ -142,7 +172,7 @@ def merge_results(results: list[dict[str, Any]]) -> dict[str, Any]:
     return total
 
 
-@flow(name="label-worker")
+@flow(name="label-worker", on_cancellation=[release_run_claims], on_crashed=[release_run_claims])
 def label_worker(
     database_url: str | None = None,
     database_url_secret: str | None = None,

@@ -17,6 +17,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NONE
 
 from sapis.flows.config import CampaignConfig
+from sapis.flows.label import release_run_claims
 from sapis.storage import Store
 from sapis.tasks.label_step import LaunchFn
 from sapis.tasks.plan import RoundPlan, campaign_label_ids, plan_round
@@ -69,6 +70,8 @@ def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMe
         finished = counts.get("done", 0) + counts.get("failed", 0)
         update_progress_artifact(progress_id, 100.0 * finished / max(1, len(ids)))
 
+    from sapis.flows.label import worker_name
+
     out = label_and_wait(
         store,
         ids,
@@ -81,6 +84,7 @@ def label_task(url: str | None, plan: RoundPlan, cfg: CampaignConfig) -> RoundMe
         waiting=_queued_runs,
         timeout_s=60 * cfg.label.timeout_minutes,
         on_progress=on_progress,
+        owner=worker_name(),  # claims named after this run: its hooks hand them back if it is stopped
     )
     for note in out.failures:  # dead local workers, or labelling runs replaced after their leases expired
         get_run_logger().warning("round %d labels: %s", plan.index, note)
@@ -144,7 +148,12 @@ def next_round_index(store: Store, campaign_id: int) -> int:
     return len(rounds)
 
 
-@flow(name="active-learning-round", log_prints=True)
+@flow(
+    name="active-learning-round",
+    log_prints=True,
+    on_cancellation=[release_run_claims],
+    on_crashed=[release_run_claims],
+)
 def active_learning_round(
     campaign_id: int, round_index: int | None = None, database_url: str | None = None
 ) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -126,6 +127,27 @@ def _gpu_count() -> int:
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
+def _member_process(parent: int) -> None:
+    """Set-up of a member process: the parent decides about Ctrl-C (it stops the members), and a member dies
+    with its parent instead of training on as an orphan."""
+    import signal
+
+    from sapis.runtime import die_with_parent
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    die_with_parent(parent)
+
+
+def _stop_members(pool: Any) -> None:
+    """Terminate the member processes of ``pool`` (finished members are already recorded and kept)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # Python < 3.14: no terminate_workers()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.join(5)
+
+
 def _member_job(args: tuple) -> dict[str, Any]:
     """Entry point of a member process (spawn): one thread, then train (or reuse a finished member)."""
     spec, tr, va, cfg, seed, path = args
@@ -240,8 +262,17 @@ def train_ensemble(
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
 
-        with ProcessPoolExecutor(min(cfg.workers, members), mp_context=mp.get_context("spawn")) as pool:
-            results = list(pool.map(_member_job, jobs))
+        with ProcessPoolExecutor(
+            min(cfg.workers, members),
+            mp_context=mp.get_context("spawn"),
+            initializer=_member_process,
+            initargs=(os.getpid(),),
+        ) as pool:
+            try:
+                results = list(pool.map(_member_job, jobs))
+            except BaseException:  # Ctrl-C, SIGTERM, a failed member: stop the others now, not after training
+                _stop_members(pool)
+                raise
     else:
         results = [_train_with_progress(i, job, progress, members) for i, job in enumerate(jobs)]
     member_results = [

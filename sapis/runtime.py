@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 import random
+import signal
+import sys
+import threading
+import time
 
 
 def set_threads(n: int) -> None:
@@ -15,6 +19,43 @@ def set_threads(n: int) -> None:
     except ImportError:  # pragma: no cover - torch is a dependency
         return
     torch.set_num_threads(n)
+
+
+def die_with_parent(parent: int | None = None, sig: int = signal.SIGTERM) -> None:
+    """Have this (child) process receive ``sig`` when ``parent`` (default: the current parent) dies, even by
+    SIGKILL, so no helper process (temporary Prefect server, labelling worker, training member) outlives the
+    command that started it.
+
+    Linux: ``prctl(PR_SET_PDEATHSIG)``, checked once against a parent that died before the call. Elsewhere a
+    daemon thread polls the parent pid every second. Call it first thing in the child.
+    """
+    parent = os.getppid() if parent is None else parent
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(pr_set_pdeathsig, int(sig), 0, 0, 0) == 0:
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os.kill(os.getpid(), sig)
+            return
+
+    def _watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), sig)
+
+    threading.Thread(target=_watch, name="die-with-parent", daemon=True).start()
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in this process (main thread only), so the Ctrl-C clean-up runs for
+    ``kill``, a batch system's stop or a parent stopping its workers."""
+
+    def _raise(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _raise)
 
 
 def seed_everything(seed: int) -> None:

@@ -74,7 +74,10 @@ def round_label_ids(store: Store, campaign_id: int, round_index: int) -> list[in
     return sorted({r["config_id"] for r in rows if r["role"] in ("seed", "selected", "test")})
 
 
-def _spawn_local_worker(store: Store, fingerprint: str, threads: int, max_memory_mb: int) -> subprocess.Popen:
+def _spawn_local_worker(
+    store: Store, fingerprint: str, threads: int, max_memory_mb: int, worker_id: str | None = None
+) -> subprocess.Popen:
+    """One ``python -m sapis.tasks.label_worker`` process that dies (releasing its claim) with this one."""
     env = dict(os.environ)
     env.update(
         SAPIS_DATABASE_URL=store.url,
@@ -92,8 +95,27 @@ def _spawn_local_worker(store: Store, fingerprint: str, threads: int, max_memory
         str(threads),
         "--max-memory-mb",
         str(max_memory_mb),
+        "--parent",
+        str(os.getpid()),
     ]
+    if worker_id is not None:
+        cmd += ["--worker-id", worker_id]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def stop_workers(procs: list[subprocess.Popen], grace_s: float = 5.0) -> None:
+    """SIGTERM every worker still running (each hands its claim back as pending), wait up to ``grace_s`` for
+    all of them together, then SIGKILL the rest (their claims are left to the lease, or to a flow's hook)."""
+    alive = [p for p in procs if p.poll() is None]
+    for p in alive:
+        p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in alive:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def label_and_wait(
@@ -111,6 +133,7 @@ def label_and_wait(
     poll_s: float = 2.0,
     orphan_wait_s: float = 30.0,
     on_progress: ProgressFn | None = None,
+    owner: str | None = None,
 ) -> LabelOutcome:
     """Make sure every label of ``config_ids`` ends done or failed; return the counts.
 
@@ -134,7 +157,11 @@ def label_and_wait(
     if mode == "inline":
         from sapis.tasks.label_worker import run_worker
 
-        run_worker(store, fingerprint=fingerprint, threads=threads, max_memory_mb=max_memory_mb)
+        report = run_worker(
+            store, worker_id=owner, fingerprint=fingerprint, threads=threads, max_memory_mb=max_memory_mb
+        )
+        if report.stopped == "interrupted":  # Ctrl-C: the claim is back in the queue; stop the round too
+            raise KeyboardInterrupt
         started = 1
     elif mode == "work-pool":
         if launch is None:
@@ -164,7 +191,8 @@ def label_and_wait(
                 if want == 0 and not procs and time.monotonic() - last_spawn > orphan_wait_s:
                     want = 1  # only claims of a dead worker remain: one worker takes them when they expire
                 while len(procs) < want:
-                    procs.append(_spawn_local_worker(store, fingerprint, threads, max_memory_mb))
+                    name = None if owner is None else f"{owner}#local{started}"
+                    procs.append(_spawn_local_worker(store, fingerprint, threads, max_memory_mb, name))
                     started += 1
                     last_spawn = time.monotonic()
             elif mode == "work-pool" and launch is not None:
@@ -181,14 +209,8 @@ def label_and_wait(
                     started += n
                     last_spawn, idle_since = now, None
             time.sleep(poll_s)
-    finally:
-        for p in procs:  # workers stop by themselves when nothing is left; don't orphan them on timeout
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+    finally:  # workers stop by themselves when nothing is left; don't orphan them on timeout or interrupt
+        stop_workers(procs)
     counts = store.label_counts(fingerprint=fingerprint, config_ids=config_ids)
     return LabelOutcome(counts=counts, seconds=time.monotonic() - start, workers_started=started, failures=failures)
 
@@ -217,3 +239,27 @@ def claims(store: Store, fingerprint: str, config_ids: list[int]) -> tuple[int, 
                 if worker:
                     names.add(worker)
     return live, names
+
+
+def release_claims(store: Store, owner: str) -> int:
+    """Hand back as pending every running claim whose worker name is ``owner`` or starts with ``owner`` followed
+    by ``#`` or ``@`` (the workers a flow run started, see :func:`label_and_wait`); returns how many.
+
+    What an interrupted or cancelled flow run calls, so its labels do not wait out their leases.
+    """
+    from sqlalchemy import select
+
+    from sapis.storage.orm import Label
+
+    held: dict[str, list[int]] = {}
+    like = owner.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    with store.session() as session:
+        mine = (
+            (Label.worker == owner)
+            | Label.worker.like(f"{like}#%", escape="\\")
+            | Label.worker.like(f"{like}@%", escape="\\")
+        )
+        q = select(Label.id, Label.worker).where(Label.status == "running", mine)
+        for label_id, worker in session.execute(q):
+            held.setdefault(str(worker), []).append(int(label_id))
+    return sum(store.release_labels(ids, worker) for worker, ids in held.items())

@@ -194,7 +194,8 @@ def run_worker(
     """Claim and compute labels one at a time until none is pending, or ``max_labels``/``max_minutes`` is hit.
 
     On KeyboardInterrupt (Ctrl-C; the CLI turns SIGTERM into one) the claim in progress is released as pending
-    at once, so no label waits for its lease to expire, and the report says ``stopped="interrupted"``.
+    at once, so no label waits for its lease to expire, and the report says ``stopped="interrupted"``. Other
+    interrupts (SystemExit, Prefect's TerminationSignal for SIGTERM inside a flow run) release it and propagate.
 
     Every claim ends as done (energy, forces, cost with SCF attempts, density artifact) or failed (with the
     reason: invalid input, bad level spec, or an SCF no remedy converged); a claim whose lease was lost is
@@ -242,6 +243,10 @@ def run_worker(
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM turned into one by the CLI: hand the claim back at once
         report.stopped = "interrupted"
         report.released = store.release_labels(sorted(held), worker) if held else 0
+    except BaseException as exc:  # SystemExit, or Prefect's TerminationSignal (SIGTERM during a flow run)
+        if held and not isinstance(exc, Exception):
+            store.release_labels(sorted(held), worker)
+        raise
     finally:
         if bar is not None:
             bar.stop()
@@ -327,10 +332,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     The store is ``--database-url`` or ``SAPIS_DATABASE_URL``. A user error prints one line on stderr and
     returns its exit status (2); the last line of stderr is what the round reports for a failed worker.
+    SIGTERM or Ctrl-C hands the claim in progress back as pending and returns 130; with ``--parent PID`` the
+    worker gets SIGTERM when that process dies (even SIGKILLed), so it never outlives the round that started it.
     """
     import argparse
     import sys
 
+    from sapis.runtime import die_with_parent, interrupt_on_sigterm
     from sapis.storage import Store
 
     parser = argparse.ArgumentParser(prog="python -m sapis.tasks.label_worker", description=main.__doc__)
@@ -338,16 +346,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="PySCF threads")
     parser.add_argument("--max-memory-mb", type=int, default=4000, help="PySCF memory, MB")
     parser.add_argument("--database-url", help="store URL (default: SAPIS_DATABASE_URL)")
+    parser.add_argument("--worker-id", help="name of this worker's claims (default: host:pid:random)")
+    parser.add_argument("--parent", type=int, help="stop (releasing the claim) when this process dies")
     args = parser.parse_args(argv)
+    interrupt_on_sigterm()
+    if args.parent is not None:
+        die_with_parent(args.parent)
     try:
         store = Store(args.database_url)
-        rep = run_worker(store, fingerprint=args.fingerprint, threads=args.threads, max_memory_mb=args.max_memory_mb)
+        rep = run_worker(
+            store,
+            worker_id=args.worker_id,
+            fingerprint=args.fingerprint,
+            threads=args.threads,
+            max_memory_mb=args.max_memory_mb,
+        )
         store.dispose()
     except SapisError as exc:
         print(f"label worker: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except KeyboardInterrupt:  # a second signal while releasing: the lease covers what is left
+        return 130
     print(f"worker {rep.worker}: {rep.done} done, {rep.failed} failed, {rep.lost} lost (stopped: {rep.stopped})")
-    return 0
+    return 130 if rep.stopped == "interrupted" else 0
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,8 +26,13 @@ def start(
     from sapis.storage import Store
 
     cfg = CampaignConfig.load(config)  # fail fast, before Prefect starts and before any row is written
-    check_campaign(Store(database_url), cfg, source=str(config))
-    result = campaign(config_path=str(config), database_url=database_url)
+    store = Store(database_url)
+    check_campaign(store, cfg, source=str(config))
+    result = run_campaign(
+        store,
+        lambda: campaign(config_path=str(config), database_url=database_url),
+        lambda: next((c.id for c in store.campaigns() if c.name == cfg.name), None),
+    )
     _print_result(result)
 
 
@@ -39,8 +45,12 @@ def resume(
     from sapis.flows.campaign import campaign
     from sapis.storage import Store
 
-    Store(database_url).campaign(campaign_id)  # NotFoundError before Prefect starts
-    _print_result(campaign(campaign_id=campaign_id, database_url=database_url))
+    store = Store(database_url)
+    store.campaign(campaign_id)  # NotFoundError before Prefect starts
+    result = run_campaign(
+        store, lambda: campaign(campaign_id=campaign_id, database_url=database_url), lambda: campaign_id
+    )
+    _print_result(result)
 
 
 @app.command("add-pool")
@@ -153,6 +163,53 @@ def export(
     typer.echo("use it: SapisCalculator.from_checkpoint(model_dir) (from sapis.models)")
 
 
+def run_campaign(store: Any, run: Callable[[], dict[str, Any]], campaign_id: Callable[[], int | None]) -> Any:
+    """Run a campaign flow against the configured Prefect API (or a temporary server that never outlives this
+    command, :func:`sapis.flows.server.prefect_api`).
+
+    Ctrl-C or SIGTERM stops it within seconds: labelling workers hand their claims back as pending, training
+    members stop, finished labels and members stay in the store; one line says where it stopped and how to
+    resume, and the command exits 130.
+    """
+    from prefect.exceptions import TerminationSignal
+
+    from sapis.flows.server import prefect_api
+
+    try:
+        with prefect_api():
+            return run()
+    except (KeyboardInterrupt, TerminationSignal):
+        typer.echo(interrupted_line(store, campaign_id()), err=True)
+        raise typer.Exit(130) from None
+
+
+def interrupted_line(store: Any, campaign_id: int | None) -> str:
+    """One line on an interrupted campaign: round, step, its labels' states, how to resume."""
+    if campaign_id is None:
+        return "interrupted before the campaign was created; nothing to resume"
+    from sapis.flows.config import CampaignConfig
+    from sapis.tasks.label_step import round_label_ids
+
+    open_rounds = [r for r in store.rounds(campaign_id) if r.status != "done"]
+    where = "between rounds"
+    labels = ""
+    if open_rounds:
+        r = open_rounds[0]
+        where = f"in round {r.index} at step {r.step or 'start'}"
+        ids = round_label_ids(store, campaign_id, r.index)
+        if ids:
+            cfg = CampaignConfig.parse(store.campaign(campaign_id).config, source=f"campaign {campaign_id}")
+            counts = store.label_counts(fingerprint=cfg.level.fingerprint, config_ids=ids)
+            labels = (
+                f"; its labels: {counts.get('done', 0)} done, {counts.get('pending', 0)} pending, "
+                f"{counts.get('running', 0)} running"
+            )
+    return (
+        f"interrupted: campaign {campaign_id} stopped {where}{labels}; finished labels and trained members are kept: "
+        f"sapis campaign resume {campaign_id}"
+    )
+
+
 def _print_result(result: dict[str, Any]) -> None:
     typer.echo(f"campaign {result['campaign_id']} finished: {result['reason']}")
     typer.echo(f"  data:  {result['data']} ({result['n_labels']} labels)")
@@ -184,7 +241,7 @@ def demo(rounds: Annotated[int, typer.Option(help="Rounds to run.")] = 3, databa
     cfg = cfg.model_copy(update={"name": name, "targets": cfg.targets.model_copy(update={"max_rounds": rounds})})
     cid = create_campaign(store, cfg)
     typer.echo(f"campaign {name} (id {cid}); store {store.url}")
-    result = campaign(campaign_id=cid, database_url=database_url)
+    result = run_campaign(store, lambda: campaign(campaign_id=cid, database_url=database_url), lambda: cid)
     _print_result(result)
     typer.echo(f"  plots: {campaign_dir(store, cid)}/round-*/*.png")
     typer.echo(f"  status: sapis campaign status {cid}")
