@@ -14,14 +14,19 @@ import os
 import socket
 from collections.abc import Collection, Mapping
 from datetime import UTC
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.runtime import flow_run
+from prefect.runtime import flow_run as current_run
 
 from sapis.errors import ConfigError
+
+if TYPE_CHECKING:
+    from prefect import Flow
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import State
 
 #: Tag of the task that runs PySCF; a Prefect tag concurrency limit on it caps DFT processes cluster-wide.
 DFT_TAG = "dft"
@@ -47,7 +52,7 @@ def _check_budget(
 
 def worker_name() -> str:
     """The name this worker's claims carry in the store: flow run, host and process, to trace a claim back."""
-    return f"{run_owner(flow_run.get_name() or 'local')}@{socket.gethostname()}:{os.getpid()}"
+    return f"{run_owner(current_run.get_name() or 'local')}@{socket.gethostname()}:{os.getpid()}"
 
 
 def run_owner(run_name: str) -> str:
@@ -56,7 +61,7 @@ def run_owner(run_name: str) -> str:
     return f"prefect:{run_name}"
 
 
-def release_run_claims(flow: Any, run: Any, state: Any) -> None:
+def release_run_claims(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any]) -> None:
     """Flow hook (``on_cancellation``, ``on_crashed``): hand back as pending the labels this run's workers still
     hold, so a run cancelled in the UI, crashed or interrupted does not leave them waiting out their leases.
 
@@ -69,16 +74,16 @@ def release_run_claims(flow: Any, run: Any, state: Any) -> None:
     from sapis.storage import Store
     from sapis.tasks.label_step import release_claims
 
-    params = dict(getattr(run, "parameters", None) or {})
+    params = dict(flow_run.parameters or {})
     url = params.get("database_url")
     if params.get("database_url_secret"):
         url = resolve_secret_url(params["database_url_secret"])
     store = Store(url)
     try:
-        n = release_claims(store, run_owner(run.name))
+        n = release_claims(store, run_owner(flow_run.name))
     finally:
         store.dispose()
-    flow_run_logger(run, flow).info("%s: %d claimed label(s) released as pending", getattr(state, "name", "stopped"), n)
+    flow_run_logger(flow_run, flow).info("%s: %d claimed label(s) released as pending", state.name, n)
 
 
 def label_markdown(result: Mapping[str, Any]) -> str:

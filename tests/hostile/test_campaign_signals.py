@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sapis.storage import Store
 from sapis.storage.orm import Label
 from sapis.tasks.dft import LevelOfTheory
+from sapis.tasks.label_step import round_label_ids
 
 WATER = """3
 Properties=species:S:1:pos:R:3
@@ -252,7 +253,10 @@ def test_resume_after_sigterm_finishes_the_round(tmp_path: Path, harness_api: st
     assert "campaign 1 finished: round limit reached: 1 rounds" in resume.stdout
     done_after = {int(a.info["label_id"]): a.get_potential_energy() for a in store.labelled(SLOW.fingerprint)}
     assert {k: done_after[k] for k in done_before} == done_before  # kept, not recomputed
-    assert store.label_counts(SLOW.fingerprint) == {"pending": 0, "running": 0, "done": 10, "failed": 0}
+    chosen = round_label_ids(store, 1, 0)  # seed and test set of round 0
+    assert store.label_counts(SLOW.fingerprint) == {"pending": 0, "running": 0, "done": len(chosen), "failed": 0}
+    with store.session() as s:  # each label computed once: a released claim does not count as an attempt
+        assert set(s.execute(select(Label.attempt)).scalars()) == {1}
     assert store.campaign(1).status == "done"
     store.dispose()
 

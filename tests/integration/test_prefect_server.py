@@ -273,3 +273,55 @@ def test_prefect_deploy_all_keeps_what_sapis_deploy_campaign_registered(server: 
     assert (after.id, after.parameters, after.paused) == (before.id, {"campaign_id": campaign_id}, False)
     assert [s.schedule.cron for s in after.schedules] == ["*/30 * * * *"]
     assert runs and all(r.auto_scheduled and r.state.is_scheduled() for r in runs)
+
+
+@pytest.mark.slow
+def test_cancelling_a_label_worker_run_hands_its_claim_back(server: PrefectServer, tmp_path: Path) -> None:
+    """Issue 14: a label-worker run that a process worker runs is cancelled (what the UI's Cancel does) while
+    PySCF computes: its claim is pending again within a minute or two, not after the 10-minute lease, and the
+    run ends Cancelled. (The flow's on_cancellation hook and the worker's own release both hand it back.)"""
+    from ase.build import molecule
+    from prefect.states import Cancelling
+
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    level = LevelOfTheory(method="PBE", basis="def2-tzvp", density_fit=False)  # tens of seconds per ethanol
+    ids = store.add_configurations([molecule("CH3CH2OH")] * 2, {"source": "submitted"})
+    store.enqueue_labels(ids, level.fingerprint, level.spec)
+    pool = f"dft-{uuid.uuid4().hex[:8]}"
+    report = register_deployments(dft_pool=pool, only=["label-worker/sapis-dft"])
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(UUID(report.deployments[0]["id"]), parameters={})
+    env = server.client_env(SAPIS_DATABASE_URL=store.url, SAPIS_HOME=str(tmp_path / "sapis_home"), OMP_NUM_THREADS="1")
+    with (tmp_path / "worker.log").open("wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool],
+            env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        _wait_for(lambda: store.label_counts(level.fingerprint)["running"], 240, server)
+        (holder,) = {w for w in _workers(store) if w}
+        assert holder.startswith(f"prefect:{run.name}@"), holder
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Cancelling(), force=True)
+        _wait_for(lambda: store.label_counts(level.fingerprint)["running"] == 0, 120, server)
+
+        def final() -> Any:
+            with get_client(sync_client=True) as client:
+                state = client.read_flow_run(run.id).state
+            return state if state is not None and state.is_final() else None
+
+        state = _wait_for(final, 60, server)
+    finally:
+        _stop(worker)  # type: ignore[arg-type]
+    assert state.is_cancelled(), f"{state!r}\n{(tmp_path / 'worker.log').read_text()[-3000:]}"
+    counts = store.label_counts(level.fingerprint)
+    assert counts["running"] == 0 and counts["pending"] >= 1 and counts["failed"] == 0, counts
+
+
+def _workers(store: Store) -> list[str | None]:
+    from sqlalchemy import select
+
+    from sapis.storage.orm import Label
+
+    with store.session() as s:
+        return list(s.execute(select(Label.worker).where(Label.status == "running")).scalars())
