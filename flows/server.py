@@ -95,10 +95,10 @@ def _drain_prefect_clients(timeout_s: float = 10.0) -> None:
 def prefect_api() -> Iterator[str | None]:
     """Run the body against ``PREFECT_API_URL`` if set (or a test harness), else against a
     :class:`TemporaryServer` that is stopped when the body ends; yields the API URL it started, or None."""
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED, temporary_settings
 
-    if PREFECT_API_URL.value():
-        yield None
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        yield None  # a server of the user's, or none allowed (Prefect then says so)
         return
     server = TemporaryServer()
     try:
