@@ -141,11 +141,11 @@ def _member_process(parent: int) -> None:
 def _stop_members(pool: Any) -> None:
     """Terminate the member processes of ``pool`` (finished members are already recorded and kept)."""
     procs = list((getattr(pool, "_processes", None) or {}).values())  # Python < 3.14: no terminate_workers()
-    pool.shutdown(wait=False, cancel_futures=True)
     for p in procs:
         p.terminate()
     for p in procs:
         p.join(5)
+    pool.shutdown(wait=True, cancel_futures=True)  # the pool is broken now: returns at once, queues closed
 
 
 def _member_job(args: tuple) -> dict[str, Any]:
