@@ -26,6 +26,7 @@ import os
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +37,14 @@ REPO = Path(__file__).resolve().parents[1]
 PG = os.environ.get("SAPIS_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
-def make_frames(data: Path, n: int, seed: int = 0) -> list[Any]:
-    import ase.io
+def make_frames(data: Path, n: int, seed: int = 0, start: int = 0) -> list[Any]:
+    """Structures ``start .. start + n - 1`` of the run (a block's seed is its own: any block can be remade)."""
     from ase.calculators.singlepoint import SinglePointCalculator
 
-    base = ase.io.read(data, ":")
-    rng = np.random.default_rng(seed)
+    base = _base_frames(data)
+    rng = np.random.default_rng([seed, start])
     out = []
-    for k in range(n):
+    for k in range(start, start + n):
         src = base[k % len(base)]
         a = src.copy()
         a.positions = a.positions + rng.normal(scale=0.01, size=a.positions.shape)
@@ -51,6 +52,17 @@ def make_frames(data: Path, n: int, seed: int = 0) -> list[Any]:
         a.calc = SinglePointCalculator(a, energy=e, forces=f)
         out.append(a)
     return out
+
+
+_BASE: dict[Path, list[Any]] = {}
+
+
+def _base_frames(data: Path) -> list[Any]:
+    import ase.io
+
+    if data not in _BASE:
+        _BASE[data] = ase.io.read(data, ":")
+    return _BASE[data]
 
 
 class Database:
@@ -86,18 +98,34 @@ def timed(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - t0, out
 
 
-def run_one(backend: str, frames: list[Any], n_claims: int, workdir: Path) -> dict[str, Any]:
+def run_one(
+    backend: str, frames: Any, n: int, n_claims: int, workdir: Path, pool_size: int | None = None
+) -> dict[str, Any]:
+    """Time every operation on a fresh database of ``n`` structures. ``frames(start, count)`` makes structures;
+    with ``pool_size`` the rows arrive as pools of that many (a store growing to ``n`` by repeated submissions,
+    and no more than one pool's structures in memory at a time), each submission timed on its own."""
     from sapis.storage import Store
 
+    size = pool_size or n
+    blocks = [(k, min(size, n - k)) for k in range(0, n, size)]
     db = Database(backend, workdir)
     try:
         store = Store(db.url)
-        n = len(frames)
-        t_submit, rep = timed(lambda: store.submit_pool(frames, "bench", label_fingerprint="bench-ref"))
-        assert rep.n_new == n and rep.n_labels == n, rep
-        t_resubmit, rep2 = timed(lambda: store.submit_pool(frames, "bench", label_fingerprint="bench-ref"))
-        assert rep2.n_new == 0 and rep2.n_labels == 0, rep2
-        ids = [int(a.info["config_id"]) for a in store.pool_atoms("bench")]
+        t_submit = t_resubmit = 0.0
+        per_pool: list[float] = []
+        ids: list[int] = []
+        for start, count in blocks:
+            chunk = frames(start, count)
+            name = "bench" if len(blocks) == 1 else f"bench-{start // size}"
+            t, rep = timed(partial(store.submit_pool, chunk, name, label_fingerprint="bench-ref"))
+            assert rep.n_new == count and rep.n_labels == count, rep
+            t_submit += t
+            per_pool.append(t)
+            t, rep2 = timed(partial(store.submit_pool, chunk, name, label_fingerprint="bench-ref"))
+            assert rep2.n_new == 0 and rep2.n_labels == 0, rep2
+            t_resubmit += t
+            chunk = []  # one pool's structures in memory at a time
+            ids.extend(int(a.info["config_id"]) for a in store.pool_atoms(name))
         t_enqueue, n_new = timed(lambda: store.enqueue_labels(ids, "bench-queue", {"name": "bench-queue"}))
         assert n_new == n
         t0 = time.perf_counter()
@@ -109,7 +137,8 @@ def run_one(backend: str, frames: list[Any], n_claims: int, workdir: Path) -> di
             (_claim,) = store.claim_labels("bench-worker", n=1, lease_seconds=600)
         t_claims_any = time.perf_counter() - t0
         out = workdir / f"export_{backend}_{n}.extxyz"
-        t_export, n_out = timed(lambda: store.export_extxyz(out, pool="bench", fingerprint="bench-ref"))
+        pool = "bench" if len(blocks) == 1 else None  # every pool: the whole store
+        t_export, n_out = timed(lambda: store.export_extxyz(out, pool=pool, fingerprint="bench-ref"))
         assert n_out == n
         out.unlink()
         store.dispose()
@@ -124,6 +153,8 @@ def run_one(backend: str, frames: list[Any], n_claims: int, workdir: Path) -> di
         "claim_ms_each": 1e3 * t_claims / n_claims,
         "claim_any_ms_each": 1e3 * t_claims_any / n_claims,
         "export_s": t_export,
+        "pool_size": size,
+        "submit_s_per_pool": per_pool,  # flat when a submission's cost does not grow with the store
         "load_average_after": list(os.getloadavg()),  # other work on the machine while this row ran
     }
     print(json.dumps(row), flush=True)
@@ -136,17 +167,28 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--backends", nargs="+", default=["sqlite", "postgresql"], choices=["sqlite", "postgresql"])
     ap.add_argument("--claims", type=int, default=500, help="claims timed per database")
+    ap.add_argument(
+        "--pool-size",
+        type=int,
+        default=None,
+        help="submit the N rows as pools of this many (a store growing by repeated submissions; bounds the "
+        "memory a 1M run needs); default: one pool of N",
+    )
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "store.json")
     args = ap.parse_args()
     sizes = sorted(args.sizes)
     t_all = time.perf_counter()
     info = machine(threads=1, sizes=sizes, backends=args.backends, claims=args.claims, data=str(args.data))
+    info["pool_size"] = args.pool_size
     rows = []
+
+    def frames(start: int, count: int) -> list[Any]:
+        return make_frames(args.data, count, start=start)
+
     with tempfile.TemporaryDirectory() as tmp:
-        frames_all = make_frames(args.data, sizes[-1])
         for n in sizes:
             for backend in args.backends:  # both backends at each size, so load hits both alike
-                rows.append(run_one(backend, frames_all[:n], args.claims, Path(tmp)))
+                rows.append(run_one(backend, frames, n, args.claims, Path(tmp), args.pool_size))
     ops = ("submit_s", "resubmit_s", "enqueue_s", "claim_ms_each", "claim_any_ms_each", "export_s")
     scaling = []
     for backend in args.backends:
