@@ -99,7 +99,7 @@ def _md(atoms: Atoms, calc: Any, temperature: float, a: argparse.Namespace, seed
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
 
-    from sapis.tasks.explore import thermalize
+    from sapis.tasks.md import thermalize
 
     work = atoms.copy()
     work.set_constraint(FixCom())

@@ -134,10 +134,17 @@ class SelectSection(_Section):
         description="After each training, cancel this campaign's pending labels whose calibrated deviation under "
         "the new ensemble is below this, eV/Å (it is already confident there); None: window_lo.",
     )
-    strategy: Literal["uncertainty", "random"] = Field(
+    window_quantile: bool = Field(
+        default=False,
+        description="Read window_lo/window_hi as quantiles (0..1) of the round's calibrated deviations instead of "
+        "eV/Å (e.g. 0.0-0.8 leaves the most uncertain fifth, the hot and distorted frames, out).",
+    )
+    strategy: Literal["uncertainty", "random", "kcenter"] = Field(
         default="uncertainty",
         description="uncertainty: calibrated disagreement x diversity in the trust window; random: uniform among "
-        "the round's candidates (a baseline: everything else about the round is the same).",
+        "the round's candidates (a baseline: everything else about the round is the same); kcenter: k-center "
+        "greedy in the previous ensemble's own feature space, labelled structures as the first centres "
+        "(coverage, no uncertainty).",
     )
 
 
@@ -256,6 +263,8 @@ class CampaignConfig(_Section):
     def _window(self) -> CampaignConfig:
         if self.select.window_lo >= self.select.window_hi:
             raise ValueError("select.window_lo must be below select.window_hi")
+        if self.select.window_quantile and self.select.window_hi > 1.0:
+            raise ValueError("select.window_quantile: window_hi is a quantile and must be at most 1")
         return self
 
     @classmethod

@@ -88,7 +88,7 @@ def evaluate_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundM
             plots.uncertainty_histogram(
                 z["calibrated"],
                 plan.out_dir / "uncertainty.png",
-                (cfg.select.window_lo, cfg.select.window_hi),
+                tuple(z["bounds"]) if "bounds" in z else (cfg.select.window_lo, cfg.select.window_hi),
                 z["calibrated"][z["selected"]],
                 xlabel=f"max-atom force deviation (eV/Å)\n{_calibration_name(plan)}",
                 title=f"Candidates ranked by round {plan.index - 1}'s ensemble",

@@ -34,6 +34,7 @@ __all__ = [
     "calibration_data",
     "calibration_report",
     "fit_calibration",
+    "kcenter",
     "plot_calibration",
     "rank_candidates",
     "score_candidates",
@@ -249,6 +250,41 @@ def rank_candidates(
             "diversity": diversity,
         },
     )
+
+
+def kcenter(
+    descriptors: np.ndarray, k: int, exclude_descriptors: np.ndarray | None = None, seed: int = 0
+) -> tuple[list[int], list[float]]:
+    """Up to ``k`` indices by k-center greedy (core-set) selection, and each pick's distance to its nearest centre.
+
+    Each pick is the candidate farthest (standardized descriptors) from every centre so far; the configurations
+    already labelled (``exclude_descriptors``) are the first centres, so a batch fills the largest gaps of the
+    training set. With no labelled centre the first pick is random (its distance is NaN). Copies of a centre
+    are never picked, so fewer than ``k`` may come back.
+    """
+    if k < 0:
+        raise ConfigError(f"kcenter: k must be >= 0, got {k}")
+    desc = np.asarray(descriptors, dtype=float)
+    n = desc.shape[0]
+    x, x_lab = _standardized(desc if n else None, exclude_descriptors, n)
+    dmin = np.full(n, np.inf)
+    if x_lab is not None:
+        for start in range(0, x_lab.shape[0], 512):
+            dmin = np.minimum(dmin, _cdist(x, x_lab[start : start + 512]).min(axis=1))
+    chosen: list[int] = []
+    dist: list[float] = []
+    while len(chosen) < min(k, n):
+        if np.isinf(dmin).all():
+            j = int(np.random.default_rng(seed).integers(n))
+        else:
+            j = int(np.argmax(np.where(np.isfinite(dmin), dmin, -np.inf)))
+        if dmin[j] <= 1e-6:  # only copies of centres are left (standardized units; float round-off above 0)
+            break
+        chosen.append(j)
+        dist.append(float(dmin[j]) if np.isfinite(dmin[j]) else float("nan"))
+        dmin = np.minimum(dmin, _cdist(x, x[j : j + 1])[:, 0])
+        dmin[j] = 0.0
+    return chosen, dist
 
 
 def _standardized(desc: Any, exclude: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray | None]:

@@ -45,7 +45,7 @@ def explore_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMe
             name,
             seed=cfg.seed + 7919 * plan.index + i,
             round_index=plan.index,
-            trust_hi=cfg.select.window_hi if name == "committee" else None,
+            trust_hi=cfg.select.window_hi if name == "committee" and not cfg.select.window_quantile else None,
         )
         res = explore(seeds, ecfg, model_dir=plan.previous_model if name == "committee" else None)
         candidates.extend(res.candidates)
@@ -92,6 +92,8 @@ def select_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMet
         pick = rng.permutation(len(cand_ids))[: plan.k]
         rows = [{"config_id": cand_ids[int(i)], "role": "selected", "rank": r} for r, i in enumerate(pick)]
         summary = RoundMetrics(strategy="random")
+    elif cfg.select.strategy == "kcenter":
+        rows, summary = _by_kcenter(store, plan, cfg, cand_ids, atoms, taken)
     else:
         rows, summary = _by_uncertainty(store, plan, cfg, cand_ids, atoms, taken)
     store.add_selections(plan.round_id, rows)
@@ -148,17 +150,18 @@ def _by_uncertainty(
 ) -> tuple[list[dict], RoundMetrics]:
     """Rank candidates by the previous ensemble's disagreement; select K inside the window, diversely."""
     from sapis.models import load_ensemble
-    from sapis.tasks.rank import rank_candidates, score_candidates
+    from sapis.tasks.rank import Window, rank_candidates, score_candidates
 
     ens = load_ensemble(plan.previous_model)
     scores = score_candidates(ens, atoms)
     known = store.get_atoms(sorted(taken))
     exclude = ens.descriptors(known) if known else None
     calibration = plan.calibration
+    lo, hi = cfg.select.window_lo, cfg.select.window_hi
     sel = rank_candidates(
         scores,
         k=plan.k,
-        window=(cfg.select.window_lo, cfg.select.window_hi),
+        window=Window.quantiles(lo, hi) if cfg.select.window_quantile else Window(lo, hi),
         calibration=calibration,
         exclude_descriptors=exclude,
         diversity=cfg.select.diversity,
@@ -189,9 +192,11 @@ def _by_uncertainty(
         deviation=sel.score,
         calibrated=sel.calibrated,
         selected=np.isin(np.arange(len(ids)), picked),
+        bounds=np.asarray(sel.bounds, dtype=float),
     )
     summary = RoundMetrics(
-        strategy="uncertainty x diversity inside the trust window" if cfg.select.diversity else "top-k",
+        strategy=("uncertainty x diversity inside the trust window" if cfg.select.diversity else "top-k")
+        + (f" (quantiles {lo:g}-{hi:g})" if cfg.select.window_quantile else ""),
         window_eV_A=[float(b) for b in sel.bounds],
         calibrated=calibration is not None,
         deviation_eV_A={
@@ -201,6 +206,32 @@ def _by_uncertainty(
         },
         ranking={k: v for k, v in sel.info.items() if k.startswith("n_")},
         n_outside_window=fallback,
+    )
+    return rows, summary
+
+
+def _by_kcenter(
+    store: Store, plan: RoundPlan, cfg: CampaignConfig, ids: list[int], atoms: list[Atoms], taken: set[int]
+) -> tuple[list[dict], RoundMetrics]:
+    """K candidates by k-center greedy in the previous ensemble's feature space (labelled ones are centres)."""
+    from sapis.models import load_ensemble
+    from sapis.tasks.rank import kcenter
+
+    ens = load_ensemble(plan.previous_model)
+    known = store.get_atoms(sorted(taken))
+    picked, dist = kcenter(
+        ens.descriptors(atoms) if atoms else np.zeros((0, 1)),
+        plan.k,
+        exclude_descriptors=ens.descriptors(known) if known else None,
+        seed=cfg.seed + plan.index,
+    )
+    rows = [
+        {"config_id": ids[i], "role": "selected", "rank": r, "score": float(d) if np.isfinite(d) else None}
+        for r, (i, d) in enumerate(zip(picked, dist, strict=True))
+    ]
+    summary = RoundMetrics(
+        strategy="k-center greedy in the ensemble's feature space",
+        ranking={"n_candidates": len(ids), "n_centres_labelled": len(known)},
     )
     return rows, summary
 

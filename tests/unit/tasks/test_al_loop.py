@@ -2,6 +2,7 @@
 
 * the benchmark's active arm runs the product's selection code (a spy on ``rank_candidates`` sees the call),
   and its random arm differs only in ``select.strategy``;
+* the other rules (k-center greedy in the ensemble's feature space, a quantile trust window) run in the round;
 * re-ranking the pending queue with a new ensemble cancels the labels it is confident about, keeps the others,
   and never touches running or done labels.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
+from sapis.errors import ConfigError
 from sapis.storage import Store
 
 BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_active_learning.py"
@@ -53,7 +55,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     calls: dict[str, int] = {}
     real = rank.rank_candidates
     out: dict[str, Any] = {"store": store, "bench": bench, "args": a}
-    for arm in ("active", "random"):
+    for arm in ("active", "random", "kcenter", "active-nocap"):
         from sapis.flows.campaign import create_campaign
 
         cfg = bench._config(a, f"water-{arm}", "water", 0, arm, 2)
@@ -102,6 +104,33 @@ def test_benchmark_active_arm_runs_the_products_selection(loop: dict[str, Any]) 
         sorted(r["config_id"] for r in store.selections(loop[arm]["campaign_id"], role="seed")) for arm in loop["calls"]
     ]
     assert seeds[0] == seeds[1]
+
+
+def test_other_selection_rules_run_in_the_round(loop: dict[str, Any]) -> None:
+    from sapis.flows.config import CampaignConfig
+    from sapis.tasks.round_metrics import RoundMetrics
+
+    store: Store = loop["store"]
+    assert loop["calls"]["kcenter"] == 0  # coverage only: the uncertainty ranking is not called
+    assert loop["calls"]["active-nocap"] >= 1
+    for arm, strategy in (("kcenter", "k-center greedy"), ("active-nocap", "(quantiles 0-1)")):
+        cid = loop[arm]["campaign_id"]
+        selected = store.selections(cid, role="selected", round_index=1)
+        assert len(selected) == 3
+        labelled = {r["config_id"] for r in store.selections(cid, role="seed")}
+        assert not labelled & {r["config_id"] for r in selected}
+        metrics = RoundMetrics.from_row(store.rounds(cid)[1].metrics)
+        assert metrics.strategy is not None and strategy in metrics.strategy
+    q = loop["active-nocap"]["cfg"]
+    assert q.select.window_quantile and q.select.window_hi == 1.0
+    # a quantile window above 1 is refused when the config is read, naming the field
+    data = q.model_dump(mode="json")
+    data["select"]["window_hi"] = 1.5
+    with pytest.raises(ConfigError, match="window_quantile"):
+        CampaignConfig.parse(data, source="c.toml")
+    data["select"].update(window_quantile=False, strategy="farthest")
+    with pytest.raises(ConfigError, match="strategy"):
+        CampaignConfig.parse(data, source="c.toml")
 
 
 def test_rerank_cancels_confident_pending_labels_only(loop: dict[str, Any]) -> None:

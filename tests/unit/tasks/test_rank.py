@@ -9,7 +9,7 @@ import pytest
 
 from sapis.errors import ConfigError
 from sapis.tasks.calibration import Calibration
-from sapis.tasks.rank import Window, rank_candidates, select, selection_rows
+from sapis.tasks.rank import Window, kcenter, rank_candidates, select, selection_rows
 
 
 def _scores(dev: np.ndarray, desc: np.ndarray) -> dict:
@@ -95,6 +95,27 @@ def test_diversity_spreads_the_picks() -> None:
     assert all(i < 40 for i in plain)
     assert sum(i >= 40 for i in diverse) >= 2
     assert diverse[0] == int(np.argmax(dev))  # the first pick is the most uncertain
+
+
+def test_kcenter_fills_the_gaps_of_the_training_set() -> None:
+    rng = np.random.default_rng(6)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    desc = np.vstack([c + rng.normal(0.0, 0.1, size=(25, 2)) for c in centres])  # four clusters of 25
+    # clusters 0 and 1 are already labelled: the first two picks come from clusters 2 and 3, one each
+    labelled = desc[[0, 25]]
+    picked, dist = kcenter(desc, 4, exclude_descriptors=labelled)
+    assert sorted(i // 25 for i in picked[:2]) == [2, 3]
+    assert len(picked) == 4 and len(set(picked)) == 4
+    assert dist == sorted(dist, reverse=True)  # each pick is at most as far as the one before
+    # no labelled centre: the first pick is random (seeded, distance NaN), then the farthest clusters follow
+    first, d0 = kcenter(desc, 4, seed=1)
+    assert first == kcenter(desc, 4, seed=1)[0]
+    assert np.isnan(d0[0]) and len({i // 25 for i in first}) == 4
+    # copies of labelled configurations are never picked; fewer than k come back
+    assert kcenter(desc[:5], 3, exclude_descriptors=desc[:5])[0] == []
+    assert kcenter(np.zeros((0, 2)), 3) == ([], [])
+    with pytest.raises(ConfigError, match="k must be"):
+        kcenter(desc, -1)
 
 
 def test_fast_for_thousands_and_rows() -> None:
