@@ -48,6 +48,8 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
         {"strategy": "uncertainty", "window_quantile": True, "window_lo": 0.0, "window_hi": 1.0},
         ["xtb", "perturb"],
     ),
+    # one pick per cluster of an uncertainty-weighted k-means in that space: representative and uncertain
+    "cluster": ({"strategy": "cluster"}, ["xtb", "perturb"]),
     "active-committee": ({"strategy": "uncertainty"}, ["xtb", "perturb", "committee"]),
 }
 

@@ -139,12 +139,13 @@ class SelectSection(_Section):
         description="Read window_lo/window_hi as quantiles (0..1) of the round's calibrated deviations instead of "
         "eV/Å (e.g. 0.0-0.8 leaves the most uncertain fifth, the hot and distorted frames, out).",
     )
-    strategy: Literal["uncertainty", "random", "kcenter"] = Field(
+    strategy: Literal["uncertainty", "random", "kcenter", "cluster"] = Field(
         default="uncertainty",
         description="uncertainty: calibrated disagreement x diversity in the trust window; random: uniform among "
         "the round's candidates (a baseline: everything else about the round is the same); kcenter: k-center "
         "greedy in the previous ensemble's own feature space, labelled structures as the first centres "
-        "(coverage, no uncertainty).",
+        "(coverage, no uncertainty); cluster: one pick per cluster of a k-means in that space weighted by calibrated "
+        "disagreement (representative and uncertain).",
     )
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "score_candidates",
     "select",
     "selection_rows",
+    "weighted_kmeans",
 ]
 
 
@@ -285,6 +286,69 @@ def kcenter(
         dmin = np.minimum(dmin, _cdist(x, x[j : j + 1])[:, 0])
         dmin[j] = 0.0
     return chosen, dist
+
+
+def weighted_kmeans(
+    descriptors: np.ndarray,
+    weights: np.ndarray,
+    k: int,
+    exclude_descriptors: np.ndarray | None = None,
+    seed: int = 0,
+    iterations: int = 20,
+) -> list[int]:
+    """Up to ``k`` indices: one per cluster of an uncertainty-weighted k-means (diverse mini-batch AL).
+
+    Lloyd iterations on the standardized descriptors with each candidate weighted by ``weights`` (its
+    calibrated deviation), k-means++ seeding; the pick of each cluster is the member nearest its centroid.
+    Centroids follow where the candidates are dense *and* uncertain, so a batch stays representative of the
+    candidates (as random sampling is) while leaning towards what the model does not know. Non-finite or
+    non-positive weights are never picked; exact copies of labelled configurations neither.
+    """
+    if k < 0:
+        raise ConfigError(f"weighted_kmeans: k must be >= 0, got {k}")
+    desc = np.asarray(descriptors, dtype=float)
+    n = desc.shape[0]
+    w = np.asarray(weights, dtype=float).reshape(-1)
+    if w.size != n:
+        raise ConfigError(f"weighted_kmeans: {w.size} weights for {n} candidates")
+    x, x_lab = _standardized(desc if n else None, exclude_descriptors, n)
+    ok = np.isfinite(w) & (w > 0)
+    if x_lab is not None and n:
+        ok &= _cdist(x, x_lab).min(axis=1) > 1e-6
+    idx = np.flatnonzero(ok)
+    k = min(k, idx.size)
+    if k == 0:
+        return []
+    xs, ws = x[idx], w[idx]
+    rng = np.random.default_rng(seed)
+    centres = [int(rng.choice(idx.size, p=ws / ws.sum()))]  # k-means++ with weights
+    d2 = ((xs - xs[centres[0]]) ** 2).sum(1)
+    while len(centres) < k:
+        p = ws * d2
+        if p.sum() <= 0:
+            break
+        centres.append(int(rng.choice(idx.size, p=p / p.sum())))
+        d2 = np.minimum(d2, ((xs - xs[centres[-1]]) ** 2).sum(1))
+    c = xs[centres].copy()
+    for _ in range(iterations):
+        assign = _cdist(xs, c).argmin(axis=1)
+        new = np.stack(
+            [
+                np.average(xs[assign == j], axis=0, weights=ws[assign == j]) if (assign == j).any() else c[j]
+                for j in range(len(c))
+            ]
+        )
+        if np.allclose(new, c):
+            break
+        c = new
+    picks: list[int] = []
+    dist = _cdist(xs, c)
+    for j in np.argsort(-np.bincount(dist.argmin(axis=1), weights=ws, minlength=len(c))):  # heaviest first
+        for i in np.argsort(dist[:, j]):
+            if int(idx[i]) not in picks:
+                picks.append(int(idx[i]))
+                break
+    return picks
 
 
 def _standardized(desc: Any, exclude: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray | None]:

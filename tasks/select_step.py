@@ -94,6 +94,8 @@ def select_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMet
         summary = RoundMetrics(strategy="random")
     elif cfg.select.strategy == "kcenter":
         rows, summary = _by_kcenter(store, plan, cfg, cand_ids, atoms, taken)
+    elif cfg.select.strategy == "cluster":
+        rows, summary = _by_cluster(store, plan, cfg, cand_ids, atoms, taken)
     else:
         rows, summary = _by_uncertainty(store, plan, cfg, cand_ids, atoms, taken)
     store.add_selections(plan.round_id, rows)
@@ -232,6 +234,43 @@ def _by_kcenter(
     summary = RoundMetrics(
         strategy="k-center greedy in the ensemble's feature space",
         ranking={"n_candidates": len(ids), "n_centres_labelled": len(known)},
+    )
+    return rows, summary
+
+
+def _by_cluster(
+    store: Store, plan: RoundPlan, cfg: CampaignConfig, ids: list[int], atoms: list[Atoms], taken: set[int]
+) -> tuple[list[dict], RoundMetrics]:
+    """K candidates, one per cluster of a k-means in feature space weighted by calibrated deviation."""
+    from sapis.models import load_ensemble
+    from sapis.tasks.rank import score_candidates, weighted_kmeans
+
+    ens = load_ensemble(plan.previous_model)
+    scores = score_candidates(ens, atoms)
+    raw = np.asarray(scores["forces_std_max"], dtype=float)
+    cal = plan.calibration(raw) if plan.calibration is not None else raw
+    known = store.get_atoms(sorted(taken))
+    picked = weighted_kmeans(
+        scores["descriptors"],
+        cal,
+        plan.k,
+        exclude_descriptors=ens.descriptors(known) if known else None,
+        seed=cfg.seed + plan.index,
+    )
+    rows = [
+        {
+            "config_id": ids[i],
+            "role": "selected",
+            "rank": r,
+            "score": float(raw[i]),
+            "calibrated_score": float(cal[i]),
+        }
+        for r, i in enumerate(picked)
+    ]
+    summary = RoundMetrics(
+        strategy="uncertainty-weighted k-means in the ensemble's feature space",
+        calibrated=plan.calibration is not None,
+        ranking={"n_candidates": len(ids)},
     )
     return rows, summary
 
