@@ -2,7 +2,8 @@
 
 * the benchmark's active arm runs the product's selection code (a spy on ``rank_candidates`` sees the call),
   and its random arm differs only in ``select.strategy``;
-* the other rules (k-center greedy in the ensemble's feature space, a quantile trust window) run in the round;
+* the other rules (k-center greedy and uncertainty-weighted k-means in the ensemble's feature space, a quantile
+  trust window) run in the round;
 * re-ranking the pending queue with a new ensemble cancels the labels it is confident about, keeps the others,
   and never touches running or done labels.
 """
@@ -55,7 +56,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     calls: dict[str, int] = {}
     real = rank.rank_candidates
     out: dict[str, Any] = {"store": store, "bench": bench, "args": a}
-    for arm in ("active", "random", "kcenter", "active-nocap"):
+    for arm in ("active", "random", "kcenter", "active-nocap", "cluster"):
         from sapis.flows.campaign import create_campaign
 
         cfg = bench._config(a, f"water-{arm}", "water", 0, arm, 2)
@@ -113,7 +114,8 @@ def test_other_selection_rules_run_in_the_round(loop: dict[str, Any]) -> None:
     store: Store = loop["store"]
     assert loop["calls"]["kcenter"] == 0  # coverage only: the uncertainty ranking is not called
     assert loop["calls"]["active-nocap"] >= 1
-    for arm, strategy in (("kcenter", "k-center greedy"), ("active-nocap", "(quantiles 0-1)")):
+    rules = (("kcenter", "k-center greedy"), ("active-nocap", "(quantiles 0-1)"), ("cluster", "weighted k-means"))
+    for arm, strategy in rules:
         cid = loop[arm]["campaign_id"]
         selected = store.selections(cid, role="selected", round_index=1)
         assert len(selected) == 3

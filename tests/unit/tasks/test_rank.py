@@ -9,7 +9,7 @@ import pytest
 
 from sapis.errors import ConfigError
 from sapis.tasks.calibration import Calibration
-from sapis.tasks.rank import Window, kcenter, rank_candidates, select, selection_rows
+from sapis.tasks.rank import Window, kcenter, rank_candidates, select, selection_rows, weighted_kmeans
 
 
 def _scores(dev: np.ndarray, desc: np.ndarray) -> dict:
@@ -116,6 +116,27 @@ def test_kcenter_fills_the_gaps_of_the_training_set() -> None:
     assert kcenter(np.zeros((0, 2)), 3) == ([], [])
     with pytest.raises(ConfigError, match="k must be"):
         kcenter(desc, -1)
+
+
+def test_weighted_kmeans_picks_one_per_cluster_where_uncertain() -> None:
+    rng = np.random.default_rng(7)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0], [10.0, 10.0]])
+    desc = np.vstack([c + rng.normal(0.0, 0.5, size=(25, 2)) for c in centres])
+    picked = weighted_kmeans(desc, np.ones(100), 4, seed=0)
+    assert sorted(i // 25 for i in picked) == [0, 1, 2, 3]  # representative: one per cluster
+    # a cluster the model is sure about (weight 0) gets no pick; zero, NaN weights are never picked
+    w = np.ones(100)
+    w[:25] = 0.0
+    w[25] = np.nan
+    picked = weighted_kmeans(desc, w, 4, seed=0)
+    assert len(picked) == 4 and not {i for i in picked if i < 26}
+    # the heavier (more uncertain) end of a cluster pulls its pick
+    line = np.linspace(0.0, 1.0, 50)[:, None]
+    assert weighted_kmeans(line, np.linspace(0.01, 1.0, 50) ** 4, 1, seed=0)[0] > 30
+    # copies of labelled configurations are never picked
+    assert weighted_kmeans(desc, np.ones(100), 3, exclude_descriptors=desc) == []
+    with pytest.raises(ConfigError, match="weights"):
+        weighted_kmeans(desc, np.ones(3), 2)
 
 
 def test_fast_for_thousands_and_rows() -> None:
