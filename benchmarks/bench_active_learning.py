@@ -167,6 +167,9 @@ def _config(a: argparse.Namespace, name: str, pool: str, seed: int, arm: str, ro
                 "num_radial": 6,
                 "radial_hidden": 16,
                 "readout_hidden": 8,
+                # the campaign default learns Δ to GFN2-xTB; with GFN2-xTB as the oracle that Δ is zero, so the
+                # xtb oracle trains on the labels themselves (the dft oracle keeps the campaign's default)
+                **({"baseline": "none"} if a.oracle == "xtb" else {}),
             },
             "train": {"max_epochs": a.epochs, "max_minutes": a.max_minutes, "batch_size": a.batch_size, "lr": a.lr},
             "ensemble": {"members": a.members, "nve_steps": 0},

@@ -91,6 +91,7 @@ def test_benchmark_active_arm_runs_the_products_selection(loop: dict[str, Any]) 
     a_dump.pop("name"), r_dump.pop("name")
     assert a_dump == r_dump
     assert act.explore.xtb_method == "GFN1-xTB" and act.level.method == "GFN2-xTB"  # explorer is not the oracle
+    assert act.model.baseline == "none"  # a Δ to GFN2-xTB would leave nothing to learn from GFN2-xTB labels
     for arm in ("active", "random"):
         cid = loop[arm]["campaign_id"]
         rounds = store.rounds(cid)
