@@ -77,6 +77,9 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=1)
     p.add_argument("--lmax", type=int, default=1)
     p.add_argument("--cutoff", type=float, default=4.0)
+    p.add_argument(
+        "--explorers", nargs="+", choices=("xtb", "perturb", "committee"), help="override every arm's explorers"
+    )
     p.add_argument("--explore-temperatures", type=float, nargs="+", default=[300.0, 600.0, 1000.0])
     p.add_argument("--explore-steps", type=int, default=400, help="MD steps per (structure, temperature)")
     p.add_argument("--perturbations", type=int, default=8)
@@ -150,7 +153,7 @@ def _config(a: argparse.Namespace, name: str, pool: str, seed: int, arm: str, ro
             "seed": seed,
             "level": _level(a),
             "explore": {
-                "explorers": ARMS[arm][1],
+                "explorers": a.explorers or ARMS[arm][1],
                 "xtb_method": "GFN1-xTB" if a.oracle == "xtb" else "GFN2-xTB",
                 "temperatures": a.explore_temperatures,
                 "steps": a.explore_steps,
