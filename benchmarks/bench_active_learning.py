@@ -544,12 +544,13 @@ def plot(report: dict[str, Any], path: Path) -> Path:
         arms = report["molecules"][m]["summary"]["arms"]
         for j, reg in enumerate(regions):
             ax = axes[i][j]
-            for c, (arm, s) in enumerate(arms.items()):
+            for arm, s in arms.items():
                 if reg not in s["mean"]:
                     continue
+                color = f"C{list(ARMS).index(arm)}" if arm in ARMS else "k"  # one colour per arm in every panel
                 per = np.array(s["per_seed"][reg]["f_mae"])
-                ax.plot(s["n"], s["mean"][reg]["f_mae"], "o-", color=f"C{c}", label=arm, ms=3)
-                ax.fill_between(s["n"], per.min(0), per.max(0), color=f"C{c}", alpha=0.2)
+                ax.plot(s["n"], s["mean"][reg]["f_mae"], "o-", color=color, label=arm, ms=3)
+                ax.fill_between(s["n"], per.min(0), per.max(0), color=color, alpha=0.2)
             ax.set_yscale("log")
             ax.set_title(f"{m}: {reg}", fontsize=8)
             if i == len(mols) - 1:
@@ -557,7 +558,8 @@ def plot(report: dict[str, Any], path: Path) -> Path:
             if j == 0:
                 ax.set_ylabel("force MAE (meV/Å)")
             ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
+    for i in range(len(mols)):
+        axes[i][0].legend(fontsize=7)
     fig.suptitle("selection rules vs random; band: seed min-max", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
