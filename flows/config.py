@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sapis.errors import ConfigError, config_error
 from sapis.models.config import ARCHITECTURES, AnyModelConfig, MaceConfig, ModelConfig, TrainConfig
-from sapis.tasks.dft import LevelOfTheory
+from sapis.tasks.dft import XTB_METHODS, LevelOfTheory
 from sapis.tasks.explore import ExploreConfig, Explorer
 from sapis.tasks.scaling import ControllerConfig
 
@@ -238,6 +238,24 @@ class CampaignConfig(_Section):
                     "explore.explorers to run none, or set explore.n_perturb"
                 )
             data["explore"] = explore
+        return data
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_baseline_for_xtb_labels(cls, data: Any) -> Any:
+        """Labels computed with xTB itself leave nothing for a Δ-to-xTB model to learn: such a campaign learns
+        its labels directly unless its [model] names a baseline."""
+        if not isinstance(data, dict):
+            return data
+        level = data.get("level")
+        method = level.get("method") if isinstance(level, dict) else getattr(level, "method", None)
+        if not isinstance(method, str) or method.upper() not in XTB_METHODS:
+            return data
+        model = data.get("model")
+        if model is None:
+            return {**data, "model": {"baseline": "none"}}
+        if isinstance(model, dict) and "baseline" not in model and "baseline" not in (model.get("knobs") or {}):
+            return {**data, "model": {**model, "baseline": "none"}}
         return data
 
     @field_validator("model", mode="before")

@@ -56,3 +56,15 @@ def test_campaigns_learn_delta_to_xtb_by_default() -> None:
     assert none.model.baseline == "none"
     stored = none.model_dump(mode="json")  # a stored campaign keeps what it was created with
     assert CampaignConfig.parse(stored).model.baseline == "none"
+
+
+def test_xtb_labelled_campaigns_learn_their_labels_directly() -> None:
+    """Δ to GFN2-xTB of GFN2-xTB labels is zero: a campaign labelled by xTB gets no baseline unless it asks."""
+    from sapis.flows.config import CampaignConfig
+
+    base = {"name": "c", "pools": ["p"], "level": {"method": "gfn2-xtb"}}
+    assert CampaignConfig.parse(base).model.baseline == "none"
+    assert CampaignConfig.parse({**base, "model": {"size": "XS"}}).model.baseline == "none"
+    asked = CampaignConfig.parse({**base, "model": {"baseline": "gfn2-xtb"}})
+    assert asked.model.baseline == "gfn2-xtb"
+    assert CampaignConfig.parse(asked.model_dump(mode="json")).model.baseline == "gfn2-xtb"
