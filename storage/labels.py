@@ -127,11 +127,12 @@ def claim_labels(
         return []
     now = db_now(session)
     # Two picks, each read from an index in claim order: the head of the pending queue (partial indexes
-    # ix_labels_pending and ix_labels_pending_id, whose predicate must appear literally) and the expired leases
-    # (ix_labels_claim; as few as there are crashed workers). The lowest n ids of both are what one query over
+    # ix_labels_pending and ix_labels_pending_id) and the expired leases (ix_labels_claim; as many rows as live
+    # claims). Statuses are literals: a partial index needs its predicate spelt out, and the planner then knows
+    # how rare 'running' is even in a generic (prepared) plan. The lowest n ids of both are what one query over
     # either would pick.
     pending = select(Label.id).where(Label.status == literal_column("'pending'"))
-    expired = select(Label.id).where(Label.status == "running", Label.lease_expires < now)
+    expired = select(Label.id).where(Label.status == literal_column("'running'"), Label.lease_expires < now)
     if fingerprint is not None:
         pending, expired = (q.where(Label.fingerprint == fingerprint) for q in (pending, expired))
     picks: list[Any] = [q.order_by(Label.id).limit(n).with_for_update(skip_locked=True) for q in (pending, expired)]

@@ -92,9 +92,11 @@ class Store:
 
         try:
             with self.session() as s:
-                return pools.submit_pool(
+                report = pools.submit_pool(
                     s, sources, name, charge, multiplicity, label_fingerprint, label_spec, allow_fragments
                 )
+                db.refresh_statistics(s, report.n_new + report.n_labels, ("configurations", "labels"))
+                return report
         except IntegrityError:
             # a concurrent submission created the same pool or rows first; the retry sees them and either
             # finds the same set (adds nothing) or rejects a different set with a clear message
@@ -132,7 +134,9 @@ class Store:
     ) -> int:
         """Queue pending labels; returns how many were new."""
         with self.session() as s:
-            return labels.enqueue_labels(s, config_ids, fingerprint, spec, retry_failed)
+            n_new = labels.enqueue_labels(s, config_ids, fingerprint, spec, retry_failed)
+            db.refresh_statistics(s, n_new)
+            return n_new
 
     def claim_labels(
         self, worker: str, n: int = 1, lease_seconds: float | None = None, fingerprint: str | None = None
