@@ -190,6 +190,15 @@ def fragments(atoms: Atoms, factor: float = FRAGMENT_FACTOR) -> list[list[int]]:
     return sorted(groups.values(), key=lambda g: (-len(g), g[0]))
 
 
+def _length(x: float) -> str:
+    """A distance in Å as a person reads it: 2 decimals, or 3 significant figures when huge (a 1e30 Å typo).
+
+    >>> _length(3.14159), _length(1e30)
+    ('3.14', '1e+30')
+    """
+    return f"{x:.2f}" if abs(x) < 1e4 else f"{x:.3g}"
+
+
 def min_unpaired_fragments(atoms: Atoms, groups: list[list[int]], charge: int) -> int:
     """Fewest unpaired electrons of well-separated fragments: one per odd-electron fragment, less what the
     total ``charge`` can pair up (at infinite separation each radical fragment keeps its electron)."""
@@ -210,7 +219,7 @@ def fragment_problem(atoms: Atoms, charge: int, multiplicity: int | None, allow_
     gap = _fragment_gap(atoms, groups)
     if not allow_fragments:
         return (
-            f"structure falls into {len(groups)} fragments (closest atoms of different fragments {gap:.2f} Å "
+            f"structure falls into {len(groups)} fragments (closest atoms of different fragments {_length(gap)} Å "
             f"apart); give --allow-fragments to store or label separated fragments"
         )
     need = min_unpaired_fragments(atoms, groups, charge)
