@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
-from sqlalchemy import event, text
+from sqlalchemy import event
 
 from sapis.storage import Store
 from sapis.storage.configs import CHUNK
