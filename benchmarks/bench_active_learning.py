@@ -2,10 +2,12 @@
 
 Each arm is a real campaign in a real store (SQLite): every round calls the steps ``flows/round.py`` calls
 (``plan_round``, ``explore_round``, ``select_round``, ``label_and_wait``, ``train_round``, ``rerank_queue``,
-``evaluate_round``), from a few start structures, not a labelled pool. The arms differ only in the campaign
-config's ``select.strategy``: ``uncertainty`` (the product's default: calibrated committee disagreement x
-diversity in the trust window) against ``random`` (uniform among the same round's candidates). The per-round
-controller is not run, so capacity and labels per round stay the same in both arms.
+``evaluate_round``), from a few start structures, not a labelled pool. An arm is an override of the campaign
+config's ``select`` section (and its explorers; see ``ARMS``): e.g. ``select.strategy = "uncertainty"`` (the
+product's default: calibrated committee disagreement x diversity in the trust window) against ``random``
+(uniform among the same round's candidates), or ``select.sources`` (which explorers' candidates may be picked).
+Each rule is compared with the random arm of the same candidates (``BASELINES``) in the same run. The per-round
+controller is not run, so capacity and labels per round stay the same in every arm.
 
 The oracle is a level of theory of the product's label path: GFN2-xTB (tblite, milliseconds per label) for the
 large runs, exploring with GFN1-xTB so that the explorer is not the oracle; or DFT (``--oracle dft``, the
@@ -51,7 +53,15 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
     # one pick per cluster of an uncertainty-weighted k-means in that space: representative and uncertain
     "cluster": ({"strategy": "cluster"}, ["xtb", "perturb"]),
     "active-committee": ({"strategy": "uncertainty"}, ["xtb", "perturb", "committee"]),
+    # the default rule, with MD and perturbation candidates explored but only MD candidates selectable
+    # (select.sources); its baseline 'random' selects among all candidates
+    "active-md": ({"strategy": "uncertainty", "sources": ["xtb"]}, ["xtb", "perturb"]),
+    # MD-only candidates (no perturbation explorer), default rule and its own random baseline
+    "active-mdonly": ({"strategy": "uncertainty"}, ["xtb"]),
+    "random-mdonly": ({"strategy": "random"}, ["xtb"]),
 }
+# arm -> the random arm it is measured against (default: 'random'); baselines are not rules themselves
+BASELINES: dict[str, str] = {"active-mdonly": "random-mdonly"}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -88,7 +98,16 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--md-ps", type=float, default=1.0, help="length of each model MD run, ps")
     p.add_argument("--md-temperature", type=float, default=600.0)
     p.add_argument("--work", type=Path, default=Path("/tmp/sapis_bench_al"), help="scratch: store, checkpoints")
-    p.add_argument("--merge", type=Path, nargs="+", help="combine per-molecule result files into --out")
+    p.add_argument(
+        "--name", help="key of this run in the merged JSON (default: the molecule), e.g. 'ethanol (MD-only)'"
+    )
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="combine per-molecule result files into --out; a merged file given here carries its molecules over "
+        "(marked carried_over) unless a run file re-measures the same key",
+    )
     p.add_argument("--out", type=Path, default=RESULTS / "active_learning.json")
     a = p.parse_args(argv)
     if not a.merge and (not a.molecules or not a.test):
@@ -309,7 +328,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
         store.submit_pool([str(p) for p in a.molecules], name=pool)
     report: dict[str, Any] = {
         "benchmark": "active_learning",
-        "molecule": a.molecules[0].stem.removesuffix("_start"),
+        "molecule": a.name or a.molecules[0].stem.removesuffix("_start"),
         "formulas": formulas,
         "machine": machine(),
         "budget": {k: str(v) if isinstance(v, Path) else v for k, v in vars(a).items() if k not in ("merge",)}
@@ -407,11 +426,17 @@ def summarise(report: dict[str, Any]) -> dict[str, Any]:
             "md_share_physical": _mean_or_none([r["arms"][arm].get("md") for r in runs]),
             "md_share_physical_per_seed": [(r["arms"][arm].get("md") or {}).get("share_physical") for r in runs],
         }
-    if "random" in out["arms"]:
-        rules = {arm: _versus_random(out["arms"][arm], out["arms"]["random"], len(runs), regions) for arm in arms}
-        out["rules"] = {arm: v for arm, v in rules.items() if arm != "random"}
-        if "active" in rules:  # the product's default rule, at the top level (the schema readers check)
-            out.update(rules["active"])
+    baselines = set(BASELINES.values()) | {"random"}
+    rules = {
+        arm: _versus_random(out["arms"][arm], out["arms"][base], len(runs), regions) | {"baseline": base}
+        for arm in arms
+        if arm not in baselines and (base := BASELINES.get(arm, "random")) in out["arms"]
+    }
+    if rules:
+        out["rules"] = rules
+        # the product's default rule at the top level (the schema readers check), else the run's first rule
+        head = "active" if "active" in rules else next(iter(rules))
+        out.update(rules[head] | {"headline_rule": head})
     return out
 
 
@@ -460,8 +485,13 @@ def _save(report: dict[str, Any], out: Path) -> None:
 def merge(paths: list[Path], out: Path) -> dict[str, Any]:
     """One JSON with every molecule's summary (and its runs), plus the plot of error vs labels per region."""
     molecules: dict[str, dict[str, Any]] = {}
+    carried: dict[str, dict[str, Any]] = {}
     for p in paths:  # files of one molecule (seeds run in separate processes) are joined
         r = json.loads(p.read_text())
+        if "molecules" in r:  # an earlier merged result: its rows are carried over as they are
+            for m, row in r["molecules"].items():
+                carried[m] = row | {"carried_over": row.get("carried_over") or f"from {p.name}, not re-measured"}
+            continue
         if not r["runs"] and r.get("partial"):  # cut short before its seed finished: the rounds it has
             part = r["partial"]
             r["runs"] = [{"seed": part["seed"], "arms": part["arms"], "cut_short_after_round": part["round"]}]
@@ -492,11 +522,13 @@ def merge(paths: list[Path], out: Path) -> dict[str, Any]:
                     "per_region_final_mae_ratio",
                     "n_seeds",
                     "rules",
+                    "headline_rule",
                 )
             }
             | {"summary": r["summary"], "budget": r["budget"], "machines": r["machines"], "wall_s": r.get("wall_s")}
             for m, r in molecules.items()
-        },
+        }
+        | {m: row for m, row in carried.items() if m not in molecules},
     }
     _save(report, out)
     plot(report, out.with_suffix(".png"))
@@ -517,15 +549,15 @@ def table(report: dict[str, Any]) -> str:
     ]
     for m, r in report["molecules"].items():
         s = r["summary"]
-        rnd = s["arms"]["random"]
         for rule, v in (s.get("rules") or {}).items():
-            act = s["arms"][rule]
+            act, rnd = s["arms"][rule], s["arms"][v.get("baseline", "random")]
             per = v.get("per_region_final_mae_ratio") or {}
             regions = ", ".join(_f(per.get(k), "{:.2f}") for k in ("md300", "md600", "md1200", "torsion", "reactive"))
             seeds = ", ".join(_f(x, "{:.2f}") for x in v.get("final_mae_ratio_per_seed", []))
             md = v.get("md_share_physical") or {}
+            name = f"{m} (carried over)" if r.get("carried_over") else m
             rows.append(
-                f"| {m} | {rule} | {act['n'][-1]:.0f} | {act['mean']['all']['f_mae'][-1]:.0f} / "
+                f"| {name} | {rule} | {act['n'][-1]:.0f} | {act['mean']['all']['f_mae'][-1]:.0f} / "
                 f"{rnd['mean']['all']['f_mae'][-1]:.0f} | {seeds} | "
                 f"{_f(v.get('labels_to_target_ratio'), '{:.2f}')} | {_f(v.get('p95_ratio'), '{:.2f}')} | {regions} | "
                 f"{_f(md.get('active'), '{:.0%}')} / {_f(md.get('random'), '{:.0%}')} |"

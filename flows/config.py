@@ -147,6 +147,13 @@ class SelectSection(_Section):
         "(coverage, no uncertainty); cluster: one pick per cluster of a k-means in that space weighted by calibrated "
         "disagreement (representative and uncertain).",
     )
+    sources: list[Explorer] | None = Field(
+        default=None,
+        min_length=1,
+        description="Explorers whose candidates training labels may be drawn from (e.g. ['xtb'] leaves the "
+        "'perturb' candidates out of selection; they are still stored and may still be held-out test labels); "
+        "None: every explorer's.",
+    )
 
 
 class LabelSection(_Section):
@@ -284,6 +291,12 @@ class CampaignConfig(_Section):
             raise ValueError("select.window_lo must be below select.window_hi")
         if self.select.window_quantile and self.select.window_hi > 1.0:
             raise ValueError("select.window_quantile: window_hi is a quantile and must be at most 1")
+        sources = self.select.sources
+        if sources is not None and not set(sources) & set(self.explore.explorers):
+            raise ValueError(
+                f"select.sources: none of {sources} is in explore.explorers {self.explore.explorers}, "
+                "so no candidate could ever be selected"
+            )
         return self
 
     @classmethod

@@ -84,6 +84,7 @@ class RoundMetrics(_Record):
     deviation_eV_A: dict[str, float] | None = Field(None, description="min / median / max candidate deviation")
     ranking: dict[str, float | int | bool | None] | None = Field(None, description="what the ranking saw")
     n_outside_window: int | None = None
+    n_excluded_by_source: int | None = Field(None, description="candidates left out by select.sources")
     # label
     label: LabelStats | None = None
     # train

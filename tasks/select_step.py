@@ -84,33 +84,58 @@ def select_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMet
     cand_ids = [r["config_id"] for r in cand_rows if r["config_id"] not in taken]
     atoms = store.get_atoms(cand_ids)
     rng = np.random.default_rng(cfg.seed + 104729 * (plan.index + 1))
+    allowed = _allowed_sources(atoms, cfg.select.sources)
+    n_excluded = None if cfg.select.sources is None or not allowed.any() else int(len(atoms) - allowed.sum())
 
     if plan.previous_model is None:
-        rows = _cold_start(cand_ids, atoms, cfg, rng)
+        rows = _cold_start(cand_ids, atoms, cfg, rng, allowed)
         summary = RoundMetrics(strategy="cold-start: random test set, farthest-point seed")
-    elif cfg.select.strategy == "random":
-        pick = rng.permutation(len(cand_ids))[: plan.k]
-        rows = [{"config_id": cand_ids[int(i)], "role": "selected", "rank": r} for r, i in enumerate(pick)]
-        summary = RoundMetrics(strategy="random")
-    elif cfg.select.strategy == "kcenter":
-        rows, summary = _by_kcenter(store, plan, cfg, cand_ids, atoms, taken)
-    elif cfg.select.strategy == "cluster":
-        rows, summary = _by_cluster(store, plan, cfg, cand_ids, atoms, taken)
     else:
-        rows, summary = _by_uncertainty(store, plan, cfg, cand_ids, atoms, taken)
+        # none from select.sources this round (a committee explorer waits for a promoted model): use them all
+        keep = np.flatnonzero(allowed) if allowed.any() else np.arange(len(cand_ids))
+        ids, pool = [cand_ids[i] for i in keep], [atoms[i] for i in keep]
+        if cfg.select.strategy == "random":
+            pick = rng.permutation(len(ids))[: plan.k]
+            rows = [{"config_id": ids[int(i)], "role": "selected", "rank": r} for r, i in enumerate(pick)]
+            summary = RoundMetrics(strategy="random")
+        elif cfg.select.strategy == "kcenter":
+            rows, summary = _by_kcenter(store, plan, cfg, ids, pool, taken)
+        elif cfg.select.strategy == "cluster":
+            rows, summary = _by_cluster(store, plan, cfg, ids, pool, taken)
+        else:
+            rows, summary = _by_uncertainty(store, plan, cfg, ids, pool, taken)
     store.add_selections(plan.round_id, rows)
     counts = RoundMetrics(
-        n_selected=sum(r["role"] != "test" for r in rows), n_test=sum(r["role"] == "test" for r in rows)
+        n_selected=sum(r["role"] != "test" for r in rows),
+        n_test=sum(r["role"] == "test" for r in rows),
+        n_excluded_by_source=n_excluded,
     )
     return summary.merged(counts)
 
 
-def _cold_start(ids: list[int], atoms: list[Atoms], cfg: CampaignConfig, rng: np.random.Generator) -> list[dict]:
-    """Round 0: a random held-out test set, then a farthest-point seed set in a cheap invariant space."""
+def _explorer(a: Atoms) -> str:
+    """The explorer that proposed a candidate (older rows carry only ``source``: md meant xtb)."""
+    prov = a.info.get("provenance") or {}
+    return str(prov.get("explorer") or ("perturb" if prov.get("source") == "perturb" else "xtb"))
+
+
+def _allowed_sources(atoms: list[Atoms], sources: list[str] | None) -> np.ndarray:
+    """Mask of candidates whose explorer is in ``select.sources`` (all of them when it is None)."""
+    if sources is None:
+        return np.ones(len(atoms), dtype=bool)
+    return np.array([_explorer(a) in sources for a in atoms], dtype=bool)
+
+
+def _cold_start(
+    ids: list[int], atoms: list[Atoms], cfg: CampaignConfig, rng: np.random.Generator, allowed: np.ndarray
+) -> list[dict]:
+    """Round 0: a random held-out test set (from every explorer's candidates, so it does not depend on
+    ``select.sources``), then a farthest-point seed set in a cheap invariant space among the allowed ones (all
+    of them if none is allowed: a committee explorer has not run before the first model)."""
     order = rng.permutation(len(ids))
     n_test = min(cfg.select.test_size, max(1, len(ids) // 4))
     test = [int(i) for i in order[:n_test]]
-    rest = [int(i) for i in order[n_test:]]
+    rest = [int(i) for i in order[n_test:] if allowed[i]] or [int(i) for i in order[n_test:]]
     seed = _farthest_point_by_molecule([atoms[i] for i in rest], cfg.select.seed_size, rng)
     rows = [{"config_id": ids[i], "role": "test", "rank": r} for r, i in enumerate(test)]
     rows += [{"config_id": ids[rest[j]], "role": "seed", "rank": r} for r, j in enumerate(seed)]

@@ -56,7 +56,7 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     calls: dict[str, int] = {}
     real = rank.rank_candidates
     out: dict[str, Any] = {"store": store, "bench": bench, "args": a}
-    for arm in ("active", "random", "kcenter", "active-nocap", "cluster"):
+    for arm in ("active", "random", "kcenter", "active-nocap", "cluster", "active-md"):
         from sapis.flows.campaign import create_campaign
 
         cfg = bench._config(a, f"water-{arm}", "water", 0, arm, 2)
@@ -134,6 +134,37 @@ def test_other_selection_rules_run_in_the_round(loop: dict[str, Any]) -> None:
     data["select"].update(window_quantile=False, strategy="farthest")
     with pytest.raises(ConfigError, match="strategy"):
         CampaignConfig.parse(data, source="c.toml")
+
+
+def test_select_sources_leaves_perturbation_candidates_out(loop: dict[str, Any]) -> None:
+    """select.sources = ['xtb']: perturbation candidates are explored and stored but never labelled for training."""
+    from sapis.flows.config import CampaignConfig
+    from sapis.tasks.round_metrics import RoundMetrics
+
+    store: Store = loop["store"]
+
+    def explorers(cid: int, role: str) -> list[str]:
+        ids = [r["config_id"] for r in store.selections(cid, role=role)]
+        return [a.info["provenance"]["explorer"] for a in store.get_atoms(ids)]
+
+    cid = loop["active-md"]["campaign_id"]
+    assert loop["calls"]["active-md"] >= 1  # still the product's uncertainty ranking
+    assert "perturb" in explorers(cid, "candidate")  # they exist in every arm...
+    picked = explorers(cid, "seed") + explorers(cid, "selected")
+    assert len(picked) == 4 + 3 and set(picked) == {"xtb"}  # ...and are never picked when excluded
+    assert "perturb" in explorers(loop["active"]["campaign_id"], "seed") + explorers(
+        loop["active"]["campaign_id"], "selected"
+    )  # the default (all sources) does pick them here, so the check above can fail
+    metrics = RoundMetrics.from_row(store.rounds(cid)[1].metrics)
+    assert metrics.n_excluded_by_source is not None and metrics.n_excluded_by_source > 0
+    assert loop["active"]["cfg"].select.sources is None  # default: every explorer's candidates
+    # bad values are refused when the config is read, naming the field
+    data = loop["active-md"]["cfg"].model_dump(mode="json")
+    for bad, words in ((["md"], "sources"), ([], "sources"), (["committee"], "select.sources: none of")):
+        data["select"]["sources"] = bad
+        with pytest.raises(ConfigError, match=words) as err:
+            CampaignConfig.parse(data, source="c.toml")
+        assert "\n" not in str(err.value)  # one line
 
 
 def test_rerank_cancels_confident_pending_labels_only(loop: dict[str, Any]) -> None:
