@@ -24,6 +24,7 @@ class Ensemble:
         self.dtype = next(models[0].parameters()).dtype
         # Δ-learning: the members learned labels minus this baseline; predict adds it back
         self.baseline = str(getattr(models[0], "baseline", None) or getattr(models[0].config, "baseline", "none"))
+        self.reuse_baseline = True  # keep the baseline's tblite calculators between calls (same numbers, faster)
 
     @property
     def n_params(self) -> int:
@@ -74,7 +75,7 @@ class Ensemble:
             f_all, ptr = np.stack(fs), b.ptr.cpu().numpy()
             forces.extend(f_all[:, a:z] for a, z in itertools.pairwise(ptr))
         e_all = np.concatenate(energies, axis=1) if energies else np.zeros((len(self.models), 0))
-        base = baseline_energy_forces(atoms_list, self.baseline, failed="nan")
+        base = baseline_energy_forces(atoms_list, self.baseline, failed="nan", reuse=self.reuse_baseline)
         return e_all, forces, np.array([e for e, _ in base], dtype=float), [f for _, f in base]
 
     def predict(self, atoms_list: Sequence[Atoms], batch_size: int = 32) -> dict[str, Any]:

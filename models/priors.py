@@ -16,7 +16,7 @@ from ase.data import covalent_radii
 from torch import nn as tnn
 
 from sapis.models.graph import AtomicGraph
-from sapis.models.xtb import xtb_calculator
+from sapis.models.xtb import xtb_energy_forces
 
 KE = 14.399645  # e^2 / (4 pi eps0) in eV·Å
 BASELINES = ("none", "gfn2-xtb")
@@ -65,9 +65,12 @@ class ZBLRepulsion(tnn.Module):
 
 
 def baseline_energy_forces(
-    atoms_list: Sequence[Atoms], method: str, failed: Literal["raise", "nan"] = "raise"
+    atoms_list: Sequence[Atoms], method: str, failed: Literal["raise", "nan"] = "raise", reuse: bool = True
 ) -> list[tuple[float, np.ndarray]]:
     """(energy eV, forces (n, 3) eV/Å) of the baseline for each structure; zeros for ``method='none'``.
+
+    ``reuse`` keeps tblite calculators between calls (per composition, charge, spin and cell; the same numbers,
+    see :func:`sapis.models.xtb.xtb_energy_forces`); ``False`` builds a new one for every structure.
 
     A structure whose baseline fails raises :class:`sapis.errors.InputError` naming the frame, or with
     ``failed="nan"`` gets NaN energy and forces (prediction: one bad candidate must not stop a whole batch).
@@ -82,10 +85,8 @@ def baseline_energy_forces(
 
     out = []
     for k, atoms in enumerate(atoms_list):
-        a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=dict(atoms.info))
-        a.calc = xtb_calculator(a)
         try:
-            e, f = float(a.get_potential_energy()), np.asarray(a.get_forces(), dtype=np.float64)
+            e, f = xtb_energy_forces(atoms, "GFN2-xTB", reuse=reuse)
         except Exception as exc:  # tblite raises plain exceptions (SCF failure, impossible spin)
             if failed == "nan":
                 out.append((float("nan"), np.full((len(atoms), 3), np.nan)))

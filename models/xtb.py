@@ -5,8 +5,23 @@ Kept free of torch so that command-line paths that only need xTB start fast.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
+from ase.units import Bohr, Hartree, kB
+
+CACHE_SIZE = 32  # tblite calculators kept per thread (one per composition, charge, spin, cell and method)
+_local = threading.local()  # one cache per thread: a tblite calculator must not be updated by two threads at once
+
+
+def _charge_uhf(atoms: Atoms) -> tuple[int, int]:
+    """Total charge and unpaired electrons from ``atoms.info`` (``charge``, ``multiplicity``; default 0, singlet)."""
+    mult = atoms.info.get("multiplicity")
+    return int(atoms.info.get("charge", 0) or 0), 0 if mult is None else int(mult) - 1
 
 
 def xtb_calculator(atoms: Atoms, method: str = "GFN2-xTB") -> Calculator:
@@ -17,3 +32,58 @@ def xtb_calculator(atoms: Atoms, method: str = "GFN2-xTB") -> Calculator:
     charge = int(atoms.info.get("charge", 0) or 0)
     mult = atoms.info.get("multiplicity")
     return TBLite(method=method, charge=charge, multiplicity=None if mult is None else int(mult), verbosity=0)
+
+
+def _api_calculator(atoms: Atoms, method: str, charge: int, uhf: int) -> Any:
+    """A tblite API calculator with the settings of ``xtb_calculator`` (tblite.ase.TBLite's defaults, silent)."""
+    from tblite.interface import Calculator as TbliteCalculator
+
+    calc = TbliteCalculator(
+        method, atoms.numbers, atoms.positions / Bohr, charge, uhf, atoms.cell.array / Bohr, atoms.pbc
+    )
+    for key, value in (
+        ("accuracy", 1.0),
+        ("temperature", 300.0 * kB / Hartree),
+        ("max-iter", 250),
+        ("mixer", "broyden"),
+        ("mixer-memory", 0),
+        ("guess", 0),  # SAD: every call starts from scratch, so a reused calculator gives the same numbers
+        ("mixer-damping", 0.4),
+        ("verbosity", 0),
+    ):
+        calc.set(key, value)
+    return calc
+
+
+def xtb_energy_forces(atoms: Atoms, method: str = "GFN2-xTB", reuse: bool = True) -> tuple[float, np.ndarray]:
+    """xTB energy (eV) and forces (n, 3) eV/Å of ``atoms`` (charge and multiplicity from ``atoms.info``).
+
+    With ``reuse`` the tblite calculator of the same method, atom order, charge, spin and cell is kept (per
+    thread, the last ``CACHE_SIZE``) and only given the new positions: building one costs about as much as the
+    calculation itself for a small molecule. Each call still starts from a fresh guess, so the result is the
+    same as with a new calculator (``reuse=False``, tblite's ASE calculator). tblite's errors propagate.
+    """
+    if not reuse:
+        a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=dict(atoms.info))
+        a.calc = xtb_calculator(a, method)
+        return float(a.get_potential_energy()), np.asarray(a.get_forces(), dtype=np.float64)
+    charge, uhf = _charge_uhf(atoms)
+    numbers = np.ascontiguousarray(atoms.numbers, dtype=np.int32)
+    key = (method, numbers.tobytes(), charge, uhf, atoms.pbc.tobytes(), atoms.cell.array.tobytes())
+    cache: OrderedDict[tuple, Any] = _local.__dict__.setdefault("cache", OrderedDict())
+    calc = cache.pop(key, None)  # if this call fails, the calculator is not put back: no state survives it
+    if calc is None:
+        calc = _api_calculator(atoms, method, charge, uhf)
+    else:
+        calc.update(positions=atoms.positions / Bohr)
+    res = calc.singlepoint()
+    cache[key] = calc
+    while len(cache) > CACHE_SIZE:
+        cache.popitem(last=False)
+    # the same expressions as tblite.ase, so both paths agree to the last bit
+    return float(res.get("energy") * Hartree), np.asarray(-res.get("gradient") * Hartree / Bohr, dtype=np.float64)
+
+
+def clear_xtb_cache() -> None:
+    """Drop this thread's cached tblite calculators."""
+    _local.__dict__.pop("cache", None)

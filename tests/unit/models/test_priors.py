@@ -128,3 +128,55 @@ def test_a_failed_baseline_spoils_one_prediction_not_the_batch(delta_dir: Path, 
     bad.calc = SapisCalculator(ens)
     with pytest.raises(CalculationFailed, match="gfn2-xtb baseline failed"):
         bad.get_potential_energy()
+
+
+def test_reused_xtb_calculators_give_the_numbers_of_new_ones(frames: dict) -> None:
+    """The Δ baseline keeps a tblite calculator per (method, atom order, charge, spin, cell) and moves its atoms.
+    Interleaved structures that share a formula but not an atom order, charge or spin must each get their own
+    calculator: any mix-up shows as a difference from a calculator built for the structure alone."""
+    from ase.build import molecule
+
+    from sapis.models import xtb
+
+    xtb.clear_xtb_cache()
+    eth = frames["test"][:3]
+    permuted = eth[0][[8, 0, 1, 2, 3, 4, 5, 6, 7]]  # same formula, other atom order
+    permuted.positions[0] += 0.05
+    water = molecule("H2O")
+    anion = Atoms("OH", positions=[[0, 0, 0], [0.97, 0, 0]], info={"charge": -1})
+    radical = Atoms("OH", positions=[[0, 0, 0], [0.98, 0, 0]], info={"multiplicity": 2})
+    structures = [eth[0], permuted, water, eth[1], anion, radical, eth[2], water, permuted]
+    new = baseline_energy_forces(structures, "gfn2-xtb", reuse=False)
+    for _ in range(2):  # the second pass only hits the cache
+        kept = baseline_energy_forces(structures, "gfn2-xtb", reuse=True)
+        for (e_new, f_new), (e_kept, f_kept) in zip(new, kept, strict=True):
+            assert abs(e_kept - e_new) <= 1e-10
+            np.testing.assert_allclose(f_kept, f_new, rtol=0, atol=1e-10)
+    assert abs(new[4][0] - new[5][0]) > 0.1  # charge and spin really change the answer (eV)
+    assert len(xtb._local.cache) == 5  # ethanol, its permutation, water, the anion, the radical
+
+
+def test_a_failed_xtb_call_leaves_no_calculator_behind() -> None:
+    from sapis.models import xtb
+
+    xtb.clear_xtb_cache()
+    h2 = Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]])
+    ok = baseline_energy_forces([h2], "gfn2-xtb")[0]
+    far = h2.copy()
+    far.positions[1, 0] = np.nan  # tblite rejects it
+    assert np.isnan(baseline_energy_forces([far], "gfn2-xtb", failed="nan")[0][0])
+    again = baseline_energy_forces([h2], "gfn2-xtb")[0]
+    assert again[0] == ok[0]
+    np.testing.assert_array_equal(again[1], ok[1])
+
+
+def test_ensemble_prediction_is_the_same_with_and_without_reused_calculators(delta_dir: Path, frames: dict) -> None:
+    ens = load_ensemble(delta_dir)
+    assert ens.reuse_baseline
+    test = frames["test"]
+    p = ens.predict(test)
+    ens.reuse_baseline = False
+    q = ens.predict(test)
+    np.testing.assert_allclose(p["energy"], q["energy"], rtol=0, atol=1e-10)
+    for fp, fq in zip(p["forces"], q["forces"], strict=True):
+        np.testing.assert_allclose(fp, fq, rtol=0, atol=1e-10)
