@@ -319,6 +319,102 @@ def md_only(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _call_ms(atoms: Any, calls: int) -> float:
+    """Median energy+forces call (ms) of the calculator attached to ``atoms``, after one warm-up call."""
+    times = []
+    for k in range(calls + 1):
+        atoms.positions[0, 0] += 1e-4 * (-1) ** k  # force a recalculation each call
+        t = time.perf_counter()
+        atoms.get_forces()
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times[1:])
+
+
+def timing_only(args: argparse.Namespace) -> None:
+    """energy+forces call time of models kept by an earlier run (``--keep-models``), one thread, through
+    ``SapisCalculator.from_checkpoint``. Every variant is timed in every round, rounds one after another, so a
+    change of load hits all variants alike; ratios are taken within a round, then the median over rounds.
+    A Δ model is also timed building a tblite calculator per call (what every call did before), and a sapis
+    model also with e3nn's per-irrep slices (before ``models/_fx_split.py``)."""
+    from ase.io import read
+
+    from sapis.models.calculator import SapisCalculator
+    from sapis.runtime import set_threads
+
+    set_threads(1)
+    root = Path(args.timing_models)
+    names = args.timing_arm or sorted(p.name for p in root.iterdir() if (p / "ensemble.json").exists())
+    start = read(args.test[0], index=0)
+    variants: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    for name in names:
+        spec = json.loads((root / name / "ensemble.json").read_text())["spec"]
+        calc = SapisCalculator.from_checkpoint(root / name)
+        info[name] = {"architecture": spec["architecture"], "baseline": calc.ensemble.baseline}
+        info[name]["n_params"] = calc.ensemble.n_params
+        a = start.copy()
+        a.calc = calc
+        variants[name] = a
+        if spec["architecture"] == "sapis":  # as built before the split rewrite of e3nn's slices
+            from sapis.models import _fx_split
+
+            _fx_split.ENABLED = False
+            c = start.copy()
+            c.calc = SapisCalculator.from_checkpoint(root / name)
+            _fx_split.ENABLED = True
+            variants[f"{name}/e3nn_slices"] = c
+            if calc.ensemble.baseline != "none":  # neither change: the product as it was
+                _fx_split.ENABLED = False
+                d = start.copy()
+                d.calc = SapisCalculator.from_checkpoint(root / name)
+                _fx_split.ENABLED = True
+                d.calc.ensemble.reuse_baseline = False
+                variants[f"{name}/e3nn_slices+new_xtb_calculator_per_call"] = d
+        if calc.ensemble.baseline != "none":
+            old = SapisCalculator.from_checkpoint(root / name)
+            old.ensemble.reuse_baseline = False
+            b = start.copy()
+            b.calc = old
+            variants[f"{name}/new_xtb_calculator_per_call"] = b
+    rounds: dict[str, list[float]] = {v: [] for v in variants}
+    order = list(variants)
+    for r in range(args.timing_rounds):
+        for v in order[r % len(order) :] + order[: r % len(order)]:  # rotate who goes first
+            rounds[v].append(_call_ms(variants[v], args.timing_calls))
+
+    def summary(xs: list[float]) -> dict[str, float]:
+        q = np.quantile(xs, [0.25, 0.5, 0.75])
+        return {"median": float(q[1]), "q25": float(q[0]), "q75": float(q[2]), "min": min(xs), "max": max(xs)}
+
+    arch = {v: info[v.split("/")[0]]["architecture"] for v in variants}
+    ratios = {
+        f"{s}/{m}": summary([x / y for x, y in zip(rounds[s], rounds[m], strict=True)])
+        for s in variants
+        if arch[s] == "sapis"
+        for m in variants
+        if arch[m] == "mace"
+    }
+    result = {
+        "benchmark": "energy+forces call time through SapisCalculator, one thread, variants interleaved in rounds",
+        "machine": machine(torch_threads=1),
+        "structure": f"{args.test[0]} frame 0 ({len(start)} atoms)",
+        "rounds": args.timing_rounds,
+        "calls_per_round": args.timing_calls,
+        "statistic": "per round: median of the calls (ms); reported: median and quartiles over rounds",
+        "models": info,
+        "call_ms": {v: summary(x) for v, x in rounds.items()},
+        "ratios_within_round": ratios,
+        "load_average_at_end": [round(x, 2) for x in __import__("os").getloadavg()],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    for v, x in result["call_ms"].items():
+        print(f"{v}: {x['median']:.2f} ms (quartiles {x['q25']:.2f}-{x['q75']:.2f})")
+    for k, x in ratios.items():
+        print(f"{k}: {x['median']:.3f} (quartiles {x['q25']:.3f}-{x['q75']:.3f})")
+    print(f"wrote {args.out}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--train", type=Path, default=DATA / "train.xyz", help="labelled extxyz: first N train, next valid")
@@ -346,7 +442,14 @@ def main() -> None:
     p.add_argument("--keep-models", default=None, help="directory to keep the trained models in")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "model.json")
     p.add_argument("--md-models", default=None, help="skip training: MD only, with the --md-arm models kept here")
+    p.add_argument("--timing-models", default=None, help="skip training: time the models kept here")
+    p.add_argument("--timing-arm", action="append", default=[], help="kept models to time (default: all)")
+    p.add_argument("--timing-rounds", type=int, default=30, help="rounds of interleaved timing")
+    p.add_argument("--timing-calls", type=int, default=20, help="energy+forces calls per variant and round")
     args = p.parse_args()
+    if args.timing_models:
+        timing_only(args)
+        return
     if args.md_models:
         md_only(args)
         return

@@ -36,9 +36,16 @@ class SapisTransformer(tnn.Module):
         shift: float = 0.0,
     ) -> None:
         super().__init__()
+        from sapis.models import _fx_split
+
         with warnings.catch_warnings():  # e3nn's TorchScript codegen warns about annotations it ignores
             warnings.simplefilter("ignore", UserWarning)
-            self._build(config, elements, e0s, scale, shift)
+            if _fx_split.ENABLED:  # one split per input instead of a slice per irrep: same numbers, faster
+                with _fx_split.unscripted_codegen():
+                    self._build(config, elements, e0s, scale, shift)
+                _fx_split.split_codegen_slices(self)
+            else:
+                self._build(config, elements, e0s, scale, shift)
 
     def _build(
         self,
