@@ -6,6 +6,7 @@ its rows does not run again.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -119,7 +120,7 @@ def _explorer(a: Atoms) -> str:
     return str(prov.get("explorer") or ("perturb" if prov.get("source") == "perturb" else "xtb"))
 
 
-def _allowed_sources(atoms: list[Atoms], sources: list[str] | None) -> np.ndarray:
+def _allowed_sources(atoms: list[Atoms], sources: Sequence[str] | None) -> np.ndarray:
     """Mask of candidates whose explorer is in ``select.sources`` (all of them when it is None)."""
     if sources is None:
         return np.ones(len(atoms), dtype=bool)
