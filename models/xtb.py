@@ -18,10 +18,10 @@ CACHE_SIZE = 32  # tblite calculators kept per thread (one per composition, char
 _local = threading.local()  # one cache per thread: a tblite calculator must not be updated by two threads at once
 
 
-def _charge_uhf(atoms: Atoms) -> tuple[int, int]:
-    """Total charge and unpaired electrons from ``atoms.info`` (``charge``, ``multiplicity``; default 0, singlet)."""
+def _charge_multiplicity(atoms: Atoms) -> tuple[int, int | None]:
+    """Total charge and multiplicity from ``atoms.info`` (default: neutral, multiplicity left to tblite)."""
     mult = atoms.info.get("multiplicity")
-    return int(atoms.info.get("charge", 0) or 0), 0 if mult is None else int(mult) - 1
+    return int(atoms.info.get("charge", 0) or 0), None if mult is None else int(mult)
 
 
 def xtb_calculator(atoms: Atoms, method: str = "GFN2-xTB") -> Calculator:
@@ -29,9 +29,8 @@ def xtb_calculator(atoms: Atoms, method: str = "GFN2-xTB") -> Calculator:
     of ``atoms.info``, silent."""
     from tblite.ase import TBLite
 
-    charge = int(atoms.info.get("charge", 0) or 0)
-    mult = atoms.info.get("multiplicity")
-    return TBLite(method=method, charge=charge, multiplicity=None if mult is None else int(mult), verbosity=0)
+    charge, mult = _charge_multiplicity(atoms)
+    return TBLite(method=method, charge=charge, multiplicity=mult, verbosity=0)
 
 
 def _api_calculator(atoms: Atoms, method: str, charge: int, uhf: int) -> Any:
@@ -67,7 +66,8 @@ def xtb_energy_forces(atoms: Atoms, method: str = "GFN2-xTB", reuse: bool = True
         a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=dict(atoms.info))
         a.calc = xtb_calculator(a, method)
         return float(a.get_potential_energy()), np.asarray(a.get_forces(), dtype=np.float64)
-    charge, uhf = _charge_uhf(atoms)
+    charge, mult = _charge_multiplicity(atoms)
+    uhf = 0 if mult is None else mult - 1  # as tblite.ase for structures without initial magnetic moments
     numbers = np.ascontiguousarray(atoms.numbers, dtype=np.int32)
     key = (method, numbers.tobytes(), charge, uhf, atoms.pbc.tobytes(), atoms.cell.array.tobytes())
     cache: OrderedDict[tuple, Any] = _local.__dict__.setdefault("cache", OrderedDict())
