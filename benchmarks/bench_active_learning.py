@@ -88,6 +88,14 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lmax", type=int, default=1)
     p.add_argument("--cutoff", type=float, default=4.0)
     p.add_argument(
+        "--baseline",
+        choices=("auto", "none", "gfn1-xtb", "gfn2-xtb"),
+        default="auto",
+        help="Δ-learning baseline of the models (auto: the campaign default, GFN2-xTB, with --oracle dft; none with "
+        "--oracle xtb, whose labels are GFN2-xTB; gfn1-xtb with --oracle xtb mirrors a campaign: a cheaper method "
+        "than the labels as the baseline, and as the explorer)",
+    )
+    p.add_argument(
         "--explorers", nargs="+", choices=("xtb", "perturb", "committee"), help="override every arm's explorers"
     )
     p.add_argument("--explore-temperatures", type=float, nargs="+", default=[300.0, 600.0, 1000.0])
@@ -112,6 +120,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if not a.merge and (not a.molecules or not a.test):
         p.error("--molecules and --test are required (or --merge)")
+    if a.oracle == "xtb" and a.baseline == "gfn2-xtb":
+        p.error("--baseline gfn2-xtb with --oracle xtb: the labels are GFN2-xTB, so the Δ would be zero")
     return a
 
 
@@ -124,6 +134,14 @@ def _level(a: argparse.Namespace) -> dict[str, Any]:
     if a.oracle == "xtb":
         return {"method": "GFN2-xTB"}
     return {"method": a.dft_method, "basis": a.dft_basis}
+
+
+def _baseline(a: argparse.Namespace) -> dict[str, str]:
+    """The model's Δ baseline: the campaign default (GFN2-xTB) with the dft oracle; none with the xtb oracle,
+    whose labels are GFN2-xTB themselves; or what --baseline names."""
+    if a.baseline != "auto":
+        return {"baseline": a.baseline}
+    return {"baseline": "none"} if a.oracle == "xtb" else {}
 
 
 def _read(path: Path) -> list[Any]:
@@ -191,7 +209,7 @@ def _config(a: argparse.Namespace, name: str, pool: str, seed: int, arm: str, ro
                 "readout_hidden": 8,
                 # the campaign default learns Δ to GFN2-xTB; with GFN2-xTB as the oracle that Δ is zero, so the
                 # xtb oracle trains on the labels themselves (the dft oracle keeps the campaign's default)
-                **({"baseline": "none"} if a.oracle == "xtb" else {}),
+                **_baseline(a),
             },
             "train": {"max_epochs": a.epochs, "max_minutes": a.max_minutes, "batch_size": a.batch_size, "lr": a.lr},
             "ensemble": {"members": a.members, "nve_steps": 0},

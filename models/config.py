@@ -8,6 +8,9 @@ from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+# Δ-learning baselines: labels minus GFN2-xTB or GFN1-xTB (tblite; sapis.models.xtb.BASELINE_METHODS)
+Baseline = Literal["none", "gfn2-xtb", "gfn1-xtb"]
+
 # Capacity presets for ``ModelConfig.size``: (channels, layers, lmax, heads).
 _SIZES: dict[str, tuple[int, int, int, int]] = {
     "XS": (8, 1, 1, 2),
@@ -45,8 +48,8 @@ class ModelConfig(BaseModel):
     zbl_radius_scale: float = Field(
         1.0, gt=0, description="ZBL switched off smoothly at this multiple of the summed covalent radii"
     )
-    baseline: Literal["none", "gfn2-xtb"] = Field(
-        "none", description="Δ-learning: the model learns labels minus this baseline (gfn2-xtb: tblite)"
+    baseline: Baseline = Field(
+        "none", description="Δ-learning: the model learns labels minus this baseline (gfn2-xtb, gfn1-xtb: tblite)"
     )
 
     @classmethod
@@ -85,7 +88,7 @@ class MaceConfig(BaseModel):
     num_polynomial_cutoff: int = Field(5, ge=1)
     radial_mlp: list[int] = Field(default_factory=lambda: [64, 64, 64])
     mlp_irreps: str = "16x0e"
-    baseline: Literal["none", "gfn2-xtb"] = Field("none", description="Δ-learning baseline (as ModelConfig)")
+    baseline: Baseline = Field("none", description="Δ-learning baseline (as ModelConfig)")
 
     @classmethod
     def size(cls, name: str, **overrides: object) -> MaceConfig:

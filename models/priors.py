@@ -1,4 +1,5 @@
-"""Physics priors: a ZBL short-range repulsion (torch, inside the model) and a GFN2-xTB baseline for Δ-learning.
+"""Physics priors: a ZBL short-range repulsion (torch, inside the model) and an xTB baseline (GFN2 or
+GFN1) for Δ-learning.
 
 The baseline is evaluated outside torch (tblite, numpy): training subtracts it from the labels once per
 structure, prediction adds it back, so E = E_xTB + E_model and F = F_xTB + F_model.
@@ -16,10 +17,10 @@ from ase.data import covalent_radii
 from torch import nn as tnn
 
 from sapis.models.graph import AtomicGraph
-from sapis.models.xtb import xtb_energy_forces
+from sapis.models.xtb import BASELINE_METHODS, xtb_energy_forces
 
 KE = 14.399645  # e^2 / (4 pi eps0) in eV·Å
-BASELINES = ("none", "gfn2-xtb")
+BASELINES = ("none", *BASELINE_METHODS)
 
 
 class ZBLRepulsion(tnn.Module):
@@ -77,7 +78,8 @@ def baseline_energy_forces(
     """
     if method == "none":
         return [(0.0, np.zeros((len(a), 3))) for a in atoms_list]
-    if method != "gfn2-xtb":
+    xtb_method = BASELINE_METHODS.get(method)
+    if xtb_method is None:
         from sapis.errors import ConfigError
 
         raise ConfigError(f"unknown baseline {method!r}; choose one of {', '.join(BASELINES)}")
@@ -86,14 +88,14 @@ def baseline_energy_forces(
     out = []
     for k, atoms in enumerate(atoms_list):
         try:
-            e, f = xtb_energy_forces(atoms, "GFN2-xTB", reuse=reuse)
+            e, f = xtb_energy_forces(atoms, xtb_method, reuse=reuse)
         except Exception as exc:  # tblite raises plain exceptions (SCF failure, impossible spin)
             if failed == "nan":
                 out.append((float("nan"), np.full((len(atoms), 3), np.nan)))
                 continue
             raise InputError(
                 "structures",
-                f"GFN2-xTB baseline failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                f"{xtb_method} baseline failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                 "; train without it with model.baseline = 'none'",
                 k,
             ) from exc

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.units import Bohr, Hartree, kB
 
+# Δ-learning baselines (ModelConfig.baseline) -> tblite method names
+BASELINE_METHODS: Final[dict[str, str]] = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
 CACHE_SIZE = 32  # tblite calculators kept per thread (one per composition, charge, spin, cell and method)
 _local = threading.local()  # one cache per thread: a tblite calculator must not be updated by two threads at once
 

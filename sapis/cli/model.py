@@ -80,7 +80,7 @@ def train(
     ] = None,
     zbl: Annotated[bool | None, typer.Option("--zbl/--no-zbl", help="ZBL short-range repulsion prior (sapis).")] = None,
     baseline: Annotated[
-        str | None, typer.Option(help="Δ-learning baseline: 'none' or 'gfn2-xtb' (E = E_xTB + E_model).")
+        str | None, typer.Option(help="Δ-learning baseline: 'none', 'gfn2-xtb' or 'gfn1-xtb' (E = E_xTB + E_model).")
     ] = None,
     max_epochs: Annotated[int, typer.Option(min=1, help="Maximum epochs per member.")] = 200,
     max_minutes: Annotated[float | None, typer.Option(min=0.01, help="Wall-clock budget per member (minutes).")] = (
@@ -121,8 +121,10 @@ def train(
     device = resolve_device(device)  # SAPIS_DEVICE for auto; no CUDA device for 'cuda' -> one line, before reading
     if warm_start is not None and not warm_start.exists():
         raise NotFoundError(f"{warm_start}: warm-start checkpoint not found")
-    if baseline is not None and baseline not in ("none", "gfn2-xtb"):
-        raise ConfigError(f"unknown baseline {baseline!r} (choose 'none' or 'gfn2-xtb')")
+    from sapis.models.xtb import BASELINE_METHODS
+
+    if baseline is not None and baseline != "none" and baseline not in BASELINE_METHODS:
+        raise ConfigError(f"unknown baseline {baseline!r} (choose 'none', {', '.join(map(repr, BASELINE_METHODS))})")
     knobs = {
         "channels": channels,
         "layers": layers,

@@ -10,7 +10,7 @@ import torch
 from ase import Atoms
 from ase.io import read
 
-from sapis.errors import InputError
+from sapis.errors import ConfigError, InputError
 from sapis.models import ModelConfig, SapisCalculator, TrainConfig, load_ensemble, train_ensemble
 from sapis.models.graph import collate, to_graph
 from sapis.models.priors import KE, ZBLRepulsion, baseline_energy_forces
@@ -180,3 +180,18 @@ def test_ensemble_prediction_is_the_same_with_and_without_reused_calculators(del
     np.testing.assert_allclose(p["energy"], q["energy"], rtol=0, atol=1e-10)
     for fp, fq in zip(p["forces"], q["forces"], strict=True):
         np.testing.assert_allclose(fp, fq, rtol=0, atol=1e-10)
+
+
+def test_gfn1_baseline_is_gfn1_xtb(frames: dict) -> None:
+    """'gfn1-xtb' subtracts GFN1-xTB (not GFN2): its numbers are tblite's GFN1 ones and differ from GFN2's."""
+    from sapis.models.xtb import xtb_energy_forces
+
+    atoms = frames["train"][0]
+    (e1, f1), (e2, f2) = (baseline_energy_forces([atoms], m)[0] for m in ("gfn1-xtb", "gfn2-xtb"))
+    e_ref, f_ref = xtb_energy_forces(atoms, "GFN1-xTB", reuse=False)
+    assert e1 == pytest.approx(e_ref, abs=1e-8)
+    np.testing.assert_allclose(f1, f_ref, atol=1e-8)
+    assert abs(e1 - e2) > 1.0  # eV: the two parametrisations have different reference energies
+    assert ModelConfig(baseline="gfn1-xtb").baseline == "gfn1-xtb"
+    with pytest.raises(ConfigError, match="unknown baseline 'gfn3-xtb'"):
+        baseline_energy_forces([atoms], "gfn3-xtb")

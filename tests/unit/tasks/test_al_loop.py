@@ -212,3 +212,17 @@ def test_rerank_cancels_confident_pending_labels_only(loop: dict[str, Any]) -> N
     # with no threshold (window_lo = 0, the default) nothing is ever dropped
     again = rerank_queue(store, plan, cfg).queue
     assert again is not None and again.cancelled == 0
+
+
+def test_benchmark_baseline_option_sets_the_campaigns_delta() -> None:
+    """--baseline gfn1-xtb mirrors a campaign (a cheaper method than the labels); a Δ to the oracle is refused."""
+    bench = _bench()
+    a = bench._args(["--molecules", "x.xyz", "--test", "t.xyz", "--baseline", "gfn1-xtb"])
+    cfg = bench._config(a, "w", "water", 0, "active", 2)
+    assert cfg.model.baseline == "gfn1-xtb" and cfg.level.method == "GFN2-xTB"
+    dft = bench._config(
+        bench._args(["--molecules", "x.xyz", "--test", "t.xyz", "--oracle", "dft"]), "w", "p", 0, "active", 2
+    )
+    assert dft.model.baseline == "gfn2-xtb"  # auto: the campaign default
+    with pytest.raises(SystemExit):
+        bench._args(["--molecules", "x.xyz", "--test", "t.xyz", "--baseline", "gfn2-xtb"])
