@@ -21,10 +21,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from _machine import machine  # benchmarks/ is on sys.path when a script runs
+
+if TYPE_CHECKING:
+    from sapis.models import TrainConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "rmd17_ethanol"
 PUBLISHED = {
@@ -50,6 +53,28 @@ def parse_arm(text: str) -> tuple[str, str, dict[str, Any]]:
     if not name or arch not in ("sapis", "mace"):
         raise SystemExit(f"--arm {text!r}: expected name=sapis|mace[:key=value,...]")
     return name, arch, over
+
+
+def arm_configs(
+    arms: list[tuple[str, str, dict[str, Any]]], base: TrainConfig, sapis_size: str, mace_channels: int
+) -> tuple[dict[str, Any], dict[str, TrainConfig]]:
+    """Each arm's model config and training config: an override whose key is a TrainConfig field (lr,
+    batch_size, ema_decay, ...) changes that arm's training, every other key its model; unknown keys fail."""
+    from sapis.models import ModelConfig, TrainConfig
+    from sapis.models.config import MaceConfig
+
+    models: dict[str, Any] = {}
+    trains: dict[str, TrainConfig] = {}
+    for name, arch, over in arms:
+        t_over = {k: v for k, v in over.items() if k in TrainConfig.model_fields}
+        m_over = {k: v for k, v in over.items() if k not in t_over}
+        trains[name] = TrainConfig(**{**base.model_dump(), **t_over})  # validated, unlike model_copy(update=)
+        models[name] = (
+            ModelConfig.size(sapis_size, **m_over)
+            if arch == "sapis"
+            else MaceConfig(**{"channels": mace_channels, **m_over})
+        )
+    return models, trains
 
 
 def reach(history: list[dict], target: float) -> dict[str, float] | None:
@@ -117,6 +142,7 @@ def _train_arm(job: tuple) -> dict[str, Any]:
     out: dict[str, Any] = {
         "architecture": arch,
         "config": mcfg.model_dump(),
+        "train_config": cfg.model_dump(),
         "n_params": m.n_params,
         "train_flops": m.train_flops,
         "train_wall_s": m.wall_s,
@@ -199,8 +225,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from ase.io import read
 
-    from sapis.models import ModelConfig, TrainConfig
-    from sapis.models.config import MaceConfig
+    from sapis.models import TrainConfig
 
     train_all = read(args.train, index=":")
     n_valid = args.n_valid
@@ -222,18 +247,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bootstrap=False,
     )
     arms = [parse_arm(a) for a in args.arm]
-    configs = {
-        name: ModelConfig.size(args.sapis_size, **over)
-        if arch == "sapis"
-        else MaceConfig(**{"channels": args.mace_channels, **over})
-        for name, arch, over in arms
-    }
+    configs, train_cfgs = arm_configs(arms, cfg, args.sapis_size, args.mace_channels)
     out: dict[str, Any] = {"n_train": len(train), "n_valid": len(valid), "tests": {k: len(v) for k, v in tests.items()}}
     keep = Path(args.keep_models) if args.keep_models else None
     with tempfile.TemporaryDirectory() as tmp:
         root = keep or Path(tmp)
         jobs = [
-            (name, arch, configs[name], train, valid, tests, cfg, e0s, root / name, batch_frames)
+            (name, arch, configs[name], train, valid, tests, train_cfgs[name], e0s, root / name, batch_frames)
             for name, arch, _ in arms
         ]
         with ProcessPoolExecutor(len(jobs), mp_context=mp.get_context("spawn")) as pool:

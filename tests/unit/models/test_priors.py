@@ -187,7 +187,7 @@ def test_gfn1_baseline_is_gfn1_xtb(frames: dict) -> None:
     from sapis.models.xtb import xtb_energy_forces
 
     atoms = frames["train"][0]
-    (e1, f1), (e2, f2) = (baseline_energy_forces([atoms], m)[0] for m in ("gfn1-xtb", "gfn2-xtb"))
+    (e1, f1), (e2, _f2) = (baseline_energy_forces([atoms], m)[0] for m in ("gfn1-xtb", "gfn2-xtb"))
     e_ref, f_ref = xtb_energy_forces(atoms, "GFN1-xTB", reuse=False)
     assert e1 == pytest.approx(e_ref, abs=1e-8)
     np.testing.assert_allclose(f1, f_ref, atol=1e-8)
