@@ -21,9 +21,17 @@ and to P (FLOPs per structure scale with the parameter count). Each action's pre
 the default plan (``continue``) is divided by its extra cost in seconds; the action with the best gain per
 second wins, provided its relative gain reaches ``epsilon``.
 
+While no fit is reliable (``too_short``, ``too_uncertain``) a stated prior acts (``ControllerConfig.prior``):
+``tandem`` (the default) grows data and capacity together (rule ``prior_tandem``); ``gap`` splits the last
+round's error by its generalisation gap into a data-limited part (validation − training force MAE, shrinking as
+N^-alpha, alpha = ``prior_data_exponent`` = 0.5 unless measured) and a capacity-limited part (training force MAE,
+shrinking as P^-gamma) and grows whichever promises more error reduction per measured second, or both (rule
+``prior_gap``, ``sapis.tasks.scaling_gap``); ``continue`` repeats the round unchanged.
+
 Rules, in order (the one that fired is ``Decision.evidence["rule"]``): ``no_error_measured``,
-``target_met``, ``budget_spent``, ``too_short``, ``too_uncertain``, ``cost_unknown``, ``target_out_of_reach``,
-``undertrained``, ``marginal_gain_below_epsilon``, ``best_gain_per_second``.
+``target_met``, ``budget_spent``, ``too_short``, ``too_uncertain`` (or ``prior_tandem`` / ``prior_gap``),
+``cost_unknown``, ``target_out_of_reach``, ``undertrained``, ``marginal_gain_below_epsilon``,
+``best_gain_per_second``.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ from sapis.tasks.scaling_fit import (
     spent_so_far,
     unit_costs,
 )
+from sapis.tasks.scaling_gap import exponents, gap_choice, gap_unusable
 
 __all__ = ["ControllerConfig", "Decision", "RoundEvidence", "decide"]
 
@@ -113,10 +122,20 @@ class ControllerConfig(BaseModel):
     budget_seconds: float | None = Field(
         default=None, gt=0, description="Total seconds, DFT CPU seconds plus training wall seconds."
     )
-    prior: Literal["tandem", "continue"] = Field(
+    prior: Literal["tandem", "gap", "continue"] = Field(
         default="tandem",
         description="Policy while the evidence is too thin to decide (no reliable fit yet): 'tandem' grows data "
-        "(labels per round × k_N) and capacity (width × k_W) together; 'continue' repeats the round unchanged.",
+        "(labels per round × k_N) and capacity (width × k_W) together; 'gap' splits the last round's error into a "
+        "data-limited part (validation − training force MAE) and a capacity-limited part (training force MAE) and "
+        "grows data, capacity or both by expected gain per measured second (not benchmarked yet, hence not the "
+        "default); 'continue' repeats the round unchanged.",
+    )
+    prior_data_exponent: float = Field(
+        default=0.5,
+        gt=0,
+        lt=3,
+        description="Prior alpha of the gap prior: the generalisation gap shrinks as N^-alpha (0.5, the N^-1/2 of "
+        "learning theory); a data exponent measured to max_rel_se replaces it.",
     )
     probes: bool = Field(
         default=True,
@@ -279,12 +298,14 @@ def decide(history: list[RoundEvidence], cfg: ControllerConfig | None = None) ->
 
     n_pts = sum(1 for r in group if r.n_train)
     thin = _why_thin(joint, len(pts), cfg)
+    gap_in = {"s_label": s_label, "exponents": exponents(joint, fit_n, gamma, gamma_src, cfg)}
     if fit_n is None:
         return _prior_or(
             "too_short",
             f"only {n_pts} round(s) at this capacity with N and an error; an E(N) fit needs {cfg.min_points}",
             thin,
             last,
+            gap_in,
             ev,
             cfg,
         )
@@ -296,6 +317,7 @@ def decide(history: list[RoundEvidence], cfg: ControllerConfig | None = None) ->
             "not extrapolating",
             thin,
             last,
+            gap_in,
             ev,
             cfg,
         )
@@ -441,20 +463,37 @@ def _why_thin(joint: JointFit | None, n_points: int, cfg: ControllerConfig) -> s
 
 
 def _prior_or(
-    rule: str, why: str, thin: str, last: RoundEvidence, ev: dict[str, Any], cfg: ControllerConfig
+    rule: str,
+    why: str,
+    thin: str,
+    last: RoundEvidence,
+    gap_in: dict[str, Any],
+    ev: dict[str, Any],
+    cfg: ControllerConfig,
 ) -> Decision:
-    """The stated default policy when no fit is reliable: grow data and capacity in tandem (or, with
-    ``prior = 'continue'``, repeat the round unchanged)."""
+    """The stated default policy when no fit is reliable: grow data and capacity in tandem, or with
+    ``prior = 'gap'`` whichever the generalisation gap says pays more per second (tandem when the gap prior
+    lacks its inputs), or with ``prior = 'continue'`` repeat the round unchanged. ``gap_in``: the measured DFT
+    seconds per label (``s_label``) and the gap prior's ``exponents``."""
     if cfg.prior == "continue":
         return _decision("continue", rule, why, ev, cfg)
     k_p = param_factor(cfg, last.capacity)
     can_grow = cfg.max_n_params is None or not last.n_params or last.n_params * k_p <= cfg.max_n_params
     ev["prior_because"] = {"rule": rule, "reason": why, "joint": thin}
+    thin_words = f"evidence too thin ({thin}; {why})"
+    if cfg.prior == "gap":
+        unusable = gap_unusable(last, gap_in["s_label"], cfg.irreducible_f_mae)
+        if unusable is None:
+            g = gap_choice(last, cfg, k_p, gap_in["exponents"], gap_in["s_label"], can_grow)
+            ev["gap_prior"] = g.evidence
+            return _decision(g.action, "prior_gap", f"{thin_words}; {g.summary}", ev, cfg)
+        ev["gap_prior"] = {"usable": False, "why": unusable}
+        thin_words += f"; gap prior not usable ({unusable})"
     policy = f"labels per round × {cfg.k_N:.3g}" + (f" and width × {cfg.k_W:.3g}" if can_grow else "")
     return _decision(
         "both" if can_grow else "grow_data",
         "prior_tandem",
-        f"evidence too thin ({thin}; {why}); default policy: {policy}",
+        f"{thin_words}; default policy: {policy}",
         ev,
         cfg,
     )
