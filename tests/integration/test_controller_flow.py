@@ -127,15 +127,16 @@ def _probe_metrics(i: int, noise: float, seed: int) -> dict:
     return m
 
 
-def test_decisions_replay_identically_on_resume(tmp_path: Path) -> None:
-    """Decide after every round (default tandem prior, in-round probes); a fresh process deciding again from
-    the stored rows gives the same decisions and evidence, and explain recomputes the same actions."""
+@pytest.mark.parametrize("prior", ["tandem", "gap"])
+def test_decisions_replay_identically_on_resume(tmp_path: Path, prior: str) -> None:
+    """Decide after every round (the tandem or the gap prior, in-round probes); a fresh process deciding again
+    from the stored rows gives the same decisions and evidence, and explain recomputes the same actions."""
     from sapis.flows.controller import scaling_controller
     from sapis.tasks.scaling_step import decide_round
 
     url = f"sqlite:///{tmp_path / 'replay.db'}"
     store = Store(url)
-    cid = store.create_campaign("replay", {"controller": {"epsilon": 0.02}})
+    cid = store.create_campaign("replay", {"controller": {"epsilon": 0.02, "prior": prior}})
     first = []
     for i in range(3):
         rid = store.start_round(cid, i)
@@ -143,7 +144,7 @@ def test_decisions_replay_identically_on_resume(tmp_path: Path) -> None:
         first.append(scaling_controller(campaign_id=cid, round_index=i, database_url=url))
     assert first[0]["action"] != "continue"  # the prior (or the evidence) acts from round 0
     rules = [d["evidence"]["rule"] for d in first]
-    assert rules[0] == "prior_tandem"
+    assert rules[0] == f"prior_{prior}"
     assert all(d["evidence"]["fits"]["joint_points"] == 9 * (k + 1) for k, d in enumerate(first))
     stored = [(r.decision, r.evidence) for r in Store(url).rounds(cid)]
     again = [decide_round(Store(url), cid, i).to_dict() for i in range(3)]  # a resumed process, same rows
