@@ -174,6 +174,7 @@ def decision_markdown(campaign: str, index: int, d: Decision) -> str:
                 f"({sig(p.get('gain_lo'))} to {sig(p.get('gain_hi'))}) | {sig(p.get('cost_s'))} "
                 f"| {sig(p.get('gain_per_s'))} |"
             )
+    lines += _gap_lines(ev.get("gap_prior") or {})
     unit = ev.get("unit_costs") or {}
     cur = ev.get("current") or {}
     spent = cur.get("spent") or {}
@@ -194,3 +195,29 @@ def decision_markdown(campaign: str, index: int, d: Decision) -> str:
             f"{sig(1.0 / (err * spent['seconds']))} (error in meV/Å).",
         ]
     return "\n".join(lines)
+
+
+def _gap_lines(gp: dict[str, Any]) -> list[str]:
+    """The gap prior's error split, exponents and per-action gains and costs as markdown (none when unused)."""
+    opts = gp.get("options") or {}
+    if not opts:
+        return ["", f"Gap prior not usable: {gp['why']}."] if gp.get("why") else []
+    lines = [
+        "",
+        f"Gap prior: data-limited {sig(gp.get('data_limited'), 'meV/Å')} (validation − training force MAE "
+        f"{sig(gp.get('valid_f_mae'))} − {sig(gp.get('train_f_mae'))}), capacity-limited "
+        f"{sig(gp.get('capacity_limited'), 'meV/Å')} (training force MAE above the irreducible floor); data exponent "
+        f"α = {sig(gp.get('data_exponent'))} ({gp.get('data_exponent_source')}: {gp.get('data_exponent_from')}), "
+        f"capacity exponent γ = {sig(gp.get('capacity_exponent'))} ({gp.get('capacity_exponent_source')}: "
+        f"{gp.get('capacity_exponent_from')}).",
+        "",
+        "| action | expected gain over carrying on (meV/Å) | extra DFT (s) | extra training (s) "
+        "| gain per second (meV/Å per s) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for k, o in opts.items():
+        lines.append(
+            f"| {ACTION_WORDS.get(k, k)} | {sig(o.get('gain'))} | {sig(o.get('extra_dft_s'))} "
+            f"| {sig(o.get('extra_train_s'))} | {sig(o.get('gain_per_s'))} |"
+        )
+    return lines

@@ -44,9 +44,15 @@ def _row(index: int, d: dict[str, Any], stored: bool) -> dict[str, Any]:
         "beta_P": joint.get("beta"),
         "beta_P_se": jse.get("beta"),
         "e_inf_NP": joint.get("e_inf"),
-        "evidence_source": ev.get("evidence_source")
-        or ("default policy" if ev.get("rule") == "prior_tandem" else None),
+        "evidence_source": ev.get("evidence_source") or _PRIOR_SOURCE.get(str(ev.get("rule"))),
+        "gap_prior": ev.get("gap_prior"),  # the gap prior's error split, exponents, gains and costs
     }
+
+
+_PRIOR_SOURCE = {
+    "prior_tandem": "default policy",
+    "prior_gap": "gap prior: error split by valid − train, gain per measured second",
+}
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:

@@ -243,3 +243,24 @@ def test_replays_identically_from_stored_metrics() -> None:
     assert again == first
     assert first["evidence"]["rule"] == "prior_gap"
     assert gap(hist).to_dict() == first  # and deciding twice changes nothing
+
+
+# ---- what a person reads: explain rows and the round's report -----------------------------------------------
+
+
+def test_explain_row_and_report_show_the_gap_numbers() -> None:
+    from sapis.cli.controller import _row
+    from sapis.tasks.scaling_step import decision_markdown
+
+    d = gap([one_round(valid=40.0, train=5.0, dft_s_per_label=0.01)])
+    row = _row(0, d.to_dict(), stored=False)
+    assert row["evidence_source"].startswith("gap prior")
+    assert row["gap_prior"]["options"]["grow_data"]["cost_s"] == pytest.approx(10.5)
+    md = decision_markdown("demo", 0, d)
+    assert "data-limited 35 meV/Å (validation − training force MAE 40 − 5)" in md
+    assert f"| grow the data | 4.54 | 0.5 | 10 | {gain_data(35.0) / 10.5:.3g} |" in md  # 0.433 meV/Å per s
+    assert "α = 0.5 (prior: controller.prior_data_exponent)" in md
+    tandem = gap([one_round(valid=40.0, train=None)])
+    assert "Gap prior not usable: the round has no training and validation force MAE." in decision_markdown(
+        "demo", 0, tandem
+    )
