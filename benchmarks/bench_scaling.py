@@ -5,11 +5,14 @@ Four strategies spend the same budget (seconds: DFT seconds per label × labels 
 - ``controller``: start at N0 labels and the base model, add ``n_add`` labels per round; after each round train
   the in-round learning-curve probes (``sapis.tasks.scaling_probe.run_probes``: nested ¼, ½, all of the labels
   × three widths), then let ``sapis.tasks.scaling.decide`` grow data (labels per round × k_N), capacity
-  (width × k_W) or both; its tandem prior acts while the fits are not yet reliable. Probe seconds and FLOPs are
-  charged to the controller.
+  (width × k_W) or both; its prior (``--prior``: tandem by default, or gap, or continue) acts while the fits
+  are not yet reliable. Probe seconds and FLOPs are charged to the controller.
 - ``data``: fixed capacity, data doubling each round;
 - ``capacity``: fixed data (``--fixed-n`` labels), width × k_W each round;
 - ``tandem``: data doubling and width × k_W each round.
+
+Named controller variants run the same controller with a fixed prior, so priors can be compared in one run
+(add them to ``--strategies``): ``controller_tandem``, ``controller_gap``, ``controller_continue``.
 
 Labels are an oracle (frames of the molecule's train.xyz in a fixed random order per seed): rMD17 ethanol
 (PBE/def2-SVP) and GFN2-xTB labels of another molecule (``benchmarks/make_xtb_data.py``). Their DFT cost is
@@ -23,7 +26,9 @@ Reported per molecule (mean over seeds): ``time_to_target_ratio`` (controller se
 force MAE / the best naive strategy's; the target is the worst final error among the naive strategies of that
 seed, so every naive strategy reaches it), ``accuracy_per_flop_ratio`` (1 / (final MAE × training FLOPs),
 controller / doubling data, probes included), ``final_f_mae_ratio`` and ``first_action_round`` (first round
-whose decision is not ``continue``; also the first decided by evidence rather than the prior).
+whose decision is not ``continue``; the latest over seeds, None when a seed never acted), and
+``first_evidence_round`` (first decided by evidence rather than a prior). The same figures for each controller
+variant sit under ``variants`` (per seed and per molecule), against the same naive strategies and target.
 
     .venv/bin/python benchmarks/bench_scaling.py --molecule ethanol=/work/shared/data/rmd17_ethanol \\
         --molecule acetic_acid=/tmp/sapis-xtb/acetic_acid --seeds 0,1,2 --budget-s 1500
@@ -43,6 +48,19 @@ from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("controller", "data", "capacity", "tandem")
+PRIORS = ("tandem", "gap", "continue")
+CONTROLLER_VARIANTS = {f"controller_{p}": p for p in PRIORS}  # the controller with a fixed prior
+# rules that decide without a usable fit (with prior = "continue" the thin-evidence rules answer themselves)
+NO_EVIDENCE_RULES = ("no_error_measured", "too_short", "too_uncertain", "cost_unknown")
+
+
+def controller_prior(name: str, args: argparse.Namespace) -> str | None:
+    """The prior a controller strategy runs with (``controller``: ``--prior``); None for a naive strategy."""
+    return args.prior if name == "controller" else CONTROLLER_VARIANTS.get(name)
+
+
+def is_controller(name: str) -> bool:
+    return name == "controller" or name in CONTROLLER_VARIANTS
 
 
 class Runner:
@@ -142,7 +160,10 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
     from sapis.tasks.scaling import ControllerConfig, RoundEvidence, decide
 
     base = ModelConfig.size(args.size).model_dump(mode="json")
-    cfg = ControllerConfig(k_N=args.k_N, k_W=args.k_W, k_D=0, budget_seconds=args.budget_s, epsilon=args.epsilon)
+    prior = controller_prior(name, args)
+    cfg = ControllerConfig(
+        k_N=args.k_N, k_W=args.k_W, k_D=0, budget_seconds=args.budget_s, epsilon=args.epsilon, prior=prior or "tandem"
+    )
     n = args.fixed_n if name == "capacity" else args.n0
     n_add = args.n_add
     capacity = dict(base)
@@ -164,7 +185,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
         spent += m["dft_cpu_s"] + m["train_wall_s"]
         flops += m["train_flops"]
         action = None
-        if name == "controller":
+        if prior is not None:
             pr = runner.probes(n, capacity, args.epochs, m, cfg)
             m["probes"] = pr
             spent += pr["train_s"]
@@ -172,7 +193,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
             probe_factor = 1.0 + pr["train_s"] / m["train_wall_s"]
         labelled = max(labelled, n)
         m.update(index=len(rounds), spent_s=spent, train_flops_cum=flops, dft_cpu_s_cum=labelled * dft_s)
-        if name == "controller":
+        if prior is not None:
             history.append(RoundEvidence.from_store(m["index"], m))
             d = decide(history, cfg)
             action, m["decision"], m["rule"], m["reason"] = d.action, d.action, d.rule, d.reason
@@ -202,6 +223,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
     final = rounds[-1]
     return {
         "strategy": name,
+        "prior": prior,
         "rounds": rounds,
         "final_test_f_mae": final["test_f_mae"],
         "final_test_e_mae": final["test_e_mae"],
@@ -273,48 +295,72 @@ def run_molecule(job: tuple[str, str, argparse.Namespace]) -> dict[str, Any]:
 
 
 def summarise(res: dict[str, Any]) -> dict[str, Any]:
-    """Ratios of one seed: time to the target, accuracy per FLOP, final error, first action round."""
-    naive = [k for k in res if k != "controller"]
+    """Ratios of one seed: time to the target, accuracy per FLOP, final error, first action round, for
+    ``controller`` at the top level and for each named controller variant under ``variants``."""
+    naive = [k for k in res if not is_controller(k)]
     out: dict[str, Any] = {}
-    if not naive or "controller" not in res:
+    if not naive or not any(is_controller(k) for k in res):
         return out
     target = max(res[k]["final_test_f_mae"] for k in naive)
     times = {k: time_to(res[k]["rounds"], target) for k in res}
-    best = min((t, k) for k, t in times.items() if k != "controller" and t is not None)
-    c = res["controller"]
+    best = min((t, k) for k, t in times.items() if k in naive and t is not None)
+    out.update(target_f_mae=target, time_to_target_s=times, best_naive=best[1])
+    for name in res:
+        if is_controller(name):
+            ratios = _controller_ratios(res[name], res.get("data"), times[name], best[0])
+            if name == "controller":
+                out.update(ratios)
+            else:
+                out.setdefault("variants", {})[name] = ratios
+    return out
+
+
+def _controller_ratios(
+    c: dict[str, Any], data: dict[str, Any] | None, time_s: float | None, best_naive_s: float
+) -> dict[str, Any]:
+    """One controller run against the best naive time and the doubling-data strategy."""
     acts = [r["index"] for r in c["rounds"] if r.get("decision") not in (None, "continue")]
-    evid = [r["index"] for r in c["rounds"] if r.get("rule") not in (None, "prior_tandem", "no_error_measured")]
-    out.update(
-        target_f_mae=target,
-        time_to_target_s=times,
-        best_naive=best[1],
-        time_to_target_ratio=None if times["controller"] is None else times["controller"] / best[0],
-        first_action_round=acts[0] if acts else None,
-        first_evidence_round=evid[0] if evid else None,
-    )
-    if "data" in res:
-        d = res["data"]
-        out["accuracy_per_flop_ratio"] = c["accuracy_per_flop"] / d["accuracy_per_flop"]
-        out["final_f_mae_ratio"] = c["final_test_f_mae"] / d["final_test_f_mae"]
-        out["accuracy_per_budget_s_ratio"] = c["accuracy_per_budget_s"] / d["accuracy_per_budget_s"]
+    rules = [(r["index"], str(r.get("rule") or "")) for r in c["rounds"]]
+    evid = [i for i, rule in rules if rule and not rule.startswith("prior_") and rule not in NO_EVIDENCE_RULES]
+    out: dict[str, Any] = {
+        "prior": c.get("prior"),
+        "time_to_target_ratio": None if time_s is None else time_s / best_naive_s,
+        "first_action_round": acts[0] if acts else None,
+        "first_evidence_round": evid[0] if evid else None,
+    }
+    if data is not None:
+        out["accuracy_per_flop_ratio"] = c["accuracy_per_flop"] / data["accuracy_per_flop"]
+        out["final_f_mae_ratio"] = c["final_test_f_mae"] / data["final_test_f_mae"]
+        out["accuracy_per_budget_s_ratio"] = c["accuracy_per_budget_s"] / data["accuracy_per_budget_s"]
     return out
 
 
 def aggregate(seeds: dict[str, Any]) -> dict[str, Any]:
-    """Means over seeds (a ratio of a seed where the controller never reached the target counts as missing and
-    is reported in ``target_not_reached``)."""
+    """Means over seeds for ``controller`` and, under ``variants``, for each named controller variant."""
+    out = _means(seeds)
+    names = sorted({v for s in seeds.values() for v in s.get("variants") or {}})
+    if names:
+        out["variants"] = {v: _means({k: s["variants"].get(v, {}) for k, s in seeds.items()}) for v in names}
+    return out
+
+
+def _means(seeds: dict[str, Any]) -> dict[str, Any]:
+    """Means over seeds of one controller's ratios (a seed where it never reached the target counts as missing
+    and is reported in ``target_not_reached``; ``first_action_round`` is the latest over seeds, None when a seed
+    never acted)."""
 
     def mean(key: str) -> float | None:
         vals = [s[key] for s in seeds.values() if s.get(key) is not None]
         return sum(vals) / len(vals) if vals else None
 
+    first = [s.get("first_action_round") for s in seeds.values()]
     return {
         "time_to_target_ratio": mean("time_to_target_ratio"),
         "target_not_reached": [k for k, s in seeds.items() if s.get("time_to_target_ratio") is None],
         "accuracy_per_flop_ratio": mean("accuracy_per_flop_ratio"),
         "final_f_mae_ratio": mean("final_f_mae_ratio"),
         "accuracy_per_budget_s_ratio": mean("accuracy_per_budget_s_ratio"),
-        "first_action_round": max((s.get("first_action_round") or 0) for s in seeds.values()),
+        "first_action_round": None if not first or None in first else max(first),
         "first_evidence_round": [s.get("first_evidence_round") for s in seeds.values()],
     }
 
@@ -329,6 +375,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     mols = doc["molecules"]
     fig, axes = plt.subplots(1, len(mols), figsize=(5 * len(mols), 3.8), dpi=100, squeeze=False)
     colours = dict(zip(STRATEGIES, ("tab:red", "tab:blue", "tab:green", "tab:purple"), strict=True))
+    colours.update(zip(CONTROLLER_VARIANTS, ("tab:orange", "tab:brown", "tab:pink"), strict=True))
     for ax, (mol, m) in zip(axes[0], mols.items(), strict=True):
         for i, s in enumerate(m["seeds"].values()):
             for name, r in s["results"].items():
@@ -370,7 +417,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=1500.0, help="per strategy: DFT seconds + training seconds")
     p.add_argument("--dft-s-per-label", type=float, default=None, help="override the measured DFT seconds")
     p.add_argument("--dft-frames", type=int, default=2, help="frames timed with compute_label per molecule")
-    p.add_argument("--strategies", default=",".join(STRATEGIES), help="comma-separated subset")
+    p.add_argument(
+        "--strategies",
+        default=",".join(STRATEGIES),
+        help=f"comma-separated, from {', '.join(STRATEGIES + tuple(CONTROLLER_VARIANTS))}",
+    )
+    p.add_argument("--prior", choices=PRIORS, default="tandem", help="the controller strategy's prior")
     p.add_argument("--size", default="XS", help="base model size preset (XS, S, M, L)")
     p.add_argument("--n0", type=int, default=10, help="labels in the first round (controller, data, tandem)")
     p.add_argument("--n-add", type=int, default=10, help="labels added per controller round before growth")
@@ -397,6 +449,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give at least one --molecule NAME=DIR")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.strategies = args.strategies.split(",")
+    unknown = [s for s in args.strategies if s not in STRATEGIES and s not in CONTROLLER_VARIANTS]
+    if unknown:
+        p.error(f"unknown strategies {unknown}; choose from {STRATEGIES + tuple(CONTROLLER_VARIANTS)}")
     mols = dict(m.split("=", 1) for m in args.molecule)
     t0 = time.perf_counter()
     start = machine(processes=args.processes, threads_per_process=1)
@@ -428,8 +483,10 @@ def main(argv: list[str] | None = None) -> int:
                     "first_evidence_round",
                 )
             }
+            | ({"variants": v["variants"]} if "variants" in v else {})
             for k, v in results.items()
         },
+        "controller_prior": args.prior,
         "goals": {"time_to_target_ratio": "<= 0.5", "accuracy_per_flop_ratio": ">= 2", "first_action_round": "<= 2"},
         "wall_s_total": time.perf_counter() - t0,
         "limitations": [
