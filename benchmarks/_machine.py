@@ -41,7 +41,9 @@ def machine(**extra: Any) -> dict[str, Any]:
         "python": platform.python_version(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "git_commit": _git("rev-parse", "HEAD"),
-        "uncommitted_changes": bool(_git("status", "--porcelain", "models", "tasks", "storage", "flows")),
+        "uncommitted_changes": bool(
+            _git("status", "--porcelain", "models", "tasks", "storage", "flows", "sapis", "benchmarks/*.py")
+        ),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     try:

@@ -457,7 +457,7 @@ def main() -> None:
     p.add_argument("--arm", action="append", default=[], help="name=sapis|mace[:key=value,...] (repeatable)")
     p.add_argument("--test-frames", type=int, default=500, help="frames of each test file to evaluate on")
     p.add_argument("--batch-size", type=int, default=5, help="structures per step (all arms)")
-    p.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (all arms)")
+    p.add_argument("--lr", type=float, default=2e-2, help="peak learning rate (all arms; an arm's lr=... overrides)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sapis-size", default="M", help="sapis preset the sapis arms' overrides apply to")
     p.add_argument("--mace-channels", type=int, default=32, help="MACE hidden channels (32x0e+32x1o)")

@@ -172,7 +172,7 @@ class TrainConfig(BaseModel):
     max_cpu_minutes: float | None = Field(
         None, gt=0, description="CPU-time budget per member (minutes): equal compute on a shared machine"
     )
-    lr: float = Field(5e-3, gt=0, description="peak learning rate of AdamW")
+    lr: float = Field(2e-2, gt=0, description="peak learning rate of AdamW (sweep: models/README.md)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     batch_size: int = Field(4, ge=1, description="structures per optimisation step")
     energy_weight: float = Field(1.0, ge=0, description="weight of the per-atom energy MSE (eV²/atom²)")

@@ -87,7 +87,7 @@ def train(
         None
     ),
     batch_size: Annotated[int, typer.Option(min=1, help="Structures per optimisation step.")] = 4,
-    lr: Annotated[float, typer.Option(min=1e-7, help="Peak learning rate (AdamW).")] = 5e-3,
+    lr: Annotated[float, typer.Option(min=1e-7, help="Peak learning rate (AdamW).")] = 2e-2,
     patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 30,
     valid_fraction: Annotated[float, typer.Option(min=0.0, max=0.9, help="Held out when --valid is not given.")] = (
         0.1
