@@ -387,7 +387,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
                     ms=3,
                     alpha=0.8,
                     color=colours.get(name),
-                    label=name if i == 0 else None,
+                    label=(f"{name} ({r['prior']} prior)" if r.get("prior") else name) if i == 0 else None,
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")
