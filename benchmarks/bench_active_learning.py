@@ -59,9 +59,12 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
     # MD-only candidates (no perturbation explorer), default rule and its own random baseline
     "active-mdonly": ({"strategy": "uncertainty"}, ["xtb"]),
     "random-mdonly": ({"strategy": "random"}, ["xtb"]),
+    # the default rule choosing among xTB MD and the arm's own committee MD (Langevin on the ensemble mean,
+    # stopped at the trust ceiling, as in DP-GEN): exploration by the model, against random over xTB MD only
+    "active-committee-md": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
 }
 # arm -> the random arm it is measured against (default: 'random'); baselines are not rules themselves
-BASELINES: dict[str, str] = {"active-mdonly": "random-mdonly"}
+BASELINES: dict[str, str] = {"active-mdonly": "random-mdonly", "active-committee-md": "random-mdonly"}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

@@ -226,3 +226,18 @@ def test_benchmark_baseline_option_sets_the_campaigns_delta() -> None:
     assert dft.model.baseline == "gfn2-xtb"  # auto: the campaign default
     with pytest.raises(SystemExit):
         bench._args(["--molecules", "x.xyz", "--test", "t.xyz", "--baseline", "gfn2-xtb"])
+
+
+def test_every_benchmark_arm_is_a_valid_campaign_and_has_its_random_baseline() -> None:
+    """Each arm builds a validated campaign config (its explorers and select section), and each rule is measured
+    against a random arm that explores the same way (the committee arm: random over xTB MD, no committee)."""
+    bench = _bench()
+    a = bench._args(["--molecules", "x.xyz", "--test", "t.xyz", "--baseline", "gfn1-xtb"])
+    for arm, (select, explorers) in bench.ARMS.items():
+        cfg = bench._config(a, "w", "water", 0, arm, 2)
+        assert list(cfg.explore.explorers) == explorers
+        assert cfg.select.strategy == select["strategy"]
+    for rule, base in bench.BASELINES.items():
+        assert rule in bench.ARMS and bench.ARMS[base][0]["strategy"] == "random"
+        assert set(bench.ARMS[base][1]) <= set(bench.ARMS[rule][1])
+    assert bench.ARMS["active-committee-md"][1] == ["xtb", "committee"]
