@@ -107,10 +107,17 @@ class SymmetricProduct(tnn.Module):
     """
 
     cols: torch.Tensor  # buffer: column order of the concatenated products
+    channel_of: torch.Tensor  # (dim,) buffer: irrep channel (0 .. num_irreps - 1) of every column
 
-    def __init__(self, irreps: o3.Irreps, correlation: int) -> None:
+    def __init__(self, irreps: o3.Irreps, correlation: int, n_species: int = 0) -> None:
         super().__init__()
         self.irreps, self.correlation = o3.Irreps(irreps), correlation
+        # n_species > 0: a gain per element, body order and channel (MACE's product weights depend on the element)
+        self.gains = tnn.Parameter(torch.ones(n_species, correlation, self.irreps.num_irreps)) if n_species else None
+        channel_of: list[int] = []
+        for first, (mul, ir) in zip(self._firsts(), self.irreps, strict=True):
+            channel_of += [first + c for c in range(mul) for _ in range(ir.dim)]
+        self.register_buffer("channel_of", torch.tensor(channel_of, dtype=torch.long), persistent=False)
         lmax = max(ir.l for _, ir in self.irreps)
         self.tps, self.lins = tnn.ModuleList(), tnn.ModuleList()
         for k in range(correlation - 1):  # the first product is A (x) A: symmetric, half the paths
@@ -121,6 +128,11 @@ class SymmetricProduct(tnn.Module):
         cat = o3.Irreps([(mul * correlation, ir) for mul, ir in self.irreps])
         self.order = self._regroup(correlation) if correlation > 1 else None
         self.lin = o3.Linear(cat, self.irreps) if correlation > 1 else None
+
+    def _firsts(self) -> list[int]:
+        """Index of the first channel of every irrep block among all num_irreps channels."""
+        muls = [mul for mul, _ir in self.irreps]
+        return [sum(muls[:i]) for i in range(len(muls))]
 
     def _regroup(self, nu: int) -> torch.Tensor:
         """Column order that turns [B_1 | ... | B_nu] (each in node irreps) into irreps-sorted nu*C x l blocks."""
@@ -133,14 +145,18 @@ class SymmetricProduct(tnn.Module):
         self.register_buffer("cols", idx, persistent=False)
         return idx
 
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        """(N, dim) aggregated messages -> (N, dim) features of body order up to correlation + 1."""
-        if self.lin is None:
-            return a
+    def forward(self, a: torch.Tensor, species: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, dim) aggregated messages [(N,) species indices] -> (N, dim) features of body order <= nu + 1."""
         feats, cur = [a], a
         for tp, lin in zip(self.tps, self.lins, strict=True):
             cur = lin(tp(cur, a))
             feats.append(cur)
+        if self.gains is not None and species is not None:
+            g = self.gains.to(a.dtype).index_select(0, species)  # (N, nu, num_irreps)
+            g = g.index_select(2, self.channel_of)  # (N, nu, dim)
+            feats = [f * g[:, k] for k, f in enumerate(feats)]
+        if self.lin is None:
+            return feats[0]
         return self.lin(torch.cat(feats, dim=-1).index_select(1, self.cols))
 
 
@@ -166,9 +182,13 @@ class GraphAttention(tnn.Module):
         num_radial: int,
         radial_hidden: int,
         correlation: int = 1,
+        density: bool = False,
+        n_species: int = 0,
     ) -> None:
         super().__init__()
         self.irreps_node, self.heads = o3.Irreps(irreps_node), heads
+        # density: + s_h * u_ij on top of alpha_ij (an unnormalised, enveloped neighbour sum; s_h starts at 1/10)
+        self.density_log = tnn.Parameter(torch.full((heads,), math.log(0.1))) if density else None
         self.norm = EquivariantLayerNorm(self.irreps_node)
         self.lin_src = o3.Linear(self.irreps_node, self.irreps_node)
         self.lin_dst = o3.Linear(self.irreps_node, self.irreps_node, biases=False)
@@ -191,7 +211,8 @@ class GraphAttention(tnn.Module):
         self.lin_msg = o3.Linear(irreps_mid, self.irreps_node + o3.Irreps(f"{heads * self.key_dim}x0e"))
         self.attn_vec = tnn.Parameter(torch.randn(heads, self.key_dim) / math.sqrt(self.key_dim))
         # correlation > 1: the aggregated message times itself (many-body), mixed back by one linear map
-        self.product = SymmetricProduct(self.irreps_node, correlation) if correlation > 1 else None
+        use_product = correlation > 1 or n_species > 0
+        self.product = SymmetricProduct(self.irreps_node, correlation, n_species) if use_product else None
         self.lin_out = o3.Linear(self.irreps_node, self.irreps_node)
         head_of = []  # head that owns each component of the value vector (channels split across heads)
         for mul, ir in self.irreps_node:
@@ -208,6 +229,7 @@ class GraphAttention(tnn.Module):
         sh: torch.Tensor,  # (E, sh_dim) spherical harmonics of edge directions
         radial: torch.Tensor,  # (E, num_radial) enveloped radial basis
         envelope: torch.Tensor,  # (E,) smooth cutoff
+        species: torch.Tensor | None = None,  # (N,) species index of every node (element-dependent gains)
     ) -> torch.Tensor:
         send, recv = edge_index
         h = self.norm(x)
@@ -226,10 +248,13 @@ class GraphAttention(tnn.Module):
         alpha = ex / denom.index_select(0, recv)  # (E, H)
         if self.record_attention:  # for interpretation (sapis model attention); off in training
             self.last_alpha = alpha.detach()
-        value = vk[:, :d] * alpha.index_select(1, self.head_of)  # (E, dim)
+        weight = alpha
+        if self.density_log is not None:
+            weight = alpha + envelope[:, None] * self.density_log.exp().to(x.dtype)
+        value = vk[:, :d] * weight.index_select(1, self.head_of)  # (E, dim)
         agg = torch.zeros_like(x).index_add(0, recv, value)
         if self.product is not None:
-            agg = self.product(agg)
+            agg = self.product(agg, species)
         return x + self.lin_out(agg)
 
 

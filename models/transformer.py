@@ -59,7 +59,7 @@ class SapisTransformer(tnn.Module):
         self.elements = [int(z) for z in elements]
         c = config
         self.irreps_node = natural_irreps(c.channels, c.lmax)
-        self.irreps_sh = o3.Irreps.spherical_harmonics(c.lmax)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(c.lmax if c.sh_lmax is None else c.sh_lmax)
         z_index = torch.full((119,), -1, dtype=torch.long)
         z_index[torch.tensor(self.elements)] = torch.arange(len(self.elements))
         self.register_buffer("z_index", z_index)
@@ -72,11 +72,27 @@ class SapisTransformer(tnn.Module):
         self.radial = RadialBasis(c.cutoff, c.num_radial, c.envelope_p)
         self.sh = o3.SphericalHarmonics(self.irreps_sh, normalize=True, normalization="component")
         self.attn = tnn.ModuleList(
-            GraphAttention(self.irreps_node, self.irreps_sh, c.heads, c.num_radial, c.radial_hidden, c.correlation)
+            GraphAttention(
+                self.irreps_node,
+                self.irreps_sh,
+                c.heads,
+                c.num_radial,
+                c.radial_hidden,
+                c.correlation,
+                density=c.density,
+                n_species=len(self.elements) if c.species_gains else 0,
+            )
             for _ in range(c.layers)
         )
         self.ffn = tnn.ModuleList(GatedFeedForward(self.irreps_node) for _ in range(c.layers))
-        self.norm_out = EquivariantLayerNorm(o3.Irreps(f"{c.channels}x0e"))
+        self.norm_out = EquivariantLayerNorm(o3.Irreps(f"{c.channels}x0e")) if c.out_norm else tnn.Identity()
+        # MACE-style: a linear energy of each earlier block's scalars, added to the last block's readout
+        self.layer_heads = tnn.ModuleList(
+            tnn.Linear(c.channels, 1, bias=False) for _ in range(c.layers - 1 if c.layer_readouts else 0)
+        )
+        with torch.no_grad():
+            for lin in self.layer_heads:
+                lin.weight.mul_(0.01)
         head = tnn.Linear(c.readout_hidden, 1)
         self.readout = tnn.Sequential(tnn.Linear(c.channels, c.readout_hidden), tnn.SiLU(), head)
         self.zbl = ZBLRepulsion(c.zbl_radius_scale) if c.zbl else None
@@ -94,6 +110,10 @@ class SapisTransformer(tnn.Module):
 
     def node_features(self, graph: AtomicGraph) -> torch.Tensor:
         """(N, C) invariant features of each atom after the last block (also the descriptor source)."""
+        return self._blocks(graph)[0]
+
+    def _blocks(self, graph: AtomicGraph) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(N, C) features after the last block, and (N,) the earlier blocks' per-atom energies (or None)."""
         dtype = graph.positions.dtype
         vec = graph.edge_vectors()
         r = vec.norm(dim=-1)
@@ -103,15 +123,23 @@ class SapisTransformer(tnn.Module):
         idx = self.species(graph.numbers)
         x = torch.zeros(len(idx), self.irreps_node.dim, dtype=dtype, device=graph.positions.device)
         x[:, : self.config.channels] = self.embedding(idx).to(dtype)
-        for attn, ffn in zip(self.attn, self.ffn, strict=True):
-            x = ffn(attn(x, graph.edge_index, sh, radial, env))
-        return self.norm_out(x[:, : self.config.channels])
+        early: torch.Tensor | None = None
+        c = self.config.channels
+        for k, (attn, ffn) in enumerate(zip(self.attn, self.ffn, strict=True)):
+            x = ffn(attn(x, graph.edge_index, sh, radial, env, idx))
+            if k < len(self.layer_heads):
+                e_k = self.layer_heads[k](x[:, :c]).squeeze(-1)
+                early = e_k if early is None else early + e_k
+        return self.norm_out(x[:, :c]), early
 
     def forward(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
         """energy (B,) eV (float64), node_energy (N,) eV (float64), node_feats (N, C)."""
         dtype = graph.positions.dtype
-        feats = self.node_features(graph)
-        e_atom = self.readout(feats).squeeze(-1) * self.scale.to(dtype) + self.shift.to(dtype)
+        feats, early = self._blocks(graph)
+        e_model = self.readout(feats).squeeze(-1)
+        if early is not None:
+            e_model = e_model + early
+        e_atom = e_model * self.scale.to(dtype) + self.shift.to(dtype)
         # totals in float64: a float32 sum of ~-4000 eV would lose ~0.5 meV
         e0 = self.e0.to(feats.device)[self.species(graph.numbers)]
         e_atom = e_atom.to(torch.float64) + e0

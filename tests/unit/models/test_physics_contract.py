@@ -73,7 +73,7 @@ class PhysicsContract:
             moved.positions = atoms.positions @ rot.T
             e1, (f1,) = self.ef(models, [moved], dtype)
             assert abs(e1[0] - e0[0]) <= TOL[dtype] * max(1.0, abs(e0[0]))
-            assert np.abs(f1 - f0 @ rot.T).max() <= TOL[dtype]
+            assert np.abs(f1 - f0 @ rot.T).max() <= TOL[dtype] * max(1.0, np.abs(f0).max())
 
     def test_translation_and_permutation(self, models: dict) -> None:
         atoms = _ethanol()
@@ -178,4 +178,19 @@ class TestSapisManyBody(PhysicsContract):
     spec: ClassVar[dict] = {
         **TestSapisTransformer.spec,
         "config": {**TestSapisTransformer.spec["config"], "correlation": 3, "zbl": True},
+    }
+
+
+class TestSapisDensityGains(PhysicsContract):
+    """The density term on the attention weights, element-dependent body-order gains and l = 3 edge harmonics."""
+
+    spec: ClassVar[dict] = {
+        **TestSapisTransformer.spec,
+        "config": {
+            **TestSapisTransformer.spec["config"],
+            "correlation": 2,
+            "density": True,
+            "species_gains": True,
+            "sh_lmax": 3,
+        },
     }
