@@ -37,10 +37,10 @@ def build_model(spec: dict[str, Any]) -> torch.nn.Module:
         "shift": float(spec.get("shift", 0.0)),
     }
     if arch == "sapis":
-        from sapis.models.config import ModelConfig
+        from sapis.models.config import ARCHITECTURE_BEFORE_FIELD, ModelConfig
         from sapis.models.transformer import SapisTransformer
 
-        return SapisTransformer(ModelConfig(**spec["config"]), **common)
+        return SapisTransformer(ModelConfig(**{**ARCHITECTURE_BEFORE_FIELD, **spec["config"]}), **common)
     if arch == "mace":
         from sapis.models.mace_ref import MaceConfig, MaceModel
 

@@ -85,6 +85,11 @@ class ModelConfig(BaseModel):
         return _grown(self, width, depth, lmax=self.lmax if lmax is None else lmax)
 
 
+# ModelConfig fields added after checkpoints were first written, each with the value that rebuilds the model
+# such a checkpoint holds (a checkpoint's config lacks the field; the default may have moved on since)
+ARCHITECTURE_BEFORE_FIELD: dict[str, Any] = {"density": False, "species_gains": False, "layer_readouts": False}
+
+
 class MaceConfig(BaseModel):
     """Capacity of the MACE reference model (names follow mace's run_train options).
 

@@ -74,3 +74,18 @@ def test_model_config_sizes_and_scaling() -> None:
         ModelConfig.size("XXL")
     with pytest.raises(ValueError, match="extra"):
         ModelConfig(width=3)
+
+
+def test_checkpoint_written_before_a_field_rebuilds_its_own_architecture() -> None:
+    """A stored config without the newer architecture fields gets the model it was trained as, not today's default."""
+    from sapis.models.checkpoint import build_model
+    from sapis.models.config import ARCHITECTURE_BEFORE_FIELD
+
+    old = {"channels": 4, "layers": 1, "lmax": 1, "heads": 2}
+    spec = {"architecture": "sapis", "config": old, "elements": [1, 8], "e0s": {1: -13.6, 8: -2035.6}}
+    names = set(build_model(spec).state_dict())
+    assert not any("density_log" in n or "gains" in n or "layer_heads" in n for n in names)
+    new = {**old, **{k: True for k in ARCHITECTURE_BEFORE_FIELD}}
+    names = set(build_model({**spec, "config": new}).state_dict())
+    assert any("density_log" in n for n in names)
+    assert any("gains" in n for n in names)
