@@ -45,21 +45,17 @@ class ModelConfig(BaseModel):
         2, ge=1, le=3, description="body order - 1 of each block: products of the aggregated message (1: two-body)"
     )
     density: bool = Field(
-        False,
+        True,
         description="add the plain enveloped neighbour sum (MACE's density, a learned scale per head) to the "
         "attention weights, so aggregated messages keep the neighbour count softmax weights normalise away",
     )
     species_gains: bool = Field(
-        False,
+        True,
         description="element-dependent gain per channel on every body order before they are mixed (as MACE's "
         "element-dependent product weights)",
     )
-    out_norm: bool = Field(True, description="layer-norm the last block's scalars before the energy readout")
     layer_readouts: bool = Field(
-        False, description="every block but the last adds a linear per-atom energy of its scalars (as MACE)"
-    )
-    sh_lmax: int | None = Field(
-        None, ge=0, le=4, description="highest l of the edge spherical harmonics (None: lmax; MACE uses 3)"
+        True, description="every block but the last adds a linear per-atom energy of its scalars (as MACE)"
     )
     zbl: bool = Field(False, description="add a ZBL screened-nuclear repulsion prior (stops atoms collapsing in MD)")
     zbl_radius_scale: float = Field(

@@ -59,7 +59,7 @@ class SapisTransformer(tnn.Module):
         self.elements = [int(z) for z in elements]
         c = config
         self.irreps_node = natural_irreps(c.channels, c.lmax)
-        self.irreps_sh = o3.Irreps.spherical_harmonics(c.lmax if c.sh_lmax is None else c.sh_lmax)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(c.lmax)
         z_index = torch.full((119,), -1, dtype=torch.long)
         z_index[torch.tensor(self.elements)] = torch.arange(len(self.elements))
         self.register_buffer("z_index", z_index)
@@ -85,7 +85,7 @@ class SapisTransformer(tnn.Module):
             for _ in range(c.layers)
         )
         self.ffn = tnn.ModuleList(GatedFeedForward(self.irreps_node) for _ in range(c.layers))
-        self.norm_out = EquivariantLayerNorm(o3.Irreps(f"{c.channels}x0e")) if c.out_norm else tnn.Identity()
+        self.norm_out = EquivariantLayerNorm(o3.Irreps(f"{c.channels}x0e"))
         # MACE-style: a linear energy of each earlier block's scalars, added to the last block's readout
         self.layer_heads = tnn.ModuleList(
             tnn.Linear(c.channels, 1, bias=False) for _ in range(c.layers - 1 if c.layer_readouts else 0)

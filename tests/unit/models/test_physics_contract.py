@@ -145,6 +145,10 @@ class TestSapisTransformer(PhysicsContract):
             "radial_hidden": 8,
             "readout_hidden": 4,
             "correlation": 1,
+            # the architecture of checkpoints written before these fields (the defaults are on)
+            "density": False,
+            "species_gains": False,
+            "layer_readouts": False,
         },
         "elements": ELEMENTS,
         "e0s": {1: -13.6, 6: -1025.3, 8: -2035.6},
@@ -182,7 +186,7 @@ class TestSapisManyBody(PhysicsContract):
 
 
 class TestSapisDensityGains(PhysicsContract):
-    """The density term on the attention weights, element-dependent body-order gains and l = 3 edge harmonics."""
+    """Today's defaults (density term, element-dependent gains, per-block readouts) on a correlation-2 model."""
 
     spec: ClassVar[dict] = {
         **TestSapisTransformer.spec,
@@ -191,6 +195,6 @@ class TestSapisDensityGains(PhysicsContract):
             "correlation": 2,
             "density": True,
             "species_gains": True,
-            "sh_lmax": 3,
+            "layer_readouts": True,
         },
     }
