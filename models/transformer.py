@@ -87,12 +87,11 @@ class SapisTransformer(tnn.Module):
         self.ffn = tnn.ModuleList(GatedFeedForward(self.irreps_node) for _ in range(c.layers))
         self.norm_out = EquivariantLayerNorm(o3.Irreps(f"{c.channels}x0e"))
         # MACE-style: a linear energy of each earlier block's scalars, added to the last block's readout
-        self.layer_heads = tnn.ModuleList(
-            tnn.Linear(c.channels, 1, bias=False) for _ in range(c.layers - 1 if c.layer_readouts else 0)
-        )
+        heads = [tnn.Linear(c.channels, 1, bias=False) for _ in range(c.layers - 1 if c.layer_readouts else 0)]
         with torch.no_grad():
-            for lin in self.layer_heads:
+            for lin in heads:
                 lin.weight.mul_(0.01)
+        self.layer_heads = tnn.ModuleList(heads)
         head = tnn.Linear(c.readout_hidden, 1)
         self.readout = tnn.Sequential(tnn.Linear(c.channels, c.readout_hidden), tnn.SiLU(), head)
         self.zbl = ZBLRepulsion(c.zbl_radius_scale) if c.zbl else None
