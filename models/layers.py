@@ -114,10 +114,9 @@ class SymmetricProduct(tnn.Module):
         self.irreps, self.correlation = o3.Irreps(irreps), correlation
         # n_species > 0: a gain per element, body order and channel (MACE's product weights depend on the element)
         self.gains = tnn.Parameter(torch.ones(n_species, correlation, self.irreps.num_irreps)) if n_species else None
-        channel_of: list[int] = []
-        for first, (mul, ir) in zip(self._firsts(), self.irreps, strict=True):
-            channel_of += [first + c for c in range(mul) for _ in range(ir.dim)]
-        self.register_buffer("channel_of", torch.tensor(channel_of, dtype=torch.long), persistent=False)
+        dims = torch.tensor([ir.dim for mul, ir in self.irreps for _ in range(mul)])
+        channel_of = torch.arange(self.irreps.num_irreps).repeat_interleave(dims)
+        self.register_buffer("channel_of", channel_of, persistent=False)
         lmax = max(ir.l for _, ir in self.irreps)
         self.tps, self.lins = tnn.ModuleList(), tnn.ModuleList()
         for k in range(correlation - 1):  # the first product is A (x) A: symmetric, half the paths
@@ -128,11 +127,6 @@ class SymmetricProduct(tnn.Module):
         cat = o3.Irreps([(mul * correlation, ir) for mul, ir in self.irreps])
         self.order = self._regroup(correlation) if correlation > 1 else None
         self.lin = o3.Linear(cat, self.irreps) if correlation > 1 else None
-
-    def _firsts(self) -> list[int]:
-        """Index of the first channel of every irrep block among all num_irreps channels."""
-        muls = [mul for mul, _ir in self.irreps]
-        return [sum(muls[:i]) for i in range(len(muls))]
 
     def _regroup(self, nu: int) -> torch.Tensor:
         """Column order that turns [B_1 | ... | B_nu] (each in node irreps) into irreps-sorted nu*C x l blocks."""

@@ -120,10 +120,10 @@ class SapisTransformer(tnn.Module):
         radial = self.radial(r)
         env = self.radial.envelope(r)
         idx = self.species(graph.numbers)
-        x = torch.zeros(len(idx), self.irreps_node.dim, dtype=dtype, device=graph.positions.device)
-        x[:, : self.config.channels] = self.embedding(idx).to(dtype)
-        early: torch.Tensor | None = None
         c = self.config.channels
+        x = torch.zeros(len(idx), self.irreps_node.dim, dtype=dtype, device=graph.positions.device)
+        x[:, :c] = self.embedding(idx).to(dtype)
+        early: torch.Tensor | None = None
         for k, (attn, ffn) in enumerate(zip(self.attn, self.ffn, strict=True)):
             x = ffn(attn(x, graph.edge_index, sh, radial, env, idx))
             if k < len(self.layer_heads):
