@@ -62,9 +62,17 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
     # the default rule choosing among xTB MD and the arm's own committee MD (Langevin on the ensemble mean,
     # stopped at the trust ceiling, as in DP-GEN): exploration by the model, against random over xTB MD only
     "active-committee-md": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
+    # the same with the uncertainty-driven bias on the committee MD (explore.bias_strength = --bias-strength)
+    "active-udd": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
 }
 # arm -> the random arm it is measured against (default: 'random'); baselines are not rules themselves
-BASELINES: dict[str, str] = {"active-mdonly": "random-mdonly", "active-committee-md": "random-mdonly"}
+BASELINES: dict[str, str] = {
+    "active-mdonly": "random-mdonly",
+    "active-committee-md": "random-mdonly",
+    "active-udd": "random-mdonly",
+}
+# arm -> its own explore overrides (from the command line)
+BIASED_ARMS = ("active-udd",)
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -105,6 +113,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--explore-steps", type=int, default=400, help="MD steps per (structure, temperature)")
     p.add_argument("--perturbations", type=int, default=8)
     p.add_argument("--window-hi", type=float, default=2.0, help="trust window ceiling, eV/Å (campaign default)")
+    p.add_argument("--bias-strength", type=float, default=0.5, help="active-udd: bias depth A, eV")
+    p.add_argument("--bias-width", type=float, default=0.05, help="active-udd: its width B, eV per √atom")
     p.add_argument("--md-runs", type=int, default=3, help="model MD runs per final ensemble")
     p.add_argument("--md-ps", type=float, default=1.0, help="length of each model MD run, ps")
     p.add_argument("--md-temperature", type=float, default=600.0)
@@ -199,6 +209,7 @@ def _config(a: argparse.Namespace, name: str, pool: str, seed: int, arm: str, ro
                 "steps": a.explore_steps,
                 "interval": 10,
                 "n_perturb": a.perturbations,
+                **({"bias_strength": a.bias_strength, "bias_width": a.bias_width} if arm in BIASED_ARMS else {}),
             },
             "model": {
                 "architecture": "sapis",

@@ -14,6 +14,13 @@ class SapisCalculator(Calculator):
     """Energy and forces are ensemble means; ``energy_std`` (eV), ``forces_std`` (n,) and ``forces_std_max``
     (eV/Å) measure the disagreement of the members (zero for a single model).
 
+    With ``bias_strength`` A > 0 (eV) the potential gains the uncertainty-driven bias of Kulichenko et al.
+    (Nat. Comput. Sci. 2023), ``E_b = A·(exp(−σ²/(n·B²)) − 1)``, where σ² is the members' energy variance, n the
+    atom count and B = ``bias_width`` (eV per √atom). E_b is 0 where the members agree and falls towards −A where
+    they do not, so MD on it drifts into the regions the committee knows least (exploration for active learning,
+    not physics). Energy and forces then include the bias (``bias_energy`` reports it); the forces are its
+    exact gradient, from the members' own forces: ∇σ² = −2·mean_m((E_m − Ē)(F_m − F̄)).
+
     >>> # calc = SapisCalculator.from_checkpoint("runs/model"); atoms.calc = calc; atoms.get_forces()
     """
 
@@ -25,15 +32,19 @@ class SapisCalculator(Calculator):
         "energy_std",
         "forces_std",
         "forces_std_max",
+        "bias_energy",
     ]
 
-    def __init__(self, ensemble: Any, **kwargs: Any) -> None:
+    def __init__(self, ensemble: Any, *, bias_strength: float = 0.0, bias_width: float = 0.05, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if bias_strength < 0 or bias_width <= 0:
+            raise CalculatorError("bias_strength must be >= 0 and bias_width > 0")
         self.ensemble = ensemble
+        self.bias_strength, self.bias_width = float(bias_strength), float(bias_width)
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, device: str = "cpu", **kwargs: Any) -> SapisCalculator:
-        """A calculator over the ensemble (or single checkpoint) at ``path``."""
+        """A calculator over the ensemble (or single checkpoint) at ``path``; ``kwargs`` as for the class."""
         from sapis.models.inference import load_ensemble
 
         return cls(load_ensemble(path, device=device), **kwargs)
@@ -48,11 +59,25 @@ class SapisCalculator(Calculator):
             raise CalculatorError(str(exc)) from exc
         if not np.isfinite(p["energy"][0]):  # a Δ model whose xTB baseline failed on this geometry
             raise CalculationFailed(f"the {self.ensemble.baseline} baseline failed on this structure")
+        bias_e, bias_f = self._bias(p["energy_members"][:, 0], p["forces_members"][0])
         self.results = {
-            "energy": float(p["energy"][0]),
-            "free_energy": float(p["energy"][0]),
-            "forces": p["forces"][0],
+            "energy": float(p["energy"][0]) + bias_e,
+            "free_energy": float(p["energy"][0]) + bias_e,
+            "forces": p["forces"][0] + bias_f,
+            "bias_energy": bias_e,
             "energy_std": float(p["energy_std"][0]),
             "forces_std": p["forces_std"][0],
             "forces_std_max": float(p["forces_std_max"][0]),
         }
+
+    def _bias(self, energies: np.ndarray, forces: np.ndarray) -> tuple[float, np.ndarray]:
+        """The bias energy (eV) and forces (n, 3; eV/Å) from the members' energies (M,) and forces (M, n, 3)."""
+        if self.bias_strength == 0.0 or len(energies) < 2:
+            return 0.0, np.zeros(forces.shape[1:])
+        de = np.asarray(energies, dtype=float) - np.mean(energies)  # (M,)
+        df = forces - forces.mean(0)  # (M, n, 3)
+        scale = forces.shape[1] * self.bias_width**2
+        x = float(np.mean(de**2)) / scale
+        grad_var = -2.0 * np.einsum("m,mij->ij", de, df) / len(de)  # ∇σ², (n, 3) eV²/Å
+        decay = self.bias_strength * np.exp(-x)
+        return decay - self.bias_strength, decay * grad_var / scale

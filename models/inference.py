@@ -79,7 +79,8 @@ class Ensemble:
         return e_all, forces, np.array([e for e, _ in base], dtype=float), [f for _, f in base]
 
     def predict(self, atoms_list: Sequence[Atoms], batch_size: int = 32) -> dict[str, Any]:
-        """energy (B,), energy_std (B,), forces list[(n,3)], forces_std list[(n,)], forces_std_max (B,).
+        """energy (B,), energy_std (B,), forces list[(n,3)], forces_std list[(n,)], forces_std_max (B,), and each
+        member's energies ``energy_members`` (M, B) and learned forces ``forces_members`` list[(M, n, 3)].
 
         Means and standard deviations over members (population std, 0 for one member); forces_std of an atom
         is sqrt(mean_m |F_m - <F>|^2) (DP-GEN's model deviation). eV and eV/Å. A Δ model adds its baseline to
@@ -95,6 +96,7 @@ class Ensemble:
             "forces": [mu + fb for mu, fb in zip(means, f_base, strict=True)],
             "forces_std": stds,
             "forces_std_max": np.array([s.max() if len(s) else 0.0 for s in stds]),
+            "forces_members": forces,  # without the baseline, which every member shares
         }
 
     def member_predictions(self, atoms_list: Sequence[Atoms], batch_size: int = 32) -> list[dict[str, Any]]:

@@ -6,7 +6,8 @@ Three explorers share one entry point, :func:`explore`:
   independent of our model: round 0 and coverage.
 * ``committee`` — Langevin NVT on the current ensemble's mean (``SapisCalculator``), as in DP-GEN: it goes
   where our own model goes. A trajectory stops when the ensemble's force deviation exceeds ``trust_hi`` (it has
-  left the region the model knows); the frames before it are kept.
+  left the region the model knows); the frames before it are kept. ``bias_strength`` > 0 adds the
+  uncertainty-driven bias (UDD, Kulichenko et al. 2023) that pulls the MD towards where the members disagree.
 * ``perturb`` — random displacements plus normal-mode sampling (xTB finite-difference Hessian, classical
   amplitudes at each temperature), for a cold start without any trajectory.
 
@@ -55,6 +56,15 @@ class ExploreConfig(BaseModel):
     interval: int = Field(default=10, ge=1, description="keep one frame every `interval` steps")
     friction: float = Field(default=0.01, gt=0, description="Langevin friction in 1/fs")
     trust_hi: float | None = Field(default=None, gt=0, description="committee: stop when forces_std_max > this (eV/Å)")
+    bias_strength: float = Field(
+        default=0.0,
+        ge=0,
+        description="committee: depth A (eV) of the uncertainty-driven bias A·(exp(−σ²/(n·B²)) − 1) that pulls "
+        "the MD towards where the members disagree (0: plain committee MD)",
+    )
+    bias_width: float = Field(
+        default=0.05, gt=0, description="committee: B, the energy spread per √atom (eV) at which the bias saturates"
+    )
     seed: int = Field(default=0, description="RNG seed (velocities, Langevin noise, perturbations)")
     round_index: int | None = Field(default=None, description="campaign round, recorded in provenance")
     n_perturb: int | None = Field(
@@ -117,7 +127,7 @@ def explore(
     result = ExploreResult(candidates=[])
     factory = calculator
     if cfg.explorer == "committee" and factory is None:
-        factory = _committee_factory(model_dir)
+        factory = _committee_factory(model_dir, cfg)
     elif factory is None:
         method = cfg.xtb_method
         factory = lambda a: xtb_calculator(a, method)  # noqa: E731
@@ -135,12 +145,14 @@ def explore(
     return result
 
 
-def _committee_factory(model_dir: str | Path | None) -> CalculatorFactory:
+def _committee_factory(model_dir: str | Path | None, cfg: ExploreConfig) -> CalculatorFactory:
     if model_dir is None:
         raise ConfigError("explorer 'committee' needs model_dir (a trained ensemble directory)")
     from sapis.models import SapisCalculator
 
-    calc = SapisCalculator.from_checkpoint(model_dir, device="cpu")
+    calc = SapisCalculator.from_checkpoint(
+        model_dir, device="cpu", bias_strength=cfg.bias_strength, bias_width=cfg.bias_width
+    )
     return lambda _atoms: calc
 
 

@@ -247,3 +247,32 @@ def test_a_finished_member_is_not_retrained_after_a_kill(
         fh.write(b"x")
     train_ensemble(frames["train"][:5], frames["valid"], out, members=2, model=TINY, train=FAST, progress=False)
     assert [p.name for p in calls] == ["member_0.pt"]
+
+
+def test_uncertainty_bias_is_bounded_and_its_forces_are_its_gradient(ens_dir: Path, frames: dict) -> None:
+    """The UDD bias: 0 where members agree, never below -A, and forces = -dE_bias/dr (float64 finite differences)."""
+    ens = load_ensemble(ens_dir, dtype="float64")
+    atoms = frames["test"][2].copy()
+    sigma = float(ens.predict([atoms])["energy_std"][0])
+    width = sigma / np.sqrt(len(atoms))  # x = sigma^2 / (n B^2) = 1: the steep part of the bias
+    plain, biased = SapisCalculator(ens), SapisCalculator(ens, bias_strength=0.7, bias_width=width)
+    atoms.calc = biased
+    e_b = atoms.get_potential_energy()
+    f_bias = atoms.get_forces() - plain.get_forces(atoms)
+    assert biased.results["bias_energy"] == pytest.approx(0.7 * (np.exp(-1.0) - 1.0), rel=1e-6)
+    assert e_b - plain.get_potential_energy(atoms) == pytest.approx(biased.results["bias_energy"], abs=1e-9)
+    assert np.abs(f_bias).max() > 1e-4  # the bias acts, so the check below is not trivially met
+    h = 1e-4
+    for i, k in [(0, 0), (3, 1), (8, 2)]:
+        up, down = atoms.copy(), atoms.copy()
+        up.positions[i, k] += h
+        down.positions[i, k] -= h
+        de = biased.get_potential_energy(up) - biased.get_potential_energy(down)
+        dp = plain.get_potential_energy(up) - plain.get_potential_energy(down)
+        assert -(de - dp) / (2 * h) == pytest.approx(f_bias[i, k], abs=1e-6, rel=1e-4)
+    member = load_ensemble(ens_dir / "member_0.pt")
+    single = SapisCalculator(member, bias_strength=0.7)
+    assert single.get_potential_energy(atoms) == pytest.approx(SapisCalculator(member).get_potential_energy(atoms))
+    assert single.results["bias_energy"] == 0.0  # one member: no disagreement, no bias
+    with pytest.raises(CalculatorError, match="bias_strength"):
+        SapisCalculator(ens, bias_strength=-1.0)

@@ -218,6 +218,17 @@ def test_committee_with_a_real_tiny_ensemble_stores_candidates(tmp_path) -> None
     strict = explore(seeds, cfg.model_copy(update={"trust_hi": 1e-9}), model_dir=tmp_path / "ens")
     assert strict.stopped_early == 1
     assert strict.candidates == []
+    # the uncertainty-driven bias pulls the same trajectory (same seed and noise) to where the members disagree
+    from sapis.models import load_ensemble
+
+    ens = load_ensemble(tmp_path / "ens")
+    longer = cfg.model_copy(update={"steps": 60, "interval": 6, "timestep_fs": 0.5})
+    spread = {}
+    for strength in (0.0, 2.0):
+        run = explore(seeds, longer.model_copy(update={"bias_strength": strength}), model_dir=tmp_path / "ens")
+        assert len(run.candidates) >= 5
+        spread[strength] = float(np.mean(ens.predict(run.candidates)["energy_std"]))
+    assert spread[2.0] > 1.5 * spread[0.0]
 
 
 def test_xtb_explorer_method_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
