@@ -113,8 +113,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--explore-steps", type=int, default=400, help="MD steps per (structure, temperature)")
     p.add_argument("--perturbations", type=int, default=8)
     p.add_argument("--window-hi", type=float, default=2.0, help="trust window ceiling, eV/Å (campaign default)")
-    p.add_argument("--bias-strength", type=float, default=0.5, help="active-udd: bias depth A, eV")
-    p.add_argument("--bias-width", type=float, default=0.05, help="active-udd: its width B, eV per √atom")
+    p.add_argument("--bias-strength", type=float, default=1.0, help="active-udd: bias depth A, eV")
+    p.add_argument(
+        "--bias-width",
+        type=float,
+        help="active-udd: its width B, eV per √atom (default: the ensemble's σ_E/√n at start)",
+    )
     p.add_argument("--md-runs", type=int, default=3, help="model MD runs per final ensemble")
     p.add_argument("--md-ps", type=float, default=1.0, help="length of each model MD run, ps")
     p.add_argument("--md-temperature", type=float, default=600.0)

@@ -16,7 +16,8 @@ class SapisCalculator(Calculator):
 
     With ``bias_strength`` A > 0 (eV) the potential gains the uncertainty-driven bias of Kulichenko et al.
     (Nat. Comput. Sci. 2023), ``E_b = A·(exp(−σ²/(n·B²)) − 1)``, where σ² is the members' energy variance, n the
-    atom count and B = ``bias_width`` (eV per √atom). E_b is 0 where the members agree and falls towards −A where
+    atom count and B = ``bias_width`` (eV per √atom; None: σ/√n of the first structure this calculator sees, the
+    start of a trajectory, so the pull is steepest there and fades once σ² is a few times larger). E_b is 0 where the members agree and falls towards −A where
     they do not, so MD on it drifts into the regions the committee knows least (exploration for active learning,
     not physics). Energy and forces then include the bias (``bias_energy`` reports it); the forces are its
     exact gradient, from the members' own forces: ∇σ² = −2·mean_m((E_m − Ē)(F_m − F̄)).
@@ -35,12 +36,15 @@ class SapisCalculator(Calculator):
         "bias_energy",
     ]
 
-    def __init__(self, ensemble: Any, *, bias_strength: float = 0.0, bias_width: float = 0.05, **kwargs: Any) -> None:
+    def __init__(
+        self, ensemble: Any, *, bias_strength: float = 0.0, bias_width: float | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
-        if bias_strength < 0 or bias_width <= 0:
-            raise CalculatorError("bias_strength must be >= 0 and bias_width > 0")
+        if bias_strength < 0 or (bias_width is not None and bias_width <= 0):
+            raise CalculatorError("bias_strength must be >= 0 and bias_width > 0 (or None: automatic)")
         self.ensemble = ensemble
-        self.bias_strength, self.bias_width = float(bias_strength), float(bias_width)
+        self.bias_strength = float(bias_strength)
+        self.bias_width = None if bias_width is None else float(bias_width)
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, device: str = "cpu", **kwargs: Any) -> SapisCalculator:
@@ -76,8 +80,11 @@ class SapisCalculator(Calculator):
             return 0.0, np.zeros(forces.shape[1:])
         de = np.asarray(energies, dtype=float) - np.mean(energies)  # (M,)
         df = forces - forces.mean(0)  # (M, n, 3)
-        scale = forces.shape[1] * self.bias_width**2
-        x = float(np.mean(de**2)) / scale
+        var, n = float(np.mean(de**2)), forces.shape[1]
+        if self.bias_width is None:  # fixed at the trajectory's start (a floor keeps it finite for equal members)
+            self.bias_width = max(np.sqrt(var / n), 1e-4)
+        scale = n * self.bias_width**2
+        x = var / scale
         grad_var = -2.0 * np.einsum("m,mij->ij", de, df) / len(de)  # ∇σ², (n, 3) eV²/Å
         decay = self.bias_strength * np.exp(-x)
         return decay - self.bias_strength, decay * grad_var / scale

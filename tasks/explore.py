@@ -62,8 +62,11 @@ class ExploreConfig(BaseModel):
         description="committee: depth A (eV) of the uncertainty-driven bias A·(exp(−σ²/(n·B²)) − 1) that pulls "
         "the MD towards where the members disagree (0: plain committee MD)",
     )
-    bias_width: float = Field(
-        default=0.05, gt=0, description="committee: B, the energy spread per √atom (eV) at which the bias saturates"
+    bias_width: float | None = Field(
+        default=None,
+        gt=0,
+        description="committee: B, the energy spread per √atom (eV) at which the bias saturates; None: the "
+        "ensemble's own spread σ_E/√n at each trajectory's start",
     )
     seed: int = Field(default=0, description="RNG seed (velocities, Langevin noise, perturbations)")
     round_index: int | None = Field(default=None, description="campaign round, recorded in provenance")
@@ -150,10 +153,10 @@ def _committee_factory(model_dir: str | Path | None, cfg: ExploreConfig) -> Calc
         raise ConfigError("explorer 'committee' needs model_dir (a trained ensemble directory)")
     from sapis.models import SapisCalculator
 
-    calc = SapisCalculator.from_checkpoint(
-        model_dir, device="cpu", bias_strength=cfg.bias_strength, bias_width=cfg.bias_width
-    )
-    return lambda _atoms: calc
+    from sapis.models.inference import load_ensemble
+
+    ensemble = load_ensemble(model_dir, device="cpu")  # loaded once; a calculator per trajectory (its own width)
+    return lambda _atoms: SapisCalculator(ensemble, bias_strength=cfg.bias_strength, bias_width=cfg.bias_width)
 
 
 def _provenance(parent: Atoms, cfg: ExploreConfig, temperature: float, step: int) -> dict[str, Any]:

@@ -274,5 +274,10 @@ def test_uncertainty_bias_is_bounded_and_its_forces_are_its_gradient(ens_dir: Pa
     single = SapisCalculator(member, bias_strength=0.7)
     assert single.get_potential_energy(atoms) == pytest.approx(SapisCalculator(member).get_potential_energy(atoms))
     assert single.results["bias_energy"] == 0.0  # one member: no disagreement, no bias
+    auto = SapisCalculator(ens, bias_strength=0.7)  # width from the first structure: x = 1 there
+    assert auto.get_potential_energy(atoms) - plain.get_potential_energy(atoms) == pytest.approx(
+        0.7 * (np.exp(-1.0) - 1.0), rel=1e-6
+    )
+    assert auto.bias_width == pytest.approx(width)
     with pytest.raises(CalculatorError, match="bias_strength"):
         SapisCalculator(ens, bias_strength=-1.0)
