@@ -15,12 +15,13 @@ class SapisCalculator(Calculator):
     (eV/Å) measure the disagreement of the members (zero for a single model).
 
     With ``bias_strength`` A > 0 (eV) the potential gains the uncertainty-driven bias of Kulichenko et al.
-    (Nat. Comput. Sci. 2023), ``E_b = A·(exp(−σ²/(n·B²)) − 1)``, where σ² is the members' energy variance, n the
-    atom count and B = ``bias_width`` (eV per √atom; None: σ/√n of the first structure this calculator sees, the
-    start of a trajectory, so the pull is steepest there and fades once σ² is a few times larger). E_b is 0 where the members agree and falls towards −A where
-    they do not, so MD on it drifts into the regions the committee knows least (exploration for active learning,
-    not physics). Energy and forces then include the bias (``bias_energy`` reports it); the forces are its
-    exact gradient, from the members' own forces: ∇σ² = −2·mean_m((E_m − Ē)(F_m − F̄)).
+    (Nat. Comput. Sci. 2023), ``E_b = A·(exp(−σ²/(n·B²)) − 1)``, where σ² is the members' energy variance and n
+    the atom count. B = ``bias_width`` (eV per √atom); None takes σ/√n of the first structure this calculator
+    sees (a trajectory's start), so the pull is steepest there and fades once σ² is a few times larger. E_b is 0
+    where the members agree and falls towards −A where they do not, so MD on it drifts into the regions the
+    committee knows least (exploration for active learning, not physics). Energy and forces then include the
+    bias (``bias_energy`` reports it); the forces are its exact gradient, from the members' own forces:
+    ∇σ² = −2·mean_m((E_m − Ē)(F_m − F̄)).
 
     >>> # calc = SapisCalculator.from_checkpoint("runs/model"); atoms.calc = calc; atoms.get_forces()
     """

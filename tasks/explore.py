@@ -152,7 +152,6 @@ def _committee_factory(model_dir: str | Path | None, cfg: ExploreConfig) -> Calc
     if model_dir is None:
         raise ConfigError("explorer 'committee' needs model_dir (a trained ensemble directory)")
     from sapis.models import SapisCalculator
-
     from sapis.models.inference import load_ensemble
 
     ensemble = load_ensemble(model_dir, device="cpu")  # loaded once; a calculator per trajectory (its own width)
