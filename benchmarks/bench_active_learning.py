@@ -71,7 +71,7 @@ BASELINES: dict[str, str] = {
     "active-committee-md": "random-mdonly",
     "active-udd": "random-mdonly",
 }
-# arm -> its own explore overrides (from the command line)
+# arms whose committee MD carries the uncertainty bias (--bias-strength, --bias-width); the others run none
 BIASED_ARMS = ("active-udd",)
 
 
