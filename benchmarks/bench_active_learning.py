@@ -64,15 +64,19 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "active-committee-md": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
     # the same with the uncertainty-driven bias on the committee MD (explore.bias_strength = --bias-strength)
     "active-udd": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
+    # ... with the bias on the members' force variance (explore.bias_on = "forces"), what selection ranks
+    "active-udd-forces": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
 }
 # arm -> the random arm it is measured against (default: 'random'); baselines are not rules themselves
 BASELINES: dict[str, str] = {
     "active-mdonly": "random-mdonly",
     "active-committee-md": "random-mdonly",
     "active-udd": "random-mdonly",
+    "active-udd-forces": "random-mdonly",
 }
-# arms whose committee MD carries the uncertainty bias (--bias-strength, --bias-width); the others run none
-BIASED_ARMS = ("active-udd",)
+# arms whose committee MD carries the uncertainty bias (--bias-strength, --bias-width) -> what it follows
+# (explore.bias_on); the others run none
+BIASED_ARMS = {"active-udd": "energy", "active-udd-forces": "forces"}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
@@ -113,11 +117,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--explore-steps", type=int, default=400, help="MD steps per (structure, temperature)")
     p.add_argument("--perturbations", type=int, default=8)
     p.add_argument("--window-hi", type=float, default=2.0, help="trust window ceiling, eV/Å (campaign default)")
-    p.add_argument("--bias-strength", type=float, default=1.0, help="active-udd: bias depth A, eV")
+    p.add_argument("--bias-strength", type=float, default=1.0, help="active-udd(-forces): bias depth A, eV")
     p.add_argument(
         "--bias-width",
         type=float,
-        help="active-udd: its width B, eV per √atom (default: the ensemble's σ_E/√n at start)",
+        help="active-udd: its width B, eV per √atom (active-udd-forces: eV/Å; default: the ensemble's own spread at "
+        "each trajectory's start)",
     )
     p.add_argument("--md-runs", type=int, default=3, help="model MD runs per final ensemble")
     p.add_argument("--md-ps", type=float, default=1.0, help="length of each model MD run, ps")
@@ -213,7 +218,11 @@ def _config(a: argparse.Namespace, name: str, pool: str, seed: int, arm: str, ro
                 "steps": a.explore_steps,
                 "interval": 10,
                 "n_perturb": a.perturbations,
-                **({"bias_strength": a.bias_strength, "bias_width": a.bias_width} if arm in BIASED_ARMS else {}),
+                **(
+                    {"bias_strength": a.bias_strength, "bias_width": a.bias_width, "bias_on": BIASED_ARMS[arm]}
+                    if arm in BIASED_ARMS
+                    else {}
+                ),
             },
             "model": {
                 "architecture": "sapis",

@@ -15,13 +15,18 @@ class SapisCalculator(Calculator):
     (eV/Å) measure the disagreement of the members (zero for a single model).
 
     With ``bias_strength`` A > 0 (eV) the potential gains the uncertainty-driven bias of Kulichenko et al.
-    (Nat. Comput. Sci. 2023), ``E_b = A·(exp(−σ²/(n·B²)) − 1)``, where σ² is the members' energy variance and n
-    the atom count. B = ``bias_width`` (eV per √atom); None takes σ/√n of the first structure this calculator
-    sees (a trajectory's start), so the pull is steepest there and fades once σ² is a few times larger. E_b is 0
-    where the members agree and falls towards −A where they do not, so MD on it drifts into the regions the
-    committee knows least (exploration for active learning, not physics). Energy and forces then include the
-    bias (``bias_energy`` reports it); the forces are its exact gradient, from the members' own forces:
-    ∇σ² = −2·mean_m((E_m − Ē)(F_m − F̄)).
+    (Nat. Comput. Sci. 2023), ``E_b = A·(exp(−s/B²) − 1)``. E_b is 0 where the members agree and falls towards
+    −A where they do not, so MD on it drifts into the regions the committee knows least (exploration for active
+    learning, not physics). ``bias_on`` picks the disagreement s:
+
+    - "energy" (the paper's): s = σ_E²/n, the members' energy variance per atom (B in eV per √atom). Its
+      gradient comes from the members' own forces: ∇σ_E² = −2·mean_m((E_m − Ē)(F_m − F̄)).
+    - "forces": s = the mean over atoms of the force variance mean_m |F_m − F̄|² (B in eV/Å), the quantity
+      selection ranks. Its gradient is a Hessian-vector product per member (double backward, ~3× the cost).
+
+    B = ``bias_width``; None takes √s of the first structure this calculator sees (a trajectory's start), so the
+    pull is steepest there and fades once s is a few times larger. Energy and forces then include the bias
+    (``bias_energy`` reports it); the forces are its exact gradient.
 
     >>> # calc = SapisCalculator.from_checkpoint("runs/model"); atoms.calc = calc; atoms.get_forces()
     """
@@ -38,12 +43,21 @@ class SapisCalculator(Calculator):
     ]
 
     def __init__(
-        self, ensemble: Any, *, bias_strength: float = 0.0, bias_width: float | None = None, **kwargs: Any
+        self,
+        ensemble: Any,
+        *,
+        bias_strength: float = 0.0,
+        bias_width: float | None = None,
+        bias_on: str = "energy",
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if bias_strength < 0 or (bias_width is not None and bias_width <= 0):
             raise CalculatorError("bias_strength must be >= 0 and bias_width > 0 (or None: automatic)")
+        if bias_on not in ("energy", "forces"):
+            raise CalculatorError(f"bias_on must be 'energy' or 'forces', not {bias_on!r}")
         self.ensemble = ensemble
+        self.bias_on = bias_on
         self.bias_strength = float(bias_strength)
         self.bias_width = None if bias_width is None else float(bias_width)
 
@@ -58,13 +72,17 @@ class SapisCalculator(Calculator):
         self, atoms: Atoms | None = None, properties: list[str] | None = None, system_changes: Any = all_changes
     ) -> None:
         Calculator.calculate(self, atoms, properties or ["energy"], system_changes)
+        on_forces = self.bias_strength > 0 and self.bias_on == "forces" and len(self.ensemble) > 1
         try:
-            p = self.ensemble.predict([self.atoms])
+            p = self.ensemble.predict([self.atoms], force_variance_grad=on_forces)
         except Exception as exc:  # an unknown element etc.: ASE's error type, message kept
             raise CalculatorError(str(exc)) from exc
         if not np.isfinite(p["energy"][0]):  # a Δ model whose xTB baseline failed on this geometry
             raise CalculationFailed(f"the {self.ensemble.baseline} baseline failed on this structure")
-        bias_e, bias_f = self._bias(p["energy_members"][:, 0], p["forces_members"][0])
+        if on_forces:
+            bias_e, bias_f = self._bias(float(p["forces_var"][0]), p["forces_var_grad"][0])
+        else:
+            bias_e, bias_f = self._bias(*_energy_variance(p["energy_members"][:, 0], p["forces_members"][0]))
         self.results = {
             "energy": float(p["energy"][0]) + bias_e,
             "free_energy": float(p["energy"][0]) + bias_e,
@@ -75,17 +93,21 @@ class SapisCalculator(Calculator):
             "forces_std_max": float(p["forces_std_max"][0]),
         }
 
-    def _bias(self, energies: np.ndarray, forces: np.ndarray) -> tuple[float, np.ndarray]:
-        """The bias energy (eV) and forces (n, 3; eV/Å) from the members' energies (M,) and forces (M, n, 3)."""
-        if self.bias_strength == 0.0 or len(energies) < 2:
-            return 0.0, np.zeros(forces.shape[1:])
-        de = np.asarray(energies, dtype=float) - np.mean(energies)  # (M,)
-        df = forces - forces.mean(0)  # (M, n, 3)
-        var, n = float(np.mean(de**2)), forces.shape[1]
+    def _bias(self, s: float, grad_s: np.ndarray) -> tuple[float, np.ndarray]:
+        """The bias energy (eV) and forces (n, 3; eV/Å) from the disagreement s and its gradient (n, 3)."""
+        if self.bias_strength == 0.0 or len(self.ensemble) < 2:
+            return 0.0, np.zeros(np.shape(grad_s))
         if self.bias_width is None:  # fixed at the trajectory's start (a floor keeps it finite for equal members)
-            self.bias_width = max(np.sqrt(var / n), 1e-4)
-        scale = n * self.bias_width**2
-        x = var / scale
-        grad_var = -2.0 * np.einsum("m,mij->ij", de, df) / len(de)  # ∇σ², (n, 3) eV²/Å
-        decay = self.bias_strength * np.exp(-x)
-        return decay - self.bias_strength, decay * grad_var / scale
+            self.bias_width = max(np.sqrt(s), 1e-4)
+        scale = self.bias_width**2
+        decay = self.bias_strength * np.exp(-s / scale)
+        return decay - self.bias_strength, decay * np.asarray(grad_s) / scale
+
+
+def _energy_variance(energies: np.ndarray, forces: np.ndarray) -> tuple[float, np.ndarray]:
+    """σ_E²/n (eV²) and its gradient (n, 3; eV²/Å) from the members' energies (M,) and forces (M, n, 3)."""
+    de = np.asarray(energies, dtype=float) - np.mean(energies)  # (M,)
+    df = forces - forces.mean(0)  # (M, n, 3)
+    n = max(forces.shape[1], 1)
+    grad_var = -2.0 * np.einsum("m,mij->ij", de, df) / len(de)  # ∇σ_E²
+    return float(np.mean(de**2)) / n, grad_var / n

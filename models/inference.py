@@ -52,44 +52,57 @@ class Ensemble:
         return out
 
     def _members(
-        self, atoms_list: Sequence[Atoms], batch_size: int
+        self, atoms_list: Sequence[Atoms], batch_size: int, variance: dict[str, list] | None = None
     ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray, list[np.ndarray]]:
         """Every member's learned energies (M, B) and forces (one (M, n_i, 3) array per structure), then the
         baseline's energies (B,) and forces (n_i, 3): computed once, the same for every member, zeros without
-        one and NaN where it failed."""
+        one and NaN where it failed. A ``variance`` dict receives each structure's force variance ("s") and its
+        gradient ("grad", (n_i, 3)) from ``committee_force_variance``."""
         from sapis.models.graph import collate
         from sapis.models.priors import baseline_energy_forces
-        from sapis.models.transformer import energy_and_forces
+        from sapis.models.transformer import committee_force_variance, energy_and_forces
 
         graphs = self._graphs(atoms_list)
         energies: list[np.ndarray] = []  # per batch: (M, b)
         forces: list[np.ndarray] = []  # per structure: (M, n, 3)
         for i in range(0, len(graphs), batch_size):
             b = collate(graphs[i : i + batch_size], self.dtype, self.device)
-            es, fs = [], []
-            for m in self.models:
-                e, f, _ = energy_and_forces(m, b)
-                es.append(e.detach().cpu().numpy())
-                fs.append(f.detach().cpu().double().numpy())
-            energies.append(np.stack(es))
-            f_all, ptr = np.stack(fs), b.ptr.cpu().numpy()
+            ptr = b.ptr.cpu().numpy()
+            if variance is not None:
+                e_t, f_t, s_t, g_t = committee_force_variance(self.models, b)
+                e_b, f_all = e_t.cpu().numpy(), f_t.cpu().double().numpy()
+                grad = g_t.cpu().double().numpy()
+                variance["s"].extend(s_t.cpu().double().numpy().tolist())
+                variance["grad"].extend(grad[a:z] for a, z in itertools.pairwise(ptr))
+            else:
+                pairs = [energy_and_forces(m, b)[:2] for m in self.models]
+                e_b = np.stack([e.detach().cpu().numpy() for e, _ in pairs])
+                f_all = np.stack([f.detach().cpu().double().numpy() for _, f in pairs])
+            energies.append(e_b)
             forces.extend(f_all[:, a:z] for a, z in itertools.pairwise(ptr))
         e_all = np.concatenate(energies, axis=1) if energies else np.zeros((len(self.models), 0))
         base = baseline_energy_forces(atoms_list, self.baseline, failed="nan", reuse=self.reuse_baseline)
         return e_all, forces, np.array([e for e, _ in base], dtype=float), [f for _, f in base]
 
-    def predict(self, atoms_list: Sequence[Atoms], batch_size: int = 32) -> dict[str, Any]:
+    def predict(
+        self, atoms_list: Sequence[Atoms], batch_size: int = 32, force_variance_grad: bool = False
+    ) -> dict[str, Any]:
         """energy (B,), energy_std (B,), forces list[(n,3)], forces_std list[(n,)], forces_std_max (B,), and each
         member's energies ``energy_members`` (M, B) and learned forces ``forces_members`` list[(M, n, 3)].
 
         Means and standard deviations over members (population std, 0 for one member); forces_std of an atom
         is sqrt(mean_m |F_m - <F>|^2) (DP-GEN's model deviation). eV and eV/Å. A Δ model adds its baseline to
         the means (the spread is the members' own); where the baseline failed, energy and forces are NaN.
+        ``force_variance_grad`` adds ``forces_var`` (B,), the mean over atoms of forces_std² (eV²/Å²), and its
+        gradient in the positions ``forces_var_grad`` list[(n, 3)] (eV²/Å³; a double backward, ~3× the cost).
         """
-        e_all, forces, e_base, f_base = self._members(atoms_list, batch_size)
+        variance: dict[str, list] | None = {"s": [], "grad": []} if force_variance_grad else None
+        e_all, forces, e_base, f_base = self._members(atoms_list, batch_size, variance)
         means = [f.mean(0) for f in forces]
         stds = [np.sqrt(((f - mu) ** 2).sum(-1).mean(0)) for f, mu in zip(forces, means, strict=True)]
+        extra = {} if variance is None else {"forces_var": np.array(variance["s"]), "forces_var_grad": variance["grad"]}
         return {
+            **extra,
             "energy": e_all.mean(0) + e_base,
             "energy_std": e_all.std(0),
             "energy_members": e_all + e_base[None, :],

@@ -161,6 +161,28 @@ def energy_and_forces(
     return out["energy"], -grad, out
 
 
+def committee_force_variance(
+    models: Sequence[tnn.Module], graph: AtomicGraph
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The members' energies (M, B) and forces (M, N, 3), their force variance per structure s (B,): the mean
+    over atoms of mean_m |F_m − F̄|² (eV²/Å²), and ∇s (N, 3; eV²/Å³) by double backward (a Hessian-vector
+    product per member, about 3× an energy+forces call). Everything comes back detached."""
+    pos = graph.positions.detach().requires_grad_(True)
+    g = replace(graph, positions=pos)
+    es, fs = [], []
+    for m in models:
+        e = m(g)["energy"]
+        (grad,) = torch.autograd.grad(e.sum(), pos, create_graph=True)
+        es.append(e)
+        fs.append(-grad)
+    f = torch.stack(fs)
+    per_atom = ((f - f.mean(0)) ** 2).sum(-1).mean(0)  # (N,)
+    s = torch.zeros(graph.n_graphs, dtype=per_atom.dtype, device=per_atom.device).index_add(0, graph.batch, per_atom)
+    s = s / graph.n_atoms.to(s.dtype)
+    (grad_s,) = torch.autograd.grad(s.sum(), pos)  # structures are independent: each row is its own gradient
+    return torch.stack(es).detach(), f.detach(), s.detach(), grad_s
+
+
 def count_parameters(model: tnn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

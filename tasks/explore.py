@@ -7,7 +7,8 @@ Three explorers share one entry point, :func:`explore`:
 * ``committee`` — Langevin NVT on the current ensemble's mean (``SapisCalculator``), as in DP-GEN: it goes
   where our own model goes. A trajectory stops when the ensemble's force deviation exceeds ``trust_hi`` (it has
   left the region the model knows); the frames before it are kept. ``bias_strength`` > 0 adds the
-  uncertainty-driven bias (UDD, Kulichenko et al. 2023) that pulls the MD towards where the members disagree.
+  uncertainty-driven bias (UDD, Kulichenko et al. 2023) that pulls the MD towards where the members disagree
+  (``bias_on``: their energies, as in the paper, or their forces).
 * ``perturb`` — random displacements plus normal-mode sampling (xTB finite-difference Hessian, classical
   amplitudes at each temperature), for a cold start without any trajectory.
 
@@ -65,8 +66,13 @@ class ExploreConfig(BaseModel):
     bias_width: float | None = Field(
         default=None,
         gt=0,
-        description="committee: B, the energy spread per √atom (eV) at which the bias saturates; None: the "
-        "ensemble's own spread σ_E/√n at each trajectory's start",
+        description="committee: B, the spread at which the bias saturates (bias_on energy: eV per √atom; forces: "
+        "eV/Å); None: the ensemble's own spread at each trajectory's start",
+    )
+    bias_on: Literal["energy", "forces"] = Field(
+        default="energy",
+        description="committee: the disagreement the bias follows: the members' energy variance per atom "
+        "(Kulichenko 2023) or their mean per-atom force variance, what selection ranks (~3× the cost per step)",
     )
     seed: int = Field(default=0, description="RNG seed (velocities, Langevin noise, perturbations)")
     round_index: int | None = Field(default=None, description="campaign round, recorded in provenance")
@@ -155,7 +161,9 @@ def _committee_factory(model_dir: str | Path | None, cfg: ExploreConfig) -> Calc
     from sapis.models.inference import load_ensemble
 
     ensemble = load_ensemble(model_dir, device="cpu")  # loaded once; a calculator per trajectory (its own width)
-    return lambda _atoms: SapisCalculator(ensemble, bias_strength=cfg.bias_strength, bias_width=cfg.bias_width)
+    return lambda _atoms: SapisCalculator(
+        ensemble, bias_strength=cfg.bias_strength, bias_width=cfg.bias_width, bias_on=cfg.bias_on
+    )
 
 
 def _provenance(parent: Atoms, cfg: ExploreConfig, temperature: float, step: int) -> dict[str, Any]:

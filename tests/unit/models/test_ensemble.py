@@ -281,3 +281,34 @@ def test_uncertainty_bias_is_bounded_and_its_forces_are_its_gradient(ens_dir: Pa
     assert auto.bias_width == pytest.approx(width)
     with pytest.raises(CalculatorError, match="bias_strength"):
         SapisCalculator(ens, bias_strength=-1.0)
+
+
+def test_force_deviation_bias_forces_are_its_gradient(ens_dir: Path, frames: dict) -> None:
+    """The UDD bias on the force variance: s = mean_atoms forces_std², the same predictions as a plain call, and
+    forces = -dE_bias/dr through the double backward (float64 finite differences)."""
+    ens = load_ensemble(ens_dir, dtype="float64")
+    atoms = frames["test"][2].copy()
+    plain_p, p = ens.predict([atoms]), ens.predict([atoms], force_variance_grad=True)
+    np.testing.assert_allclose(p["energy"], plain_p["energy"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(p["forces"][0], plain_p["forces"][0], rtol=0, atol=1e-10)
+    s = float(p["forces_var"][0])
+    assert s == pytest.approx(float(np.mean(plain_p["forces_std"][0] ** 2)), rel=1e-9) and s > 0
+    plain = SapisCalculator(ens)
+    biased = SapisCalculator(ens, bias_strength=0.7, bias_on="forces")  # automatic width: x = 1 at the start
+    atoms.calc = biased
+    assert atoms.get_potential_energy() - plain.get_potential_energy(atoms) == pytest.approx(
+        0.7 * (np.exp(-1.0) - 1.0), rel=1e-6
+    )
+    assert biased.bias_width == pytest.approx(np.sqrt(s))
+    f_bias = atoms.get_forces() - plain.get_forces(atoms)
+    assert np.abs(f_bias).max() > 1e-4
+    h = 1e-4
+    for i, k in [(0, 0), (3, 1), (8, 2)]:
+        up, down = atoms.copy(), atoms.copy()
+        up.positions[i, k] += h
+        down.positions[i, k] -= h
+        db = biased.get_potential_energy(up) - plain.get_potential_energy(up)
+        db -= biased.get_potential_energy(down) - plain.get_potential_energy(down)
+        assert -db / (2 * h) == pytest.approx(f_bias[i, k], abs=1e-6, rel=1e-4)
+    with pytest.raises(CalculatorError, match="bias_on"):
+        SapisCalculator(ens, bias_strength=1.0, bias_on="dipole")

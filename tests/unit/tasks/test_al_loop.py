@@ -241,6 +241,8 @@ def test_every_benchmark_arm_is_a_valid_campaign_and_has_its_random_baseline() -
         assert rule in bench.ARMS and bench.ARMS[base][0]["strategy"] == "random"
         assert set(bench.ARMS[base][1]) <= set(bench.ARMS[rule][1])
     assert bench.ARMS["active-committee-md"][1] == ["xtb", "committee"]
-    # only the UDD arm biases its committee MD; every other arm explores exactly as before
-    assert bench._config(a, "w", "water", 0, "active-udd", 2).explore.bias_strength == a.bias_strength > 0
+    # only the UDD arms bias their committee MD (on what each names); every other arm explores exactly as before
+    for arm, on in (("active-udd", "energy"), ("active-udd-forces", "forces")):
+        explore = bench._config(a, "w", "water", 0, arm, 2).explore
+        assert explore.bias_strength == a.bias_strength > 0 and explore.bias_on == on
     assert all(bench._config(a, "w", "water", 0, arm, 2).explore.bias_strength == 0 for arm in bench.BASELINES.values())
