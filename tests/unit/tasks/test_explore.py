@@ -229,6 +229,13 @@ def test_committee_with_a_real_tiny_ensemble_stores_candidates(tmp_path) -> None
         assert len(run.candidates) >= 5
         spread[strength] = float(np.mean(ens.predict(run.candidates)["energy_std"]))
     assert spread[2.0] > 1.5 * spread[0.0]
+    # ... and the bias on the force variance, to where their forces disagree (what selection ranks)
+    on_forces = longer.model_copy(update={"bias_strength": 2.0, "bias_on": "forces"})
+    run = explore(seeds, on_forces, model_dir=tmp_path / "ens")
+    plain = explore(seeds, longer, model_dir=tmp_path / "ens")
+    dev = [float(np.mean(ens.predict(r.candidates)["forces_std_max"])) for r in (plain, run)]
+    print(f"forces_std_max, plain vs force-biased: {dev}")
+    assert dev[1] > 1.5 * dev[0]
 
 
 def test_xtb_explorer_method_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
