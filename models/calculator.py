@@ -22,7 +22,7 @@ class SapisCalculator(Calculator):
     - "energy" (the paper's): s = σ_E²/n, the members' energy variance per atom (B in eV per √atom). Its
       gradient comes from the members' own forces: ∇σ_E² = −2·mean_m((E_m − Ē)(F_m − F̄)).
     - "forces": s = the mean over atoms of the force variance mean_m |F_m − F̄|² (B in eV/Å), the quantity
-      selection ranks. Its gradient is a Hessian-vector product per member (double backward, ~3× the cost).
+      selection ranks. Its gradient is a Hessian-vector product per member (double backward, ~2× the cost).
 
     B = ``bias_width``; None takes √s of the first structure this calculator sees (a trajectory's start), so the
     pull is steepest there and fades once s is a few times larger. Energy and forces then include the bias

@@ -94,7 +94,7 @@ class Ensemble:
         is sqrt(mean_m |F_m - <F>|^2) (DP-GEN's model deviation). eV and eV/Å. A Δ model adds its baseline to
         the means (the spread is the members' own); where the baseline failed, energy and forces are NaN.
         ``force_variance_grad`` adds ``forces_var`` (B,), the mean over atoms of forces_std² (eV²/Å²), and its
-        gradient in the positions ``forces_var_grad`` list[(n, 3)] (eV²/Å³; a double backward, ~3× the cost).
+        gradient in the positions ``forces_var_grad`` list[(n, 3)] (eV²/Å³; a double backward, ~2× the cost).
         """
         variance: dict[str, list] | None = {"s": [], "grad": []} if force_variance_grad else None
         e_all, forces, e_base, f_base = self._members(atoms_list, batch_size, variance)

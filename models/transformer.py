@@ -166,7 +166,7 @@ def committee_force_variance(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The members' energies (M, B) and forces (M, N, 3), their force variance per structure s (B,): the mean
     over atoms of mean_m |F_m − F̄|² (eV²/Å²), and ∇s (N, 3; eV²/Å³) by double backward (a Hessian-vector
-    product per member, about 3× an energy+forces call). Everything comes back detached."""
+    product per member, about 2× an energy+forces call). Everything comes back detached."""
     pos = graph.positions.detach().requires_grad_(True)
     g = replace(graph, positions=pos)
     es, fs = [], []

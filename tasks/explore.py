@@ -72,7 +72,7 @@ class ExploreConfig(BaseModel):
     bias_on: Literal["energy", "forces"] = Field(
         default="energy",
         description="committee: the disagreement the bias follows: the members' energy variance per atom "
-        "(Kulichenko 2023) or their mean per-atom force variance, what selection ranks (~3× the cost per step)",
+        "(Kulichenko 2023) or their mean per-atom force variance, what selection ranks (~2× the cost per step)",
     )
     seed: int = Field(default=0, description="RNG seed (velocities, Langevin noise, perturbations)")
     round_index: int | None = Field(default=None, description="campaign round, recorded in provenance")
