@@ -79,7 +79,9 @@ class SapisCalculator(Calculator):
             raise CalculatorError(str(exc)) from exc
         if not np.isfinite(p["energy"][0]):  # a Δ model whose xTB baseline failed on this geometry
             raise CalculationFailed(f"the {self.ensemble.baseline} baseline failed on this structure")
-        if on_forces:
+        if self.bias_strength == 0.0 or len(self.ensemble) < 2:  # no bias: nothing more to compute per call
+            bias_e, bias_f = 0.0, np.zeros_like(p["forces"][0])
+        elif on_forces:
             bias_e, bias_f = self._bias(float(p["forces_var"][0]), p["forces_var_grad"][0])
         else:
             bias_e, bias_f = self._bias(*_energy_variance(p["energy_members"][:, 0], p["forces_members"][0]))
@@ -95,8 +97,6 @@ class SapisCalculator(Calculator):
 
     def _bias(self, s: float, grad_s: np.ndarray) -> tuple[float, np.ndarray]:
         """The bias energy (eV) and forces (n, 3; eV/Å) from the disagreement s and its gradient (n, 3)."""
-        if self.bias_strength == 0.0 or len(self.ensemble) < 2:
-            return 0.0, np.zeros(np.shape(grad_s))
         if self.bias_width is None:  # fixed at the trajectory's start (a floor keeps it finite for equal members)
             self.bias_width = max(np.sqrt(s), 1e-4)
         scale = self.bias_width**2
