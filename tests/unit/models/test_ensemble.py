@@ -249,6 +249,21 @@ def test_a_finished_member_is_not_retrained_after_a_kill(
     assert [p.name for p in calls] == ["member_0.pt"]
 
 
+def _assert_bias_forces_are_its_gradient(biased: SapisCalculator, plain: SapisCalculator, atoms: Atoms) -> None:
+    """The biased minus the plain forces act (> 1e-4 eV/Å, so the check is not trivially met) and equal minus the
+    central finite difference of the bias energy at three coordinates."""
+    f_bias = biased.get_forces(atoms) - plain.get_forces(atoms)
+    assert np.abs(f_bias).max() > 1e-4
+    h = 1e-4
+    for i, k in [(0, 0), (3, 1), (8, 2)]:
+        up, down = atoms.copy(), atoms.copy()
+        up.positions[i, k] += h
+        down.positions[i, k] -= h
+        de = biased.get_potential_energy(up) - biased.get_potential_energy(down)
+        dp = plain.get_potential_energy(up) - plain.get_potential_energy(down)
+        assert -(de - dp) / (2 * h) == pytest.approx(f_bias[i, k], abs=1e-6, rel=1e-4)
+
+
 def test_uncertainty_bias_is_bounded_and_its_forces_are_its_gradient(ens_dir: Path, frames: dict) -> None:
     """The UDD bias: 0 where members agree, never below -A, and forces = -dE_bias/dr (float64 finite differences)."""
     ens = load_ensemble(ens_dir, dtype="float64")
@@ -258,18 +273,9 @@ def test_uncertainty_bias_is_bounded_and_its_forces_are_its_gradient(ens_dir: Pa
     plain, biased = SapisCalculator(ens), SapisCalculator(ens, bias_strength=0.7, bias_width=width)
     atoms.calc = biased
     e_b = atoms.get_potential_energy()
-    f_bias = atoms.get_forces() - plain.get_forces(atoms)
     assert biased.results["bias_energy"] == pytest.approx(0.7 * (np.exp(-1.0) - 1.0), rel=1e-6)
     assert e_b - plain.get_potential_energy(atoms) == pytest.approx(biased.results["bias_energy"], abs=1e-9)
-    assert np.abs(f_bias).max() > 1e-4  # the bias acts, so the check below is not trivially met
-    h = 1e-4
-    for i, k in [(0, 0), (3, 1), (8, 2)]:
-        up, down = atoms.copy(), atoms.copy()
-        up.positions[i, k] += h
-        down.positions[i, k] -= h
-        de = biased.get_potential_energy(up) - biased.get_potential_energy(down)
-        dp = plain.get_potential_energy(up) - plain.get_potential_energy(down)
-        assert -(de - dp) / (2 * h) == pytest.approx(f_bias[i, k], abs=1e-6, rel=1e-4)
+    _assert_bias_forces_are_its_gradient(biased, plain, atoms)
     member = load_ensemble(ens_dir / "member_0.pt")
     single = SapisCalculator(member, bias_strength=0.7)
     assert single.get_potential_energy(atoms) == pytest.approx(SapisCalculator(member).get_potential_energy(atoms))
@@ -300,15 +306,6 @@ def test_force_deviation_bias_forces_are_its_gradient(ens_dir: Path, frames: dic
         0.7 * (np.exp(-1.0) - 1.0), rel=1e-6
     )
     assert biased.bias_width == pytest.approx(np.sqrt(s))
-    f_bias = atoms.get_forces() - plain.get_forces(atoms)
-    assert np.abs(f_bias).max() > 1e-4
-    h = 1e-4
-    for i, k in [(0, 0), (3, 1), (8, 2)]:
-        up, down = atoms.copy(), atoms.copy()
-        up.positions[i, k] += h
-        down.positions[i, k] -= h
-        db = biased.get_potential_energy(up) - plain.get_potential_energy(up)
-        db -= biased.get_potential_energy(down) - plain.get_potential_energy(down)
-        assert -db / (2 * h) == pytest.approx(f_bias[i, k], abs=1e-6, rel=1e-4)
+    _assert_bias_forces_are_its_gradient(biased, plain, atoms)
     with pytest.raises(CalculatorError, match="bias_on"):
         SapisCalculator(ens, bias_strength=1.0, bias_on="dipole")
