@@ -66,6 +66,12 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
     "active-udd": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
     # ... with the bias on the members' force variance (explore.bias_on = "forces"), what selection ranks
     "active-udd-forces": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
+    # ... with half of each round's labels ranked among the plain xTB MD candidates alone (select.source_shares):
+    # the biased committee MD out-ranks plain MD everywhere and left the 300 K region under-sampled
+    "active-udd-forces-mix": (
+        {"strategy": "uncertainty", "source_shares": {"xtb": 0.5, "committee": 0.5}},
+        ["xtb", "committee"],
+    ),
 }
 # arm -> the random arm it is measured against (default: 'random'); baselines are not rules themselves
 BASELINES: dict[str, str] = {
@@ -73,10 +79,11 @@ BASELINES: dict[str, str] = {
     "active-committee-md": "random-mdonly",
     "active-udd": "random-mdonly",
     "active-udd-forces": "random-mdonly",
+    "active-udd-forces-mix": "random-mdonly",
 }
 # arms whose committee MD carries the uncertainty bias (--bias-strength, --bias-width) -> what it follows
 # (explore.bias_on); the others run none
-BIASED_ARMS = {"active-udd": "energy", "active-udd-forces": "forces"}
+BIASED_ARMS = {"active-udd": "energy", "active-udd-forces": "forces", "active-udd-forces-mix": "forces"}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

@@ -154,6 +154,23 @@ class SelectSection(_Section):
         "'perturb' candidates out of selection; they are still stored and may still be held-out test labels); "
         "None: every explorer's.",
     )
+    source_shares: dict[Explorer, float] | None = Field(
+        default=None,
+        description="Share of each round's k ranked within each explorer's candidates alone (uncertainty rule, "
+        "the round's window), e.g. {xtb = 0.5, committee = 0.5} keeps half the labels on plain MD when a "
+        "biased committee MD would out-rank it everywhere; a share that finds too few, and k left over, go "
+        "to one ranking over the rest. None: one ranking over all. strategy = 'uncertainty' only.",
+    )
+
+    @field_validator("source_shares")
+    @classmethod
+    def _shares_sum_to_at_most_one(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v is not None:
+            if any(not 0.0 <= s <= 1.0 for s in v.values()):
+                raise ValueError(f"each share must lie in [0, 1], got {v}")
+            if sum(v.values()) > 1.0 + 1e-9:
+                raise ValueError(f"shares must sum to at most 1, got {sum(v.values()):g}")
+        return v
 
 
 class LabelSection(_Section):

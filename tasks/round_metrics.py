@@ -85,6 +85,7 @@ class RoundMetrics(_Record):
     ranking: dict[str, float | int | bool | None] | None = Field(None, description="what the ranking saw")
     n_outside_window: int | None = None
     n_excluded_by_source: int | None = Field(None, description="candidates left out by select.sources")
+    n_by_source: dict[str, int] | None = Field(None, description="picks per explorer's share (select.source_shares)")
     # label
     label: LabelStats | None = None
     # train

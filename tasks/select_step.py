@@ -196,6 +196,9 @@ def _by_uncertainty(
         seed=cfg.seed + plan.index,
     )
     picked = list(sel.indices)
+    by_source = None
+    if cfg.select.source_shares:
+        picked, by_source = _by_source_shares(scores, atoms, sel, exclude, calibration, cfg, plan)
     fallback = 0
     if len(picked) < plan.k:
         # The window holds too few: early, poorly trained models put every candidate above the ceiling. A round
@@ -234,8 +237,56 @@ def _by_uncertainty(
         },
         ranking={k: v for k, v in sel.info.items() if k.startswith("n_")},
         n_outside_window=fallback,
+        n_by_source=by_source,
     )
     return rows, summary
+
+
+def _by_source_shares(
+    scores: dict[str, Any],
+    atoms: list[Atoms],
+    sel: Selection,
+    exclude: np.ndarray | None,
+    calibration: Calibration | None,
+    cfg: CampaignConfig,
+    plan: RoundPlan,
+) -> tuple[list[int], dict[str, int]]:
+    """``select.source_shares``: each explorer's share of k ranked among its own candidates (the round's
+    window, uncertainty x diversity against the labels and the picks so far), then what is left of k ranked
+    over all the rest. Returns the picks and how many each share took."""
+    from sapis.tasks.rank import Window, rank_candidates
+
+    shares = cfg.select.source_shares or {}
+    names = np.array([_explorer(a) for a in atoms])
+    desc = scores.get("descriptors")
+    picked: list[int] = []
+    counts: dict[str, int] = {}
+    quotas: list[tuple[str | None, int]] = [(n, int(np.floor(s * plan.k + 0.5))) for n, s in shares.items()]
+    for name, quota in [*quotas, (None, plan.k)]:
+        need = min(quota, plan.k - len(picked))
+        taken = set(picked)
+        idx = [i for i in range(len(atoms)) if (name is None or names[i] == name) and i not in taken]
+        if need <= 0 or not idx:
+            continue
+        known = exclude
+        if desc is not None and picked:
+            chosen = np.asarray(desc)[picked]
+            known = chosen if known is None else np.concatenate([known, chosen])
+        got = rank_candidates(
+            {
+                "forces_std_max": np.asarray(sel.score)[idx],
+                "descriptors": None if desc is None else np.asarray(desc)[idx],
+            },
+            k=need,
+            window=Window(*sel.bounds),
+            calibration=calibration,
+            exclude_descriptors=known,
+            diversity=cfg.select.diversity,
+            seed=cfg.seed + plan.index,
+        )
+        picked += [idx[j] for j in got.indices]
+        counts[name or "rest"] = counts.get(name or "rest", 0) + len(got.indices)
+    return picked, counts
 
 
 def _by_kcenter(

@@ -56,10 +56,13 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     calls: dict[str, int] = {}
     real = rank.rank_candidates
     out: dict[str, Any] = {"store": store, "bench": bench, "args": a}
-    for arm in ("active", "random", "kcenter", "active-nocap", "cluster", "active-md"):
+    for arm in ("active", "random", "kcenter", "active-nocap", "cluster", "active-md", "active-shares"):
         from sapis.flows.campaign import create_campaign
 
-        cfg = bench._config(a, f"water-{arm}", "water", 0, arm, 2)
+        cfg = bench._config(a, f"water-{arm}", "water", 0, arm if arm in bench.ARMS else "active", 2)
+        if arm == "active-shares":  # a third of k ranked among the MD candidates alone, two thirds among perturbed
+            shares = {"xtb": 0.34, "perturb": 0.67}
+            cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"source_shares": shares})})
         cid = create_campaign(store, cfg)
         n = 0
 
@@ -163,6 +166,28 @@ def test_select_sources_leaves_perturbation_candidates_out(loop: dict[str, Any])
     for bad, words in ((["md"], "sources"), ([], "sources"), (["committee"], "select.sources: none of")):
         data["select"]["sources"] = bad
         with pytest.raises(ConfigError, match=words) as err:
+            CampaignConfig.parse(data, source="c.toml")
+        assert "\n" not in str(err.value)  # one line
+
+
+def test_source_shares_split_each_round_between_explorers(loop: dict[str, Any]) -> None:
+    """select.source_shares: each explorer's share of k is ranked among its own candidates."""
+    from sapis.flows.config import CampaignConfig
+    from sapis.tasks.round_metrics import RoundMetrics
+
+    store: Store = loop["store"]
+    cid = loop["active-shares"]["campaign_id"]
+    assert loop["calls"]["active-shares"] >= 2  # one uncertainty ranking per share, the product's own
+    ids = [r["config_id"] for r in store.selections(cid, role="selected", round_index=1)]
+    picked = [a.info["provenance"]["explorer"] for a in store.get_atoms(ids)]
+    assert sorted(picked) == ["perturb", "perturb", "xtb"]  # round(0.34 * 3) = 1 and round(0.67 * 3) = 2
+    metrics = RoundMetrics.from_row(store.rounds(cid)[1].metrics)
+    assert metrics.n_by_source == {"xtb": 1, "perturb": 2}
+    assert loop["active"]["cfg"].select.source_shares is None  # default: one ranking over all
+    data = loop["active-shares"]["cfg"].model_dump(mode="json")
+    for bad in ({"xtb": 0.7, "perturb": 0.6}, {"xtb": -0.1}, {"md": 0.5}):
+        data["select"]["source_shares"] = bad
+        with pytest.raises(ConfigError, match="source_shares") as err:
             CampaignConfig.parse(data, source="c.toml")
         assert "\n" not in str(err.value)  # one line
 
