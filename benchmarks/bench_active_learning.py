@@ -620,8 +620,10 @@ def table(report: dict[str, Any]) -> str:
 def plot(report: dict[str, Any], path: Path) -> Path:
     from matplotlib.figure import Figure
 
-    mols = list(report["molecules"])
-    regions = list(next(iter(next(iter(report["molecules"].values()))["summary"]["arms"].values()))["mean"])
+    # the rows measured in this run (carried-over rows keep the plot of their own run, in git history): a plot of
+    # every run at once (25 rows by now) could not be read at a glance
+    mols = [m for m, r in report["molecules"].items() if not r.get("carried_over")] or list(report["molecules"])
+    regions = list(next(iter(report["molecules"][mols[0]]["summary"]["arms"].values()))["mean"])
     fig = Figure(figsize=(2.6 * len(regions), 2.4 * len(mols)), dpi=100)
     axes = fig.subplots(len(mols), len(regions), squeeze=False)
     for i, m in enumerate(mols):
@@ -631,20 +633,22 @@ def plot(report: dict[str, Any], path: Path) -> Path:
             for arm, s in arms.items():
                 if reg not in s["mean"]:
                     continue
-                color = f"C{list(ARMS).index(arm)}" if arm in ARMS else "k"  # one colour per arm in every panel
+                # one colour per rule in every panel; the random baselines grey and dashed
+                baseline = arm.startswith("random")
+                color = "0.4" if baseline else f"C{list(ARMS).index(arm) % 10}" if arm in ARMS else "k"
                 per = np.array(s["per_seed"][reg]["f_mae"])
-                ax.plot(s["n"], s["mean"][reg]["f_mae"], "o-", color=color, label=arm, ms=3)
+                ax.plot(s["n"], s["mean"][reg]["f_mae"], "o--" if baseline else "o-", color=color, label=arm, ms=3)
                 ax.fill_between(s["n"], per.min(0), per.max(0), color=color, alpha=0.2)
             ax.set_yscale("log")
-            ax.set_title(f"{m}: {reg}", fontsize=8)
+            ax.set_title(reg if i else f"test region: {reg}", fontsize=8)
             if i == len(mols) - 1:
                 ax.set_xlabel("training labels")
-            if j == 0:
-                ax.set_ylabel("force MAE (meV/Å)")
+            if j == 0:  # the row's run: its name without the setting in brackets (the legend names the arms)
+                ax.set_ylabel(f"{m.split(' (')[0]}\nforce MAE (meV/Å)", fontsize=8)
             ax.tick_params(labelsize=7)
     for i in range(len(mols)):
         axes[i][0].legend(fontsize=7)
-    fig.suptitle("selection rules vs random; band: seed min-max", fontsize=9)
+    fig.suptitle("selection rules vs random (this run's rows); band: seed min-max", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     return path
