@@ -72,6 +72,11 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
         {"strategy": "uncertainty", "source_shares": {"xtb": 0.5, "committee": 0.5}},
         ["xtb", "committee"],
     ),
+    # ... with the plain-MD half drawn at random (select.random_within): typical 300 K frames, not the most uncertain
+    "active-udd-forces-mixrand": (
+        {"strategy": "uncertainty", "source_shares": {"xtb": 0.5, "committee": 0.5}, "random_within": ["xtb"]},
+        ["xtb", "committee"],
+    ),
 }
 # arm -> the random arm it is measured against (default: 'random'); baselines are not rules themselves
 BASELINES: dict[str, str] = {
@@ -80,10 +85,16 @@ BASELINES: dict[str, str] = {
     "active-udd": "random-mdonly",
     "active-udd-forces": "random-mdonly",
     "active-udd-forces-mix": "random-mdonly",
+    "active-udd-forces-mixrand": "random-mdonly",
 }
 # arms whose committee MD carries the uncertainty bias (--bias-strength, --bias-width) -> what it follows
 # (explore.bias_on); the others run none
-BIASED_ARMS = {"active-udd": "energy", "active-udd-forces": "forces", "active-udd-forces-mix": "forces"}
+BIASED_ARMS = {
+    "active-udd": "energy",
+    "active-udd-forces": "forces",
+    "active-udd-forces-mix": "forces",
+    "active-udd-forces-mixrand": "forces",
+}
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:

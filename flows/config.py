@@ -162,6 +162,12 @@ class SelectSection(_Section):
         "to one ranking over the rest. None: one ranking over all. strategy = 'uncertainty' only.",
     )
 
+    random_within: list[Explorer] = Field(
+        default_factory=list,
+        description="Explorers whose share (source_shares) is drawn uniformly at random among their candidates "
+        "instead of ranked by disagreement: typical frames of a plain MD rather than its most uncertain ones.",
+    )
+
     @field_validator("source_shares")
     @classmethod
     def _shares_sum_to_at_most_one(cls, v: dict[str, float] | None) -> dict[str, float] | None:

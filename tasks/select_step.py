@@ -252,8 +252,9 @@ def _by_source_shares(
     plan: RoundPlan,
 ) -> tuple[list[int], dict[str, int]]:
     """``select.source_shares``: each explorer's share of k ranked among its own candidates (the round's
-    window, uncertainty x diversity against the labels and the picks so far), then what is left of k ranked
-    over all the rest. Returns the picks and how many each share took."""
+    window, uncertainty x diversity against the labels and the picks so far; uniformly at random for the explorers
+    in ``select.random_within``), then what is left of k ranked over all the rest. Returns the picks and how many
+    each share took."""
     from sapis.tasks.rank import Window, rank_candidates
 
     shares = cfg.select.source_shares or {}
@@ -267,6 +268,12 @@ def _by_source_shares(
         taken = set(picked)
         idx = [i for i in range(len(atoms)) if (name is None or names[i] == name) and i not in taken]
         if need <= 0 or not idx:
+            continue
+        if name in cfg.select.random_within:  # typical frames of this explorer, not its most uncertain
+            rng = np.random.default_rng(cfg.seed + 104729 * (plan.index + 1))
+            got_idx = [idx[int(j)] for j in rng.permutation(len(idx))[:need]]
+            picked += got_idx
+            counts[name] = counts.get(name, 0) + len(got_idx)
             continue
         known = exclude
         if desc is not None and picked:

@@ -56,13 +56,17 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     calls: dict[str, int] = {}
     real = rank.rank_candidates
     out: dict[str, Any] = {"store": store, "bench": bench, "args": a}
-    for arm in ("active", "random", "kcenter", "active-nocap", "cluster", "active-md", "active-shares"):
+    arms = ("active", "random", "kcenter", "active-nocap", "cluster", "active-md", "active-shares", "shares-random")
+    for arm in arms:
         from sapis.flows.campaign import create_campaign
 
         cfg = bench._config(a, f"water-{arm}", "water", 0, arm if arm in bench.ARMS else "active", 2)
         if arm == "active-shares":  # a third of k ranked among the MD candidates alone, two thirds among perturbed
             shares = {"xtb": 0.34, "perturb": 0.67}
             cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"source_shares": shares})})
+        if arm == "shares-random":  # the same shares, the perturbed two thirds drawn at random
+            sel = {"source_shares": {"xtb": 0.34, "perturb": 0.67}, "random_within": ["perturb"]}
+            cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update=sel)})
         cid = create_campaign(store, cfg)
         n = 0
 
@@ -184,6 +188,10 @@ def test_source_shares_split_each_round_between_explorers(loop: dict[str, Any]) 
     metrics = RoundMetrics.from_row(store.rounds(cid)[1].metrics)
     assert metrics.n_by_source == {"xtb": 1, "perturb": 2}
     assert loop["active"]["cfg"].select.source_shares is None  # default: one ranking over all
+    # random_within: the perturbed share is drawn at random, so one ranking fewer than with both shares ranked
+    rid = loop["shares-random"]["campaign_id"]
+    assert loop["calls"]["shares-random"] == loop["calls"]["active-shares"] - 1
+    assert RoundMetrics.from_row(store.rounds(rid)[1].metrics).n_by_source == {"xtb": 1, "perturb": 2}
     data = loop["active-shares"]["cfg"].model_dump(mode="json")
     for bad in ({"xtb": 0.7, "perturb": 0.6}, {"xtb": -0.1}, {"md": 0.5}):
         data["select"]["source_shares"] = bad
