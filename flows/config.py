@@ -161,7 +161,6 @@ class SelectSection(_Section):
         "biased committee MD would out-rank it everywhere; a share that finds too few, and k left over, go "
         "to one ranking over the rest. None: one ranking over all. strategy = 'uncertainty' only.",
     )
-
     random_within: list[Explorer] = Field(
         default_factory=list,
         description="Explorers whose share (source_shares) is drawn uniformly at random among their candidates "

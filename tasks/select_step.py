@@ -270,8 +270,9 @@ def _by_source_shares(
         if need <= 0 or not idx:
             continue
         if name in cfg.select.random_within:  # typical frames of this explorer, not its most uncertain
+            ok = [i for i in idx if np.isfinite(sel.score[i])]  # NaN: its Δ baseline failed, nothing to train on
             rng = np.random.default_rng(cfg.seed + 104729 * (plan.index + 1))
-            got_idx = [idx[int(j)] for j in rng.permutation(len(idx))[:need]]
+            got_idx = [ok[int(j)] for j in rng.permutation(len(ok))[:need]]
             picked += got_idx
             counts[name] = counts.get(name, 0) + len(got_idx)
             continue
