@@ -19,7 +19,7 @@ from sapis.tasks.round_metrics import RoundMetrics
 if TYPE_CHECKING:
     from sapis.flows.config import CampaignConfig
     from sapis.tasks.calibration import Calibration
-    from sapis.tasks.rank import Selection
+    from sapis.tasks.rank import Selection, Window
 
 
 def explore_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
@@ -186,9 +186,9 @@ def _by_uncertainty(
     exclude = ens.descriptors(known) if known else None
     calibration = plan.calibration
     lo, hi = cfg.select.window_lo, cfg.select.window_hi
-    sel = rank_candidates(
+    sel = rank_candidates(  # with source_shares only its window and scores are used: each share picks its own
         scores,
-        k=plan.k,
+        k=0 if cfg.select.source_shares else plan.k,
         window=Window.quantiles(lo, hi) if cfg.select.window_quantile else Window(lo, hi),
         calibration=calibration,
         exclude_descriptors=exclude,
@@ -203,7 +203,7 @@ def _by_uncertainty(
     if len(picked) < plan.k:
         # The window holds too few: early, poorly trained models put every candidate above the ceiling. A round
         # that labels nothing learns nothing, so fill up by uncertainty x diversity outside the window.
-        extra = _fill_outside_window(scores, sel, picked, exclude, plan.k - len(picked), calibration, cfg, plan)
+        extra = _rank_more(scores, sel, picked, exclude, plan.k - len(picked), calibration, cfg, plan)
         fallback = len(extra)
         picked += extra
     rows = [
@@ -255,45 +255,28 @@ def _by_source_shares(
     window, uncertainty x diversity against the labels and the picks so far; uniformly at random for the explorers
     in ``select.random_within``), then what is left of k ranked over all the rest. Returns the picks and how many
     each share took."""
-    from sapis.tasks.rank import Window, rank_candidates
+    from sapis.tasks.rank import Window
 
     shares = cfg.select.source_shares or {}
-    names = np.array([_explorer(a) for a in atoms])
-    desc = scores.get("descriptors")
+    names = [_explorer(a) for a in atoms]
     picked: list[int] = []
     counts: dict[str, int] = {}
     quotas: list[tuple[str | None, int]] = [(n, int(np.floor(s * plan.k + 0.5))) for n, s in shares.items()]
     for name, quota in [*quotas, (None, plan.k)]:
         need = min(quota, plan.k - len(picked))
-        taken = set(picked)
-        idx = [i for i in range(len(atoms)) if (name is None or names[i] == name) and i not in taken]
-        if need <= 0 or not idx:
+        if need <= 0:
             continue
+        among = [i for i in range(len(atoms)) if name is None or names[i] == name]
         if name in cfg.select.random_within:  # typical frames of this explorer, not its most uncertain
-            ok = [i for i in idx if np.isfinite(sel.score[i])]  # NaN: its Δ baseline failed, nothing to train on
+            taken = set(picked)  # NaN: its Δ baseline failed, nothing to train on
+            ok = [i for i in among if i not in taken and np.isfinite(sel.score[i])]
             rng = np.random.default_rng(cfg.seed + 104729 * (plan.index + 1))
-            got_idx = [ok[int(j)] for j in rng.permutation(len(ok))[:need]]
-            picked += got_idx
-            counts[name] = counts.get(name, 0) + len(got_idx)
-            continue
-        known = exclude
-        if desc is not None and picked:
-            chosen = np.asarray(desc)[picked]
-            known = chosen if known is None else np.concatenate([known, chosen])
-        got = rank_candidates(
-            {
-                "forces_std_max": np.asarray(sel.score)[idx],
-                "descriptors": None if desc is None else np.asarray(desc)[idx],
-            },
-            k=need,
-            window=Window(*sel.bounds),
-            calibration=calibration,
-            exclude_descriptors=known,
-            diversity=cfg.select.diversity,
-            seed=cfg.seed + plan.index,
-        )
-        picked += [idx[j] for j in got.indices]
-        counts[name or "rest"] = counts.get(name or "rest", 0) + len(got.indices)
+            got = [ok[int(j)] for j in rng.permutation(len(ok))[:need]]
+        else:
+            window = Window(*sel.bounds)
+            got = _rank_more(scores, sel, picked, exclude, need, calibration, cfg, plan, window=window, among=among)
+        picked += got
+        counts[name or "rest"] = counts.get(name or "rest", 0) + len(got)
     return picked, counts
 
 
@@ -360,7 +343,7 @@ def _by_cluster(
     return rows, summary
 
 
-def _fill_outside_window(
+def _rank_more(
     scores: dict[str, Any],
     sel: Selection,
     picked: list[int],
@@ -369,12 +352,15 @@ def _fill_outside_window(
     calibration: Calibration | None,
     cfg: CampaignConfig,
     plan: RoundPlan,
+    window: Window | None = None,
+    among: Sequence[int] | None = None,
 ) -> list[int]:
-    """Up to ``n`` more picks among candidates outside the window, never near-duplicates of labels or picks."""
+    """Up to ``n`` more picks by uncertainty x diversity among the candidates ``among`` (default: all) not yet
+    picked, inside ``window`` (None: none), never near-duplicates of labels or picks."""
     from sapis.tasks.rank import rank_candidates
 
     taken = set(picked)
-    rest = [i for i in range(len(sel.score)) if i not in taken]
+    rest = [i for i in (range(len(sel.score)) if among is None else among) if i not in taken]
     if not rest or n <= 0:
         return []
     desc = scores.get("descriptors")
@@ -389,7 +375,7 @@ def _fill_outside_window(
     more = rank_candidates(
         sub,
         k=n,
-        window=None,
+        window=window,
         calibration=calibration,
         exclude_descriptors=known,
         diversity=cfg.select.diversity,

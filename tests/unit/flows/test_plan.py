@@ -79,7 +79,7 @@ def test_selection_fills_up_outside_an_empty_window() -> None:
     from types import SimpleNamespace
 
     from sapis.tasks.rank import rank_candidates
-    from sapis.tasks.select_step import _fill_outside_window
+    from sapis.tasks.select_step import _rank_more
 
     rng = np.random.default_rng(3)
     scores = {"forces_std_max": rng.uniform(3.0, 9.0, 40), "descriptors": rng.normal(size=(40, 6))}
@@ -87,12 +87,12 @@ def test_selection_fills_up_outside_an_empty_window() -> None:
     assert sel.indices == []
     cfg = SimpleNamespace(select=SimpleNamespace(diversity=True), seed=0)
     plan = SimpleNamespace(index=1)
-    extra = _fill_outside_window(scores, sel, [], None, 5, None, cfg, plan)
+    extra = _rank_more(scores, sel, [], None, 5, None, cfg, plan)
     assert len(extra) == len(set(extra)) == 5
     # with diversity off it is the top five by deviation
     cfg.select.diversity = False
-    top = _fill_outside_window(scores, sel, [], None, 5, None, cfg, plan)
+    top = _rank_more(scores, sel, [], None, 5, None, cfg, plan)
     assert sorted(top) == sorted(np.argsort(scores["forces_std_max"])[-5:].tolist())
     # picks already made are never repeated
-    again = _fill_outside_window(scores, sel, top[:2], None, 3, None, cfg, plan)
+    again = _rank_more(scores, sel, top[:2], None, 3, None, cfg, plan)
     assert not set(again) & set(top[:2])

@@ -43,6 +43,14 @@ def _tiny_args(bench: Any) -> argparse.Namespace:
     return a
 
 
+# arms of the fixture beyond the benchmark's: the 'active' arm with these select settings. A third of k ranked
+# among the MD candidates alone, two thirds among the perturbed ones; then the perturbed share drawn at random
+SHARES: dict[str, dict[str, Any]] = {
+    "active-shares": {"source_shares": {"xtb": 0.34, "perturb": 0.67}},
+    "shares-random": {"source_shares": {"xtb": 0.34, "perturb": 0.67}, "random_within": ["perturb"]},
+}
+
+
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Two campaigns (active, random) of two rounds each, through the benchmark's round runner."""
@@ -61,12 +69,8 @@ def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         from sapis.flows.campaign import create_campaign
 
         cfg = bench._config(a, f"water-{arm}", "water", 0, arm if arm in bench.ARMS else "active", 2)
-        if arm == "active-shares":  # a third of k ranked among the MD candidates alone, two thirds among perturbed
-            shares = {"xtb": 0.34, "perturb": 0.67}
-            cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update={"source_shares": shares})})
-        if arm == "shares-random":  # the same shares, the perturbed two thirds drawn at random
-            sel = {"source_shares": {"xtb": 0.34, "perturb": 0.67}, "random_within": ["perturb"]}
-            cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update=sel)})
+        if arm in SHARES:
+            cfg = cfg.model_copy(update={"select": cfg.select.model_copy(update=SHARES[arm])})
         cid = create_campaign(store, cfg)
         n = 0
 
