@@ -19,6 +19,19 @@ import torch
 from torch import fx
 
 ENABLED = True  # models built while False keep e3nn's slices (benchmarks compare both in one run)
+SCRIPT = True  # models built while False keep the rewritten code as fx graphs, which torch.compile can trace
+
+
+@contextmanager
+def fx_graphs() -> Iterator[None]:
+    """Build models inside this block to keep e3nn's (rewritten) generated code as ``fx.GraphModule`` instead of
+    TorchScript: torch.compile traces fx graphs but not TorchScript (``sapis.models.compiled``)."""
+    global SCRIPT
+    old, SCRIPT = SCRIPT, False
+    try:
+        yield
+    finally:
+        SCRIPT = old
 
 
 @contextmanager
@@ -97,9 +110,10 @@ def split_slices(gm: fx.GraphModule) -> int:
     return rewritten
 
 
-def split_codegen_slices(module: torch.nn.Module) -> int:
+def split_codegen_slices(module: torch.nn.Module, script: bool = True) -> int:
     """Apply :func:`split_slices` to the generated code of every e3nn module in ``module`` built under
-    :func:`unscripted_codegen`, then compile it to TorchScript as e3nn would have; returns inputs rewritten."""
+    :func:`unscripted_codegen`, then compile it to TorchScript as e3nn would have (``script``, else keep the fx
+    graph); returns inputs rewritten."""
     from opt_einsum_fx import jitable
 
     total = 0
@@ -108,5 +122,6 @@ def split_codegen_slices(module: torch.nn.Module) -> int:
             gm = getattr(m, name)
             if isinstance(gm, fx.GraphModule):
                 total += split_slices(gm)
-                setattr(m, name, torch.jit.script(jitable(gm)))
+                if script:
+                    setattr(m, name, torch.jit.script(jitable(gm)))
     return total

@@ -28,6 +28,9 @@ class SapisCalculator(Calculator):
     pull is steepest there and fades once s is a few times larger. Energy and forces then include the bias
     (``bias_energy`` reports it); the forces are its exact gradient.
 
+    ``compile=True`` compiles the members with torch.compile at the first call, on that structure
+    (``Ensemble.compile``): several times faster calls after tens of seconds of compiling, for MD.
+
     >>> # calc = SapisCalculator.from_checkpoint("runs/model"); atoms.calc = calc; atoms.get_forces()
     """
 
@@ -49,6 +52,7 @@ class SapisCalculator(Calculator):
         bias_strength: float = 0.0,
         bias_width: float | None = None,
         bias_on: str = "energy",
+        compile: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -60,6 +64,8 @@ class SapisCalculator(Calculator):
         self.bias_on = bias_on
         self.bias_strength = float(bias_strength)
         self.bias_width = None if bias_width is None else float(bias_width)
+        self.compile = compile  # done at the first call (it needs a structure of the run's shape)
+        self.compile_seconds: float | None = None
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, device: str = "cpu", **kwargs: Any) -> SapisCalculator:
@@ -74,6 +80,8 @@ class SapisCalculator(Calculator):
         Calculator.calculate(self, atoms, properties or ["energy"], system_changes)
         on_forces = self.bias_strength > 0 and self.bias_on == "forces" and len(self.ensemble) > 1
         try:
+            if self.compile and self.compile_seconds is None and not on_forces:  # biased on forces: stays eager
+                self.compile_seconds = self.ensemble.compile(self.atoms)
             p = self.ensemble.predict([self.atoms], force_variance_grad=on_forces)
         except Exception as exc:  # an unknown element etc.: ASE's error type, message kept
             raise CalculatorError(str(exc)) from exc

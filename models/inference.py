@@ -25,6 +25,7 @@ class Ensemble:
         # Δ-learning: the members learned labels minus this baseline; predict adds it back
         self.baseline = str(getattr(models[0], "baseline", None) or getattr(models[0].config, "baseline", "none"))
         self.reuse_baseline = True  # keep the baseline's tblite calculators between calls (same numbers, faster)
+        self.compiled: list[torch.nn.Module] | None = None  # torch.compile'd members for energy+forces (compile())
 
     @property
     def n_params(self) -> int:
@@ -35,6 +36,18 @@ class Ensemble:
 
     def __len__(self) -> int:
         return len(self.models)
+
+    def compile(self, example: Atoms) -> float:
+        """Compile the members for energy+forces calls on structures like ``example`` (``sapis.models.compiled``:
+        several times faster per call on CPU after tens of seconds of compiling; for MD, not for a few calls) and
+        return the seconds spent. Predictions keep their numbers to float rounding. The force-variance gradient
+        (biased MD) and descriptors stay eager; where compiling fails, everything stays eager with a warning."""
+        from sapis.models.compiled import compile_members
+        from sapis.models.graph import collate
+
+        fast, seconds = compile_members(self.models, collate(self._graphs([example]), self.dtype, self.device))
+        self.compiled = None if all(f is m for f, m in zip(fast, self.models, strict=True)) else fast
+        return seconds
 
     def _graphs(self, atoms_list: Sequence[Atoms]) -> list:
         from sapis.errors import InputError
@@ -75,7 +88,7 @@ class Ensemble:
                 variance["s"].extend(s_t.cpu().double().numpy().tolist())
                 variance["grad"].extend(grad[a:z] for a, z in itertools.pairwise(ptr))
             else:
-                pairs = [energy_and_forces(m, b)[:2] for m in self.models]
+                pairs = [energy_and_forces(m, b)[:2] for m in self.compiled or self.models]
                 e_b = np.stack([e.detach().cpu().numpy() for e, _ in pairs])
                 f_all = np.stack([f.detach().cpu().double().numpy() for _, f in pairs])
             energies.append(e_b)

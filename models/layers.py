@@ -60,14 +60,19 @@ class EquivariantLayerNorm(tnn.Module):
         self.weight = tnn.Parameter(torch.ones(self.irreps.num_irreps))
         n_scalar = sum(mul for mul, ir in self.irreps if ir.l == 0)
         self.bias = tnn.Parameter(torch.zeros(n_scalar))
+        # plain ints, not Irreps, in forward: torch.compile cannot guard on e3nn's Irreps (its len() raises)
+        self._blocks = [
+            (mul, ir.dim, ir.l, sl.start, sl.stop)
+            for (mul, ir), sl in zip(self.irreps, self.irreps.slices(), strict=True)
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, w0, b0 = [], 0, 0
-        for (mul, ir), sl in zip(self.irreps, self.irreps.slices(), strict=True):
-            f = x[:, sl].reshape(-1, mul, ir.dim)  # (N, mul, 2l+1)
+        for mul, dim, ell, start, stop in self._blocks:
+            f = x[:, start:stop].reshape(-1, mul, dim)  # (N, mul, 2l+1)
             w = self.weight[w0 : w0 + mul].to(x.dtype)
             w0 += mul
-            if ir.l == 0:
+            if ell == 0:
                 f = f - f.mean(dim=1, keepdim=True)
                 f = f / torch.sqrt(f.pow(2).mean(dim=(1, 2), keepdim=True) + self.eps)
                 f = f * w[None, :, None] + self.bias[b0 : b0 + mul].to(x.dtype)[None, :, None]
@@ -75,7 +80,7 @@ class EquivariantLayerNorm(tnn.Module):
             else:
                 f = f / torch.sqrt(f.pow(2).mean(dim=(1, 2), keepdim=True) + self.eps)
                 f = f * w[None, :, None]
-            out.append(f.reshape(-1, mul * ir.dim))
+            out.append(f.reshape(-1, mul * dim))
         return torch.cat(out, dim=-1)
 
 
@@ -181,6 +186,7 @@ class GraphAttention(tnn.Module):
     ) -> None:
         super().__init__()
         self.irreps_node, self.heads = o3.Irreps(irreps_node), heads
+        self.dim = self.irreps_node.dim
         # density: + s_h * u_ij on top of alpha_ij (an unnormalised, enveloped neighbour sum; s_h starts at 1/10)
         self.density_log = tnn.Parameter(torch.full((heads,), math.log(0.1))) if density else None
         self.norm = EquivariantLayerNorm(self.irreps_node)
@@ -231,7 +237,7 @@ class GraphAttention(tnn.Module):
         pair = self.lin_src(h).index_select(0, send) + self.lin_dst(h).index_select(0, recv)
         msg = self.tp(pair, sh, self.radial(radial))  # (E, mid_dim)
         vk = self.lin_msg(msg)
-        d = self.irreps_node.dim
+        d = self.dim
         keys = tnn.functional.silu(vk[:, d:]).view(-1, self.heads, self.key_dim)  # smooth, not leaky
         logits = (keys * self.attn_vec.to(x.dtype)).sum(-1)  # (E, H)
         n = x.shape[0]
@@ -265,6 +271,15 @@ class GatedFeedForward(tnn.Module):
         self.gate = enn.Gate(scalars, [tnn.functional.silu] * len(scalars), gates, [torch.sigmoid] * len(gates), gated)
         self.lin_in = o3.Linear(irreps_node, self.gate.irreps_in)
         self.lin_out = o3.Linear(self.gate.irreps_out, irreps_node)
+        # the gate's input is [scalars | gates | gated] (e3nn sorts it so): split it with plain ints, as e3nn's
+        # Gate does with Irreps, which torch.compile cannot trace (same numbers: tested against e3nn's Gate)
+        self._split = [scalars.dim, gates.dim, gated.dim]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.lin_out(self.gate(self.lin_in(self.norm(x))))
+        y = self.lin_in(self.norm(x))
+        if self._split[1] == 0:  # no gated irreps (lmax = 0)
+            return x + self.lin_out(self.gate.act_scalars.acts[0](y))
+        s, g, v = torch.split(y, self._split, dim=-1)
+        s = self.gate.act_scalars.acts[0](s)
+        g = self.gate.act_gates.acts[0](g)
+        return x + self.lin_out(torch.cat([s, self.gate.mul(v, g)], dim=-1))

@@ -40,10 +40,11 @@ class SapisTransformer(tnn.Module):
 
         with warnings.catch_warnings():  # e3nn's TorchScript codegen warns about annotations it ignores
             warnings.simplefilter("ignore", UserWarning)
-            if _fx_split.ENABLED:  # one split per input instead of a slice per irrep: same numbers, faster
+            if _fx_split.ENABLED or not _fx_split.SCRIPT:
                 with _fx_split.unscripted_codegen():
                     self._build(config, elements, e0s, scale, shift)
-                _fx_split.split_codegen_slices(self)
+                if _fx_split.ENABLED:  # one split per input instead of a slice per irrep: same numbers, faster
+                    _fx_split.split_codegen_slices(self, script=_fx_split.SCRIPT)
             else:
                 self._build(config, elements, e0s, scale, shift)
 
@@ -60,6 +61,7 @@ class SapisTransformer(tnn.Module):
         c = config
         self.irreps_node = natural_irreps(c.channels, c.lmax)
         self.irreps_sh = o3.Irreps.spherical_harmonics(c.lmax)
+        self.node_dim = self.irreps_node.dim
         z_index = torch.full((119,), -1, dtype=torch.long)
         z_index[torch.tensor(self.elements)] = torch.arange(len(self.elements))
         self.register_buffer("z_index", z_index)
@@ -102,7 +104,7 @@ class SapisTransformer(tnn.Module):
     def species(self, numbers: torch.Tensor) -> torch.Tensor:
         """(N,) atomic numbers -> (N,) species indices; ValueError for an element the model does not know."""
         idx = self.z_index[numbers]
-        if bool((idx < 0).any()):
+        if not torch.compiler.is_compiling() and bool((idx < 0).any()):  # compiled: callers check elements
             unknown = sorted({int(z) for z in numbers[idx < 0]})
             raise ValueError(f"elements {unknown} are not among the model's elements {self.elements}")
         return idx
@@ -121,7 +123,7 @@ class SapisTransformer(tnn.Module):
         env = self.radial.envelope(r)
         idx = self.species(graph.numbers)
         c = self.config.channels
-        x = torch.zeros(len(idx), self.irreps_node.dim, dtype=dtype, device=graph.positions.device)
+        x = torch.zeros(len(idx), self.node_dim, dtype=dtype, device=graph.positions.device)
         x[:, :c] = self.embedding(idx).to(dtype)
         early: torch.Tensor | None = None
         for k, (attn, ffn) in enumerate(zip(self.attn, self.ffn, strict=True)):
