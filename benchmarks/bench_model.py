@@ -356,8 +356,9 @@ def timing_only(args: argparse.Namespace) -> None:
     """energy+forces call time of models kept by an earlier run (``--keep-models``), one thread, through
     ``SapisCalculator.from_checkpoint``. Every variant is timed in every round, rounds one after another, so a
     change of load hits all variants alike; ratios are taken within a round, then the median over rounds.
-    A Δ model is also timed building a tblite calculator per call (what every call did before), and a sapis
-    model also with e3nn's per-irrep slices (before ``models/_fx_split.py``)."""
+    A Δ model is also timed building a tblite calculator per call (what every call did before), a sapis
+    model also with e3nn's per-irrep slices (before ``models/_fx_split.py``) and, with ``--timing-compile``,
+    every model also compiled by torch.compile (``models/compiled.py``; compile time recorded, not timed)."""
     from ase.io import read
 
     from sapis.models.calculator import SapisCalculator
@@ -392,6 +393,13 @@ def timing_only(args: argparse.Namespace) -> None:
                 _fx_split.ENABLED = True
                 d.calc.ensemble.reuse_baseline = False
                 variants[f"{name}/e3nn_slices+new_xtb_calculator_per_call"] = d
+        if args.timing_compile:  # torch.compile'd (models/compiled.py), sapis and MACE alike
+            fast = start.copy()
+            fast.calc = SapisCalculator.from_checkpoint(root / name, compile=True)
+            fast.get_forces()  # compiles (excluded from the timing: each round's first call is a warm-up)
+            info[name]["compile_seconds_wall"] = fast.calc.compile_seconds
+            info[name]["compiled"] = fast.calc.ensemble.compiled is not None
+            variants[f"{name}/compiled"] = fast
         if calc.ensemble.baseline != "none":
             old = SapisCalculator.from_checkpoint(root / name)
             old.ensemble.reuse_baseline = False
@@ -473,6 +481,7 @@ def main() -> None:
     p.add_argument("--timing-arm", action="append", default=[], help="kept models to time (default: all)")
     p.add_argument("--timing-rounds", type=int, default=30, help="rounds of interleaved timing")
     p.add_argument("--timing-calls", type=int, default=20, help="energy+forces calls per variant and round")
+    p.add_argument("--timing-compile", action="store_true", help="also time each sapis model compiled (torch.compile)")
     args = p.parse_args()
     if args.timing_models:
         timing_only(args)
