@@ -51,6 +51,14 @@ def md(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for initial velocities and thermostat noise.")] = 0,
     threads: Annotated[int, typer.Option(min=1, help="torch/OpenMP threads.")] = 1,
+    compile: Annotated[
+        bool,
+        typer.Option(
+            "--compile/--no-compile",
+            help="torch.compile the model before the first step: several times faster steps on CPU after tens "
+            "of seconds of compiling (worth it from a few thousand steps; falls back to eager with a warning).",
+        ),
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Run MD from a structure with a trained model (--model) or GFN2-xTB (--calculator xtb).
@@ -71,7 +79,9 @@ def md(
 
     check_output(out, (structure,))
     atoms = _start_structure(structure, frame, charge, multiplicity)
-    calc = _calculator(model, calculator)
+    calc = _calculator(model, calculator, compile)
+    if compile and calc != "xtb":
+        typer.echo("sapis: compiling the model (torch.compile) before the first step...", err=True)
     summary = run_md(
         atoms,
         calc,
@@ -86,6 +96,9 @@ def md(
         progress=progress,
         source=str(structure),
     )
+    seconds = getattr(calc, "compile_seconds", None)
+    if seconds:
+        typer.echo(f"sapis: compiled in {seconds:.0f} s", err=True)
     typer.echo(
         f"{summary['frames']} frames ({summary['steps']} steps, {summary['time_fs']:.1f} fs) written to "
         f"{out}; mean temperature {summary['mean_temperature']:.0f} K"
@@ -121,7 +134,7 @@ def _start_structure(path: Path, frame: int, charge: int | None, multiplicity: i
     return atoms
 
 
-def _calculator(model: Path | None, calculator: str | None) -> Any:
+def _calculator(model: Path | None, calculator: str | None, compile: bool = False) -> Any:
     if (model is None) == (calculator is None):
         raise ConfigError("give exactly one of --model DIR or --calculator xtb")
     if calculator is not None:
@@ -130,7 +143,7 @@ def _calculator(model: Path | None, calculator: str | None) -> Any:
         return "xtb"
     from sapis.models import SapisCalculator
 
-    return SapisCalculator.from_checkpoint(model, device="cpu")
+    return SapisCalculator.from_checkpoint(model, device="cpu", compile=compile)
 
 
 def run_md(

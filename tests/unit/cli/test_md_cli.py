@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import ase.io
@@ -182,3 +183,28 @@ def test_help_explains_options(capsys) -> None:
         "--interval",
     ):
         assert opt in text
+
+
+def test_model_md_compile_flag_reaches_the_calculator_and_a_failed_compile_only_warns(
+    tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`--compile` compiles the ensemble before the first step; where torch.compile fails (here: made to), the run
+    goes on eager with a warning and the same trajectory as without the flag."""
+    import torch
+
+    def broken(*_a: object, **_k: object) -> object:
+        raise RuntimeError("inductor needs a C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    src = tmp_path / "start.xyz"
+    ase.io.write(src, ase.io.read("/work/shared/data/rmd17_ethanol/test.xyz", "0"))
+    outs = []
+    for flags in ([], ["--compile"]):
+        out = tmp_path / f"m{len(flags)}.extxyz"
+        args = ["md", "--model", str(tiny_model), "--structure", str(src), "--steps", "4", "--out", str(out)]
+        with pytest.warns(UserWarning, match="torch.compile failed") if flags else nullcontext():
+            assert run([*args, "--interval", "2", "--no-progress", *flags]) == 0
+        outs.append(ase.io.read(out, ":"))
+    assert "compiling the model" in capsys.readouterr().err
+    for a, b in zip(*outs, strict=True):
+        np.testing.assert_array_equal(a.positions, b.positions)
