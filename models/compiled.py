@@ -1,4 +1,4 @@
-"""torch.compile for energy+forces calls of sapis members (MD, single-structure calculators).
+"""torch.compile for energy+forces calls of ensemble members (sapis, and the MACE reference) in MD.
 
 A compiled member is a copy of the eager one built with e3nn's generated code kept as fx graphs (TorchScript
 cannot be traced by torch.compile), holding the same weights. Inductor fuses the many small elementwise ops a
@@ -90,7 +90,9 @@ def compile_members(models: Sequence[torch.nn.Module], example: AtomicGraph) -> 
     if any(c is None for c in copies):
         warnings.warn("torch.compile: only sapis and MACE models are compiled; using the eager ones", stacklevel=2)
         return list(models), 0.0
-    structure = cast(Any, copies[0])  # a SapisTransformer or MaceModel: both carry config, elements, e0
+    # the compiled function's own module, whose tensors no member passes: torch.compile guards on whether a
+    # swapped-in tensor is the module's own, so a member that owned it would be compiled apart from the rest
+    structure = cast(Any, fx_copy(models[0]))  # a SapisTransformer or MaceModel: config, elements, e0
     if any(
         c.config != structure.config or c.elements != structure.elements or not torch.equal(c.e0, structure.e0)
         for c in cast(list[Any], copies)
