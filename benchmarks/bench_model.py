@@ -481,7 +481,7 @@ def main() -> None:
     p.add_argument("--timing-arm", action="append", default=[], help="kept models to time (default: all)")
     p.add_argument("--timing-rounds", type=int, default=30, help="rounds of interleaved timing")
     p.add_argument("--timing-calls", type=int, default=20, help="energy+forces calls per variant and round")
-    p.add_argument("--timing-compile", action="store_true", help="also time each sapis model compiled (torch.compile)")
+    p.add_argument("--timing-compile", action="store_true", help="also time each model compiled (torch.compile)")
     args = p.parse_args()
     if args.timing_models:
         timing_only(args)

@@ -61,10 +61,8 @@ class _Member(torch.nn.Module):
 
     def __init__(self, run: Callable[..., dict[str, torch.Tensor]], copy: torch.nn.Module) -> None:
         super().__init__()
-        self.copy = copy  # holds the weights (and .config, .elements, .baseline for callers)
+        self.copy = copy  # holds the weights
         self._run = run
-        self.config, self.elements = copy.config, copy.elements
-        self.baseline = getattr(copy, "baseline", "none")
 
     def forward(self, graph: AtomicGraph) -> dict[str, torch.Tensor]:
         return self._run(dict(self.copy.named_parameters()), dict(self.copy.named_buffers()), graph)
@@ -84,15 +82,15 @@ def compile_members(models: Sequence[torch.nn.Module], example: AtomicGraph) -> 
     t0 = time.perf_counter()
     try:
         copies = [fx_copy(m) for m in models]
+        # the compiled function's own module, whose tensors no member passes: torch.compile guards on whether a
+        # swapped-in tensor is the module's own, so a member that owned it would be compiled apart from the rest
+        structure = cast(Any, fx_copy(models[0]))  # a SapisTransformer or MaceModel: config, elements, e0
     except Exception as exc:  # e.g. a mace-torch version whose modules cannot be rebuilt for compiling
         warnings.warn(f"torch.compile: {_why(exc)}; using the eager models", stacklevel=2)
         return list(models), 0.0
-    if any(c is None for c in copies):
+    if structure is None or any(c is None for c in copies):
         warnings.warn("torch.compile: only sapis and MACE models are compiled; using the eager ones", stacklevel=2)
         return list(models), 0.0
-    # the compiled function's own module, whose tensors no member passes: torch.compile guards on whether a
-    # swapped-in tensor is the module's own, so a member that owned it would be compiled apart from the rest
-    structure = cast(Any, fx_copy(models[0]))  # a SapisTransformer or MaceModel: config, elements, e0
     if any(
         c.config != structure.config or c.elements != structure.elements or not torch.equal(c.e0, structure.e0)
         for c in cast(list[Any], copies)

@@ -262,6 +262,7 @@ def _by_source_shares(
     picked: list[int] = []
     counts: dict[str, int] = {}
     quotas: list[tuple[str | None, int]] = [(n, int(np.floor(s * plan.k + 0.5))) for n, s in shares.items()]
+    window = Window(*sel.bounds)  # the round's window, the same for every share
     for name, quota in [*quotas, (None, plan.k)]:
         need = min(quota, plan.k - len(picked))
         if need <= 0:
@@ -273,7 +274,6 @@ def _by_source_shares(
             rng = np.random.default_rng(cfg.seed + 104729 * (plan.index + 1))
             got = [ok[int(j)] for j in rng.permutation(len(ok))[:need]]
         else:
-            window = Window(*sel.bounds)
             got = _rank_more(scores, sel, picked, exclude, need, calibration, cfg, plan, window=window, among=among)
         picked += got
         counts[name or "rest"] = counts.get(name or "rest", 0) + len(got)
