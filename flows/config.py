@@ -177,6 +177,16 @@ class SelectSection(_Section):
                 raise ValueError(f"shares must sum to at most 1, got {sum(v.values()):g}")
         return v
 
+    @model_validator(mode="after")
+    def _shares_need_their_rule(self) -> SelectSection:
+        # both settings act only through source_shares under the uncertainty rule: anything else would be ignored
+        if self.source_shares is not None and self.strategy != "uncertainty":
+            raise ValueError(f"source_shares needs strategy = 'uncertainty', not {self.strategy!r}")
+        orphans = [e for e in self.random_within if e not in (self.source_shares or {})]
+        if orphans:
+            raise ValueError(f"random_within names {orphans}, which have no share in source_shares")
+        return self
+
 
 class LabelSection(_Section):
     """Where DFT runs."""

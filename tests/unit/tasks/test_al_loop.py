@@ -202,6 +202,16 @@ def test_source_shares_split_each_round_between_explorers(loop: dict[str, Any]) 
         with pytest.raises(ConfigError, match="source_shares") as err:
             CampaignConfig.parse(data, source="c.toml")
         assert "\n" not in str(err.value)  # one line
+    # settings that would be silently ignored: a random share without a share, shares under another rule
+    for select in (
+        {"source_shares": None, "random_within": ["perturb"]},
+        {"source_shares": {"xtb": 0.5}, "random_within": ["perturb"]},
+        {"source_shares": {"xtb": 0.5}, "strategy": "random"},
+    ):
+        bad_data = {**data, "select": {**data["select"], "random_within": [], **select}}
+        with pytest.raises(ConfigError, match="source_shares") as err:
+            CampaignConfig.parse(bad_data, source="c.toml")
+        assert "\n" not in str(err.value)
 
 
 def test_rerank_cancels_confident_pending_labels_only(loop: dict[str, Any]) -> None:
