@@ -44,13 +44,6 @@ class ModelConfig(BaseModel):
     correlation: int = Field(
         2, ge=1, le=3, description="body order - 1 of each block: products of the aggregated message (1: two-body)"
     )
-    message_lmax: int | None = Field(
-        None,
-        ge=0,
-        le=4,
-        description="highest l of each block's aggregated message (the many-body product's input; MACE's max_ell): "
-        "above lmax, its extra angular detail enters only through the product. None: lmax",
-    )
     density: bool = Field(
         True,
         description="add the plain enveloped neighbour sum (MACE's density, a learned scale per head) to the "

@@ -114,15 +114,9 @@ class SymmetricProduct(tnn.Module):
     cols: torch.Tensor  # buffer: column order of the concatenated products
     channel_of: torch.Tensor  # (dim,) buffer: irrep channel (0 .. num_irreps - 1) of every column
 
-    def __init__(
-        self, irreps: o3.Irreps, correlation: int, n_species: int = 0, irreps_in: o3.Irreps | None = None
-    ) -> None:
+    def __init__(self, irreps: o3.Irreps, correlation: int, n_species: int = 0) -> None:
         super().__init__()
         self.irreps, self.correlation = o3.Irreps(irreps), correlation
-        # irreps_in: A may reach a higher l than the output (MACE's A basis); its first columns are then the output
-        # irreps (natural irreps sorted by l), which B_1 keeps, and its higher l enter through the products only
-        self.irreps_in = self.irreps if irreps_in is None else o3.Irreps(irreps_in)
-        self.dim_out = self.irreps.dim
         # n_species > 0: a gain per element, body order and channel (MACE's product weights depend on the element)
         self.gains = tnn.Parameter(torch.ones(n_species, correlation, self.irreps.num_irreps)) if n_species else None
         dims = torch.tensor([ir.dim for mul, ir in self.irreps for _ in range(mul)])
@@ -131,9 +125,8 @@ class SymmetricProduct(tnn.Module):
         lmax = max(ir.l for _, ir in self.irreps)
         self.tps, self.lins = tnn.ModuleList(), tnn.ModuleList()
         for k in range(correlation - 1):  # the first product is A (x) A: symmetric, half the paths
-            left = self.irreps_in if k == 0 else self.irreps
-            irreps_out, instr = _product_instructions(left, self.irreps_in, lmax, symmetric=k == 0)
-            tp = o3.TensorProduct(left, self.irreps_in, irreps_out, instr, internal_weights=True)
+            irreps_out, instr = _product_instructions(self.irreps, self.irreps, lmax, symmetric=k == 0)
+            tp = o3.TensorProduct(self.irreps, self.irreps, irreps_out, instr, internal_weights=True)
             self.tps.append(tp)
             self.lins.append(o3.Linear(irreps_out, self.irreps))
         cat = o3.Irreps([(mul * correlation, ir) for mul, ir in self.irreps])
@@ -152,8 +145,8 @@ class SymmetricProduct(tnn.Module):
         return idx
 
     def forward(self, a: torch.Tensor, species: torch.Tensor | None = None) -> torch.Tensor:
-        """(N, dim_in) aggregated messages [(N,) species indices] -> (N, dim) features of body order <= nu + 1."""
-        feats, cur = [a[:, : self.dim_out]], a
+        """(N, dim) aggregated messages [(N,) species indices] -> (N, dim) features of body order <= nu + 1."""
+        feats, cur = [a], a
         for tp, lin in zip(self.tps, self.lins, strict=True):
             cur = lin(tp(cur, a))
             feats.append(cur)
@@ -190,30 +183,22 @@ class GraphAttention(tnn.Module):
         correlation: int = 1,
         density: bool = False,
         n_species: int = 0,
-        lmax_message: int | None = None,
     ) -> None:
         super().__init__()
         self.irreps_node, self.heads = o3.Irreps(irreps_node), heads
         self.dim = self.irreps_node.dim
-        lmax = max(ir.l for _, ir in self.irreps_node)
-        # the aggregated message A may reach a higher l than the nodes (it feeds the product; MACE's max_ell)
-        lmax_msg = lmax if lmax_message is None else lmax_message
-        if lmax_msg != lmax:
-            self.irreps_msg = natural_irreps(self.irreps_node[0].mul, lmax_msg)
-        else:
-            self.irreps_msg = self.irreps_node
-        self.dim_msg = self.irreps_msg.dim
         # density: + s_h * u_ij on top of alpha_ij (an unnormalised, enveloped neighbour sum; s_h starts at 1/10)
         self.density_log = tnn.Parameter(torch.full((heads,), math.log(0.1))) if density else None
         self.norm = EquivariantLayerNorm(self.irreps_node)
         self.lin_src = o3.Linear(self.irreps_node, self.irreps_node)
         self.lin_dst = o3.Linear(self.irreps_node, self.irreps_node, biases=False)
+        lmax = max(ir.l for _, ir in self.irreps_node)
         mid: list[tuple[int, Any]] = []  # (multiplicity, o3.Irrep)
         instr: list[tuple[int, int, int, str, bool]] = []
         for i, (mul, ir_in) in enumerate(self.irreps_node):
             for j, (_, ir_sh) in enumerate(irreps_sh):
                 for ir_out in ir_in * ir_sh:
-                    if ir_out.l <= lmax_msg and ir_out.p == (-1) ** ir_out.l:
+                    if ir_out.l <= lmax and ir_out.p == (-1) ** ir_out.l:
                         instr.append((i, j, len(mid), "uvu", True))
                         mid.append((mul, ir_out))
         irreps_mid = o3.Irreps(mid)
@@ -223,15 +208,14 @@ class GraphAttention(tnn.Module):
         self.radial = enn.FullyConnectedNet([num_radial, radial_hidden, self.tp.weight_numel], tnn.functional.silu)
         self.key_dim = 8
         # values and attention keys from one linear map (one pass over the wide edge messages)
-        self.lin_msg = o3.Linear(irreps_mid, self.irreps_msg + o3.Irreps(f"{heads * self.key_dim}x0e"))
+        self.lin_msg = o3.Linear(irreps_mid, self.irreps_node + o3.Irreps(f"{heads * self.key_dim}x0e"))
         self.attn_vec = tnn.Parameter(torch.randn(heads, self.key_dim) / math.sqrt(self.key_dim))
         # correlation > 1: the aggregated message times itself (many-body), mixed back by one linear map
         use_product = correlation > 1 or n_species > 0
-        irreps_in = None if self.irreps_msg is self.irreps_node else self.irreps_msg
-        self.product = SymmetricProduct(self.irreps_node, correlation, n_species, irreps_in) if use_product else None
+        self.product = SymmetricProduct(self.irreps_node, correlation, n_species) if use_product else None
         self.lin_out = o3.Linear(self.irreps_node, self.irreps_node)
         head_of = []  # head that owns each component of the value vector (channels split across heads)
-        for mul, ir in self.irreps_msg:
+        for mul, ir in self.irreps_node:
             for c in range(mul):
                 head_of += [c * heads // mul] * ir.dim
         self.register_buffer("head_of", torch.tensor(head_of, dtype=torch.long))
@@ -253,7 +237,7 @@ class GraphAttention(tnn.Module):
         pair = self.lin_src(h).index_select(0, send) + self.lin_dst(h).index_select(0, recv)
         msg = self.tp(pair, sh, self.radial(radial))  # (E, mid_dim)
         vk = self.lin_msg(msg)
-        d = self.dim_msg
+        d = self.dim
         keys = tnn.functional.silu(vk[:, d:]).view(-1, self.heads, self.key_dim)  # smooth, not leaky
         logits = (keys * self.attn_vec.to(x.dtype)).sum(-1)  # (E, H)
         n = x.shape[0]
@@ -268,11 +252,9 @@ class GraphAttention(tnn.Module):
         if self.density_log is not None:
             weight = alpha + envelope[:, None] * self.density_log.exp().to(x.dtype)
         value = vk[:, :d] * weight.index_select(1, self.head_of)  # (E, dim)
-        agg = torch.zeros(n, d, dtype=x.dtype, device=x.device).index_add(0, recv, value)
+        agg = torch.zeros_like(x).index_add(0, recv, value)
         if self.product is not None:
             agg = self.product(agg, species)
-        elif d != self.dim:  # two-body with a wider message: its extra l reaches nothing
-            agg = agg[:, : self.dim]
         return x + self.lin_out(agg)
 
 

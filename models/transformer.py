@@ -82,7 +82,6 @@ class SapisTransformer(tnn.Module):
                 c.radial_hidden,
                 c.correlation,
                 density=c.density,
-                lmax_message=c.message_lmax,
                 n_species=len(self.elements) if c.species_gains else 0,
             )
             for _ in range(c.layers)

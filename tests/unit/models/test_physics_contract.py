@@ -198,21 +198,3 @@ class TestSapisDensityGains(PhysicsContract):
             "layer_readouts": True,
         },
     }
-
-
-class TestSapisWideMessage(PhysicsContract):
-    """An aggregated message one l above the nodes (message_lmax), into correlation-3 products and a two-body block."""
-
-    spec: ClassVar[dict] = {
-        **TestSapisTransformer.spec,
-        "config": {**TestSapisDensityGains.spec["config"], "lmax": 1, "message_lmax": 2, "correlation": 3},
-    }
-
-
-class TestSapisWideMessageTwoBody(PhysicsContract):
-    """message_lmax without a product: the message's extra l reaches nothing, the contract still holds."""
-
-    spec: ClassVar[dict] = {
-        **TestSapisTransformer.spec,
-        "config": {**TestSapisTransformer.spec["config"], "lmax": 1, "message_lmax": 2},
-    }
