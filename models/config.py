@@ -44,6 +44,13 @@ class ModelConfig(BaseModel):
     correlation: int = Field(
         2, ge=1, le=3, description="body order - 1 of each block: products of the aggregated message (1: two-body)"
     )
+    block_norm: Literal["irreps", "scalars", "none"] = Field(
+        "none",
+        description="pre-norm at the input of every attention and feed-forward block: 'irreps' (an equivariant layer "
+        "norm per irrep type, Equiformer's), 'scalars' (the l = 0 channels only) or 'none' (MACE has none: a "
+        "per-irrep norm rescales each node's l > 0 features to unit size, so their magnitude, e.g. how "
+        "asymmetric the environment is, never reaches the next block)",
+    )
     density: bool = Field(
         True,
         description="add the plain enveloped neighbour sum (MACE's density, a learned scale per head) to the "
@@ -83,7 +90,12 @@ class ModelConfig(BaseModel):
 
 # ModelConfig fields added after checkpoints were first written, each with the value that rebuilds the model
 # such a checkpoint holds (a checkpoint's config lacks the field; the default may have moved on since)
-ARCHITECTURE_BEFORE_FIELD: dict[str, Any] = {"density": False, "species_gains": False, "layer_readouts": False}
+ARCHITECTURE_BEFORE_FIELD: dict[str, Any] = {
+    "density": False,
+    "species_gains": False,
+    "layer_readouts": False,
+    "block_norm": "irreps",
+}
 
 
 class MaceConfig(BaseModel):

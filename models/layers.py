@@ -51,12 +51,18 @@ class RadialBasis(tnn.Module):
 class EquivariantLayerNorm(tnn.Module):
     """Layer norm per irrep type: scalars are centred and scaled, l > 0 blocks scaled by their RMS norm.
 
-    Per-channel affine weights (and a bias for scalars only) keep it equivariant.
+    Per-channel affine weights (and a bias for scalars only) keep it equivariant. ``scalars_only`` leaves the
+    l > 0 blocks as they are.
     """
 
-    def __init__(self, irreps: o3.Irreps, eps: float = 1e-5) -> None:
+    def __init__(self, irreps: o3.Irreps, eps: float = 1e-5, scalars_only: bool = False) -> None:
         super().__init__()
         self.irreps, self.eps = o3.Irreps(irreps), eps
+        if scalars_only:
+            self.irreps = o3.Irreps([(mul, ir) for mul, ir in self.irreps if ir.l == 0])
+            self.passthrough = o3.Irreps(irreps).dim - self.irreps.dim
+        else:
+            self.passthrough = 0
         self.weight = tnn.Parameter(torch.ones(self.irreps.num_irreps))
         n_scalar = sum(mul for mul, ir in self.irreps if ir.l == 0)
         self.bias = tnn.Parameter(torch.zeros(n_scalar))
@@ -81,7 +87,16 @@ class EquivariantLayerNorm(tnn.Module):
                 f = f / torch.sqrt(f.pow(2).mean(dim=(1, 2), keepdim=True) + self.eps)
                 f = f * w[None, :, None]
             out.append(f.reshape(-1, mul * dim))
+        if self.passthrough:  # scalars_only: the l > 0 columns follow the scalars (natural irreps sorted by l)
+            out.append(x[:, x.shape[1] - self.passthrough :])
         return torch.cat(out, dim=-1)
+
+
+def _block_norm(irreps: o3.Irreps, kind: str) -> tnn.Module:
+    """The pre-norm of a block (``ModelConfig.block_norm``): 'irreps', 'scalars' or 'none' (identity)."""
+    if kind == "none":
+        return tnn.Identity()
+    return EquivariantLayerNorm(irreps, scalars_only=kind == "scalars")
 
 
 def _product_instructions(irreps_a: o3.Irreps, irreps_b: o3.Irreps, lmax: int, symmetric: bool) -> tuple:
@@ -183,13 +198,14 @@ class GraphAttention(tnn.Module):
         correlation: int = 1,
         density: bool = False,
         n_species: int = 0,
+        block_norm: str = "irreps",
     ) -> None:
         super().__init__()
         self.irreps_node, self.heads = o3.Irreps(irreps_node), heads
         self.dim = self.irreps_node.dim
         # density: + s_h * u_ij on top of alpha_ij (an unnormalised, enveloped neighbour sum; s_h starts at 1/10)
         self.density_log = tnn.Parameter(torch.full((heads,), math.log(0.1))) if density else None
-        self.norm = EquivariantLayerNorm(self.irreps_node)
+        self.norm = _block_norm(self.irreps_node, block_norm)
         self.lin_src = o3.Linear(self.irreps_node, self.irreps_node)
         self.lin_dst = o3.Linear(self.irreps_node, self.irreps_node, biases=False)
         lmax = max(ir.l for _, ir in self.irreps_node)
@@ -261,10 +277,10 @@ class GraphAttention(tnn.Module):
 class GatedFeedForward(tnn.Module):
     """Pre-norm gated equivariant feed-forward block with a residual connection."""
 
-    def __init__(self, irreps_node: o3.Irreps) -> None:
+    def __init__(self, irreps_node: o3.Irreps, block_norm: str = "irreps") -> None:
         super().__init__()
         irreps_node = o3.Irreps(irreps_node)
-        self.norm = EquivariantLayerNorm(irreps_node)
+        self.norm = _block_norm(irreps_node, block_norm)
         scalars = o3.Irreps([(mul, ir) for mul, ir in irreps_node if ir.l == 0])
         gated = o3.Irreps([(mul, ir) for mul, ir in irreps_node if ir.l > 0])
         gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")

@@ -82,11 +82,12 @@ class SapisTransformer(tnn.Module):
                 c.radial_hidden,
                 c.correlation,
                 density=c.density,
+                block_norm=c.block_norm,
                 n_species=len(self.elements) if c.species_gains else 0,
             )
             for _ in range(c.layers)
         )
-        self.ffn = tnn.ModuleList(GatedFeedForward(self.irreps_node) for _ in range(c.layers))
+        self.ffn = tnn.ModuleList(GatedFeedForward(self.irreps_node, c.block_norm) for _ in range(c.layers))
         self.norm_out = EquivariantLayerNorm(o3.Irreps(f"{c.channels}x0e"))
         # MACE-style: a linear energy of each earlier block's scalars, added to the last block's readout
         heads = [tnn.Linear(c.channels, 1, bias=False) for _ in range(c.layers - 1 if c.layer_readouts else 0)]

@@ -85,7 +85,10 @@ def test_checkpoint_written_before_a_field_rebuilds_its_own_architecture() -> No
     spec = {"architecture": "sapis", "config": old, "elements": [1, 8], "e0s": {1: -13.6, 8: -2035.6}}
     names = set(build_model(spec).state_dict())
     assert not any("density_log" in n or "gains" in n or "layer_heads" in n for n in names)
-    new = {**old, **{k: True for k in ARCHITECTURE_BEFORE_FIELD}}
+    assert "attn.0.norm.weight" in names and "ffn.0.norm.weight" in names  # pre-norms, as then
+    new = {**old, **{k: ModelConfig.model_fields[k].default for k in ARCHITECTURE_BEFORE_FIELD}}
+    assert all(new[k] != v for k, v in ARCHITECTURE_BEFORE_FIELD.items())  # every field changed its default
     names = set(build_model({**spec, "config": new}).state_dict())
+    assert not any(".norm." in n for n in names if n.startswith(("attn.", "ffn.")))
     assert any("density_log" in n for n in names)
     assert any("gains" in n for n in names)

@@ -149,6 +149,7 @@ class TestSapisTransformer(PhysicsContract):
             "density": False,
             "species_gains": False,
             "layer_readouts": False,
+            "block_norm": "irreps",
         },
         "elements": ELEMENTS,
         "e0s": {1: -13.6, 6: -1025.3, 8: -2035.6},
@@ -196,5 +197,15 @@ class TestSapisDensityGains(PhysicsContract):
             "density": True,
             "species_gains": True,
             "layer_readouts": True,
+            "block_norm": "none",
         },
+    }
+
+
+class TestSapisScalarNorm(PhysicsContract):
+    """block_norm = 'scalars': only the l = 0 channels normalised, the l > 0 ones passed through."""
+
+    spec: ClassVar[dict] = {
+        **TestSapisDensityGains.spec,
+        "config": {**TestSapisDensityGains.spec["config"], "block_norm": "scalars"},
     }
