@@ -58,18 +58,18 @@ class EquivariantLayerNorm(tnn.Module):
     def __init__(self, irreps: o3.Irreps, eps: float = 1e-5, scalars_only: bool = False) -> None:
         super().__init__()
         self.irreps, self.eps = o3.Irreps(irreps), eps
-        if scalars_only:
-            self.irreps = o3.Irreps([(mul, ir) for mul, ir in self.irreps if ir.l == 0])
-            self.passthrough = o3.Irreps(irreps).dim - self.irreps.dim
-        else:
-            self.passthrough = 0
-        self.weight = tnn.Parameter(torch.ones(self.irreps.num_irreps))
-        n_scalar = sum(mul for mul, ir in self.irreps if ir.l == 0)
+        normed = self.irreps
+        if scalars_only:  # the leading l = 0 irreps are normalised, the columns after them passed through
+            normed = o3.Irreps([(mul, ir) for mul, ir in self.irreps if ir.l == 0])
+            if self.irreps[: len(normed)] != normed:
+                raise ValueError(f"scalars_only needs the l = 0 irreps first, got {self.irreps}")
+        self._rest_from = normed.dim if scalars_only else None
+        self.weight = tnn.Parameter(torch.ones(normed.num_irreps))
+        n_scalar = sum(mul for mul, ir in normed if ir.l == 0)
         self.bias = tnn.Parameter(torch.zeros(n_scalar))
         # plain ints, not Irreps, in forward: torch.compile cannot guard on e3nn's Irreps (its len() raises)
         self._blocks = [
-            (mul, ir.dim, ir.l, sl.start, sl.stop)
-            for (mul, ir), sl in zip(self.irreps, self.irreps.slices(), strict=True)
+            (mul, ir.dim, ir.l, sl.start, sl.stop) for (mul, ir), sl in zip(normed, normed.slices(), strict=True)
         ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -87,8 +87,8 @@ class EquivariantLayerNorm(tnn.Module):
                 f = f / torch.sqrt(f.pow(2).mean(dim=(1, 2), keepdim=True) + self.eps)
                 f = f * w[None, :, None]
             out.append(f.reshape(-1, mul * dim))
-        if self.passthrough:  # scalars_only: the l > 0 columns follow the scalars (natural irreps sorted by l)
-            out.append(x[:, x.shape[1] - self.passthrough :])
+        if self._rest_from is not None:  # scalars_only: the l > 0 columns as they are
+            out.append(x[:, self._rest_from :])
         return torch.cat(out, dim=-1)
 
 
@@ -175,7 +175,7 @@ class SymmetricProduct(tnn.Module):
 
 
 class GraphAttention(tnn.Module):
-    """Multi-head equivariant graph attention (Equiformer-style), pre-norm with a residual connection.
+    """Multi-head equivariant graph attention (Equiformer-style) with a residual connection (pre-norm: ``block_norm``).
 
     With ``correlation`` > 1 the aggregated message of each node passes through a :class:`SymmetricProduct`
     (many-body features, as MACE's product basis) before the output map.
@@ -275,7 +275,7 @@ class GraphAttention(tnn.Module):
 
 
 class GatedFeedForward(tnn.Module):
-    """Pre-norm gated equivariant feed-forward block with a residual connection."""
+    """Gated equivariant feed-forward block with a residual connection (pre-norm: ``block_norm``)."""
 
     def __init__(self, irreps_node: o3.Irreps, block_norm: str = "irreps") -> None:
         super().__init__()
