@@ -64,6 +64,11 @@ class ModelConfig(BaseModel):
     layer_readouts: bool = Field(
         True, description="every block but the last adds a linear per-atom energy of its scalars (as MACE)"
     )
+    species_skip: bool = Field(
+        False,
+        description="every attention block's residual adds an element-dependent linear map of its input, "
+        "x + W_Z x (MACE's skip tensor product with the one-hot element)",
+    )
     zbl: bool = Field(False, description="add a ZBL screened-nuclear repulsion prior (stops atoms collapsing in MD)")
     zbl_radius_scale: float = Field(
         1.0, gt=0, description="ZBL switched off smoothly at this multiple of the summed covalent radii"

@@ -199,10 +199,19 @@ class GraphAttention(tnn.Module):
         density: bool = False,
         n_species: int = 0,
         block_norm: str = "irreps",
+        skip_species: int = 0,
     ) -> None:
         super().__init__()
         self.irreps_node, self.heads = o3.Irreps(irreps_node), heads
         self.dim = self.irreps_node.dim
+        # skip_species > 0: the residual gains an element-dependent linear map of the input, W_{Z_i} x_i (MACE's
+        # skip tensor product of the node features with the one-hot element)
+        self.skip_species = skip_species
+        self.skip = (
+            o3.FullyConnectedTensorProduct(self.irreps_node, o3.Irreps(f"{skip_species}x0e"), self.irreps_node)
+            if skip_species
+            else None
+        )
         # density: + s_h * u_ij on top of alpha_ij (an unnormalised, enveloped neighbour sum; s_h starts at 1/10)
         self.density_log = tnn.Parameter(torch.full((heads,), math.log(0.1))) if density else None
         self.norm = _block_norm(self.irreps_node, block_norm)
@@ -271,7 +280,10 @@ class GraphAttention(tnn.Module):
         agg = torch.zeros_like(x).index_add(0, recv, value)
         if self.product is not None:
             agg = self.product(agg, species)
-        return x + self.lin_out(agg)
+        out = x + self.lin_out(agg)
+        if self.skip is not None and species is not None:
+            out = out + self.skip(x, tnn.functional.one_hot(species, self.skip_species).to(x.dtype))
+        return out
 
 
 class GatedFeedForward(tnn.Module):

@@ -84,6 +84,7 @@ class SapisTransformer(tnn.Module):
                 density=c.density,
                 block_norm=c.block_norm,
                 n_species=len(self.elements) if c.species_gains else 0,
+                skip_species=len(self.elements) if c.species_skip else 0,
             )
             for _ in range(c.layers)
         )

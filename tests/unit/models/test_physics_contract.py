@@ -150,6 +150,7 @@ class TestSapisTransformer(PhysicsContract):
             "species_gains": False,
             "layer_readouts": False,
             "block_norm": "irreps",
+            "species_skip": False,
         },
         "elements": ELEMENTS,
         "e0s": {1: -13.6, 6: -1025.3, 8: -2035.6},
@@ -187,7 +188,8 @@ class TestSapisManyBody(PhysicsContract):
 
 
 class TestSapisDensityGains(PhysicsContract):
-    """Today's defaults (density term, element-dependent gains, per-block readouts) on a correlation-2 model."""
+    """Today's defaults (density term, element-dependent gains, per-block readouts) on a correlation-2 model, with
+    the optional element-dependent skip."""
 
     spec: ClassVar[dict] = {
         **TestSapisTransformer.spec,
@@ -198,6 +200,7 @@ class TestSapisDensityGains(PhysicsContract):
             "species_gains": True,
             "layer_readouts": True,
             "block_norm": "none",
+            "species_skip": True,
         },
     }
 
