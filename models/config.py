@@ -67,7 +67,8 @@ class ModelConfig(BaseModel):
     species_skip: bool = Field(
         False,
         description="every attention block's residual adds an element-dependent linear map of its input, "
-        "x + W_Z x (MACE's skip tensor product with the one-hot element)",
+        "x + W_Z x (MACE's skip tensor product with the one-hot element; W starts at zero). Off: no gain measured "
+        "(models/README.md)",
     )
     zbl: bool = Field(False, description="add a ZBL screened-nuclear repulsion prior (stops atoms collapsing in MD)")
     zbl_radius_scale: float = Field(

@@ -212,6 +212,8 @@ class GraphAttention(tnn.Module):
             if skip_species
             else None
         )
+        if self.skip is not None:  # starts as the plain residual x; the element-dependent part is learnt
+            tnn.init.zeros_(self.skip.weight)
         # density: + s_h * u_ij on top of alpha_ij (an unnormalised, enveloped neighbour sum; s_h starts at 1/10)
         self.density_log = tnn.Parameter(torch.full((heads,), math.log(0.1))) if density else None
         self.norm = _block_norm(self.irreps_node, block_norm)

@@ -212,3 +212,21 @@ class TestSapisScalarNorm(PhysicsContract):
         **TestSapisDensityGains.spec,
         "config": {**TestSapisDensityGains.spec["config"], "block_norm": "scalars"},
     }
+
+
+def test_species_skip_starts_as_the_plain_residual_and_learns() -> None:
+    """The element-dependent skip starts at zero (the block is x + message at first) and gets a gradient."""
+    torch.manual_seed(0)
+    model = build_model(TestSapisDensityGains.spec).double()
+    skips = [block.skip for block in model.attn]
+    assert all(s is not None and torch.count_nonzero(s.weight) == 0 for s in skips)
+    batch = collate([to_graph(_ethanol(), 3.0, labels=False)], torch.float64)
+    energy, forces, _ = energy_and_forces(model, batch, training=True)
+    (energy.sum() + forces.square().sum()).backward()
+    assert all(s.weight.grad is not None and s.weight.grad.abs().max() > 0 for s in skips)
+    plain = build_model(
+        {**TestSapisDensityGains.spec, "config": {**TestSapisDensityGains.spec["config"], "species_skip": False}}
+    )
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".skip." not in k})
+    e_plain, _, _ = energy_and_forces(plain.double(), batch)
+    assert torch.allclose(energy.detach(), e_plain.detach(), atol=1e-10)
