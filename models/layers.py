@@ -256,7 +256,7 @@ class GraphAttention(tnn.Module):
         sh: torch.Tensor,  # (E, sh_dim) spherical harmonics of edge directions
         radial: torch.Tensor,  # (E, num_radial) enveloped radial basis
         envelope: torch.Tensor,  # (E,) smooth cutoff
-        species: torch.Tensor | None = None,  # (N,) species index of every node (element-dependent gains)
+        species: torch.Tensor | None = None,  # (N,) species index of every node (element-dependent gains and skip)
     ) -> torch.Tensor:
         send, recv = edge_index
         h = self.norm(x)
