@@ -8,7 +8,7 @@ from ase import Atoms
 from ase.build import bulk
 
 from sapis.errors import ConfigError
-from sapis.models.config import ModelConfig
+from sapis.models.config import MaceConfig, ModelConfig
 from sapis.models.graph import DENSE_MAX_ATOMS, GraphData, collate, fit_e0s, neighbour_list, to_graph
 
 
@@ -69,7 +69,8 @@ def test_model_config_sizes_and_scaling() -> None:
     s, m, l_ = ModelConfig.size("S"), ModelConfig.size("m"), ModelConfig.size("L")
     assert s.channels < m.channels < l_.channels
     grown = m.scaled(width=1.5, depth=1, lmax=3)
-    assert (grown.channels, grown.layers, grown.lmax) == (48, 3, 3)
+    assert (grown.channels, grown.layers, grown.lmax) == (36, 3, 3)
+    assert MaceConfig.size("M").channels == 32  # MACE's presets keep their own widths
     with pytest.raises(ConfigError, match="unknown model size"):
         ModelConfig.size("XXL")
     with pytest.raises(ValueError, match="extra"):
