@@ -13,7 +13,7 @@ Baseline = Literal["none", "gfn2-xtb", "gfn1-xtb"]
 
 # Capacity presets for ``ModelConfig.size``: (channels, layers, lmax, heads). M has 24 channels, not 32: at
 # N=50 and equal CPU time, 24 channels trained to 0.97x the force error of 32 on ethanol and 0.95x on acetic acid
-# (4 seeds each; 0.95x / 0.88x at 4x the budget; wider was worse: 48 channels 1.11x / 1.27x), with 39 % fewer
+# (4 seeds each; 0.95x / 0.95x at 4x the budget; wider was worse: 48 channels 1.11x / 1.27x), with 39 % fewer
 # parameters and cheaper calls (models/README.md, "Width"). A stored campaign keeps the width it was created with.
 _SIZES: dict[str, tuple[int, int, int, int]] = {
     "XS": (8, 1, 1, 2),
