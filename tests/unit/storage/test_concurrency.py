@@ -127,20 +127,28 @@ def test_eight_threads_claim_500_labels_on_sqlite(sqlite_url: str) -> None:
     store.dispose()
 
 
-def test_concurrent_first_use_migrates_once(db_url: str) -> None:
+def _open_stores_at_once(url: str, n: int = 4) -> list[BaseException]:
+    """Open ``n`` Stores on ``url`` from ``n`` threads released together; the errors they raised."""
     errors: list[BaseException] = []
+    barrier = threading.Barrier(n)
 
     def open_store() -> None:
         try:
-            Store(db_url).dispose()
-        except BaseException as exc:  # collected and re-raised below
+            barrier.wait(timeout=30)
+            Store(url).dispose()
+        except BaseException as exc:  # collected and returned
             errors.append(exc)
 
-    threads = [threading.Thread(target=open_store) for _ in range(4)]
+    threads = [threading.Thread(target=open_store) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    return errors
+
+
+def test_concurrent_first_use_migrates_once(db_url: str) -> None:
+    errors = _open_stores_at_once(db_url)
     assert not errors, errors
     store = Store(db_url)
     assert current_revision(store.engine) == head_revision() is not None
@@ -151,23 +159,9 @@ def test_stores_opening_a_new_sqlite_file_at_once_all_succeed(tmp_path: Path) ->
     """Switching a fresh file to WAL from several connections at once is refused "database is locked" by SQLite
     without calling the busy handler; each connection must retry, not fail. Without the retry this failed in
     about 1 file in 8 (4 threads on a barrier; CI once saw the first-use test above fail this way)."""
-    for k in range(30):
+    for k in range(60):
         url = f"sqlite:///{tmp_path}/fresh{k}.db"
-        errors: list[BaseException] = []
-        barrier = threading.Barrier(4)
-
-        def open_store(url: str = url, errors: list[BaseException] = errors, wait: threading.Barrier = barrier) -> None:
-            try:
-                wait.wait(timeout=30)
-                Store(url).dispose()
-            except BaseException as exc:  # collected and re-raised below
-                errors.append(exc)
-
-        threads = [threading.Thread(target=open_store) for _ in range(4)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=120)
+        errors = _open_stores_at_once(url)
         assert not errors, f"file {k}: {errors}"
         engine = make_engine(url)
         with engine.connect() as conn:
