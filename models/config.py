@@ -4,25 +4,32 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 # Δ-learning baselines: labels minus GFN2-xTB or GFN1-xTB (tblite; sapis.models.xtb.BASELINE_METHODS)
 Baseline = Literal["none", "gfn2-xtb", "gfn1-xtb"]
 
-# Capacity presets for ``ModelConfig.size``: (channels, layers, lmax, heads). M has 24 channels, not 32: at
+
+# Capacity presets for ``ModelConfig.size`` and ``MaceConfig.size``. M has 24 channels, not 32: at
 # N=50 and equal CPU time, 24 channels trained to 0.97x the force error of 32 on ethanol and 0.95x on acetic acid
 # (4 seeds each; 0.95x / 0.95x at 4x the budget; wider was worse: 48 channels 1.11x / 1.27x), with 39 % fewer
 # parameters and cheaper calls (models/README.md, "Width"). A stored campaign keeps the width it was created with.
-_SIZES: dict[str, tuple[int, int, int, int]] = {
-    "XS": (8, 1, 1, 2),
-    "S": (16, 2, 2, 2),
-    "M": (24, 2, 2, 4),
-    "L": (64, 3, 2, 4),
+class _Preset(NamedTuple):
+    channels: int
+    layers: int
+    lmax: int
+    heads: int
+    mace_channels: int  # MACE's preset keeps its own width (the sapis width change was measured on sapis only)
+
+
+_SIZES: dict[str, _Preset] = {
+    "XS": _Preset(8, 1, 1, 2, mace_channels=8),
+    "S": _Preset(16, 2, 2, 2, mace_channels=16),
+    "M": _Preset(24, 2, 2, 4, mace_channels=32),
+    "L": _Preset(64, 3, 2, 4, mace_channels=64),
 }
-# MACE's presets keep their own widths (the sapis width change above was measured on sapis only).
-_MACE_CHANNELS: dict[str, int] = {"XS": 8, "S": 16, "M": 32, "L": 64}
 
 
 class ModelConfig(BaseModel):
@@ -91,8 +98,8 @@ class ModelConfig(BaseModel):
             from sapis.errors import ConfigError
 
             raise ConfigError(f"unknown model size {name!r}; choose one of {', '.join(_SIZES)}")
-        c, n, lmax, h = _SIZES[key]
-        return cls(**{"channels": c, "layers": n, "lmax": lmax, "heads": h, **overrides})
+        p = _SIZES[key]
+        return cls(**{"channels": p.channels, "layers": p.layers, "lmax": p.lmax, "heads": p.heads, **overrides})
 
     def scaled(self, width: float = 1.0, depth: int = 0, lmax: int | None = None) -> ModelConfig:
         """A validated copy with ``width`` times the channels, ``depth`` more layers and optionally another ``lmax``."""
@@ -134,8 +141,9 @@ class MaceConfig(BaseModel):
     @classmethod
     def size(cls, name: str, **overrides: object) -> MaceConfig:
         """The sapis preset ``name`` mapped onto MACE: its layers, ``max_L = min(lmax, 1)``, MACE's own channels."""
-        sapis = ModelConfig.size(name)
-        base = {"channels": _MACE_CHANNELS[name.upper()], "layers": sapis.layers, "max_L": min(sapis.lmax, 1)}
+        sapis = ModelConfig.size(name)  # ConfigError for an unknown name
+        preset = _SIZES[name.upper()]
+        base = {"channels": preset.mace_channels, "layers": sapis.layers, "max_L": min(sapis.lmax, 1)}
         return cls.model_validate({**base, **overrides})
 
     @classmethod
