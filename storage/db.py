@@ -74,13 +74,19 @@ def make_engine(url: str) -> Engine:
         raise StoreError(f"database URL {_display(url)!r}: {exc}") from None
 
 
+def _locked(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite refused for a lock another connection holds (worth waiting for), not for another reason."""
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 def _set_wal(cur: Any) -> None:
     """Switch the file to WAL, retrying while another connection holds it.
 
     Connections that open a new (rollback-journal) file at once all hold a shared lock and need an exclusive
     one to switch; SQLite answers all but one "database is locked" at once, without calling the busy handler
-    (it would deadlock), so the busy timeout does not help here. Measured: 4 threads opening a fresh file fail
-    this way in about 1 try in 5. Once the file is in WAL mode the pragma takes no lock and returns at once.
+    (it would deadlock), so the busy timeout does not help here. Measured: 4 raw connections switching a fresh
+    file at once fail this way in about 1 try in 5. Once the file is in WAL mode the pragma takes no lock and
+    returns at once.
     """
     deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
     pause = 0.001
@@ -89,7 +95,7 @@ def _set_wal(cur: Any) -> None:
             cur.execute("PRAGMA journal_mode=WAL")
             return
         except sqlite3.OperationalError as exc:
-            if ("locked" not in str(exc) and "busy" not in str(exc)) or time.monotonic() > deadline:
+            if not _locked(exc) or time.monotonic() > deadline:
                 raise
         time.sleep(pause)
         pause = min(pause * 2, 0.1)
@@ -120,7 +126,7 @@ def _sqlite_events(engine: Engine) -> None:
             raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
             return
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not _locked(exc):
                 raw.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
                 raise
         # another process holds the write lock: say so now, then wait the rest of the timeout
@@ -130,7 +136,7 @@ def _sqlite_events(engine: Engine) -> None:
         try:
             raw.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
+            if not _locked(exc):
                 raise
             raise StoreError(
                 f"the SQLite store {where} stayed locked by another writer for {SQLITE_BUSY_TIMEOUT_MS // 1000} s; "
