@@ -32,6 +32,16 @@ _SIZES: dict[str, _Preset] = {
 }
 
 
+def _preset(name: str) -> _Preset:
+    """The preset ``name`` (any case); ConfigError naming the choices for an unknown one."""
+    preset = _SIZES.get(name.upper())
+    if preset is None:
+        from sapis.errors import ConfigError
+
+        raise ConfigError(f"unknown model size {name!r}; choose one of {', '.join(_SIZES)}")
+    return preset
+
+
 class ModelConfig(BaseModel):
     """Capacity and geometry of the equivariant transformer (the knobs the scaling controller turns).
 
@@ -93,12 +103,7 @@ class ModelConfig(BaseModel):
     @classmethod
     def size(cls, name: str, **overrides: object) -> ModelConfig:
         """A preset capacity: 'XS' (tests), 'S', 'M' (default), 'L'."""
-        key = name.upper()
-        if key not in _SIZES:
-            from sapis.errors import ConfigError
-
-            raise ConfigError(f"unknown model size {name!r}; choose one of {', '.join(_SIZES)}")
-        p = _SIZES[key]
+        p = _preset(name)
         return cls(**{"channels": p.channels, "layers": p.layers, "lmax": p.lmax, "heads": p.heads, **overrides})
 
     def scaled(self, width: float = 1.0, depth: int = 0, lmax: int | None = None) -> ModelConfig:
@@ -141,9 +146,8 @@ class MaceConfig(BaseModel):
     @classmethod
     def size(cls, name: str, **overrides: object) -> MaceConfig:
         """The sapis preset ``name`` mapped onto MACE: its layers, ``max_L = min(lmax, 1)``, MACE's own channels."""
-        sapis = ModelConfig.size(name)  # ConfigError for an unknown name
-        preset = _SIZES[name.upper()]
-        base = {"channels": preset.mace_channels, "layers": sapis.layers, "max_L": min(sapis.lmax, 1)}
+        p = _preset(name)
+        base = {"channels": p.mace_channels, "layers": p.layers, "max_L": min(p.lmax, 1)}
         return cls.model_validate({**base, **overrides})
 
     @classmethod
