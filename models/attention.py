@@ -27,6 +27,8 @@ def attention_weights(model: torch.nn.Module, atoms: Atoms) -> dict[str, Any]:
     if blocks is None:
         raise ConfigError("attention weights exist only for the sapis transformer (this model has none)")
     config: Any = model.config  # a SapisTransformer's ModelConfig (it has attention blocks)
+    if not getattr(config, "attention", True):
+        raise ConfigError("this model was built with attention = false: its blocks sum neighbours without weights")
     g = to_graph(atoms, float(config.cutoff), labels=False)
     batch = collate([g], next(model.parameters()).dtype)
     for b in blocks:

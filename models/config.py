@@ -73,6 +73,11 @@ class ModelConfig(BaseModel):
         "per-irrep norm rescales each node's l > 0 features to unit size, so their magnitude, e.g. how "
         "asymmetric the environment is, never reaches the next block)",
     )
+    attention: bool = Field(
+        True,
+        description="softmax attention over neighbours in every block; False aggregates messages by the enveloped "
+        "neighbour sum alone (the density term, a learned scale per head: MACE's aggregation; the ablation)",
+    )
     density: bool = Field(
         True,
         description="add the plain enveloped neighbour sum (MACE's density, a learned scale per head) to the "

@@ -200,9 +200,12 @@ class GraphAttention(tnn.Module):
         n_species: int = 0,
         block_norm: str = "irreps",
         skip_species: int = 0,
+        attention: bool = True,
     ) -> None:
         super().__init__()
         self.irreps_node, self.heads = o3.Irreps(irreps_node), heads
+        # attention=False: no softmax weights; the message sum is the density term alone (MACE's aggregation)
+        self.attention = attention
         self.dim = self.irreps_node.dim
         # skip_species > 0: the residual gains an element-dependent linear map of the input, W_{Z_i} x_i (MACE's
         # skip tensor product of the node features with the one-hot element)
@@ -215,7 +218,8 @@ class GraphAttention(tnn.Module):
         if self.skip is not None:  # starts as the plain residual x; the element-dependent part is learnt
             tnn.init.zeros_(self.skip.weight)
         # density: + s_h * u_ij on top of alpha_ij (an unnormalised, enveloped neighbour sum; s_h starts at 1/10)
-        self.density_log = tnn.Parameter(torch.full((heads,), math.log(0.1))) if density else None
+        use_density = density or not attention
+        self.density_log = tnn.Parameter(torch.full((heads,), math.log(0.1))) if use_density else None
         self.norm = _block_norm(self.irreps_node, block_norm)
         self.lin_src = o3.Linear(self.irreps_node, self.irreps_node)
         self.lin_dst = o3.Linear(self.irreps_node, self.irreps_node, biases=False)
@@ -233,10 +237,11 @@ class GraphAttention(tnn.Module):
             self.irreps_node, irreps_sh, irreps_mid, instr, shared_weights=False, internal_weights=False
         )
         self.radial = enn.FullyConnectedNet([num_radial, radial_hidden, self.tp.weight_numel], tnn.functional.silu)
-        self.key_dim = 8
+        self.key_dim = 8 if attention else 0
         # values and attention keys from one linear map (one pass over the wide edge messages)
-        self.lin_msg = o3.Linear(irreps_mid, self.irreps_node + o3.Irreps(f"{heads * self.key_dim}x0e"))
-        self.attn_vec = tnn.Parameter(torch.randn(heads, self.key_dim) / math.sqrt(self.key_dim))
+        keys = o3.Irreps(f"{heads * self.key_dim}x0e") if attention else o3.Irreps("")
+        self.lin_msg = o3.Linear(irreps_mid, self.irreps_node + keys)
+        self.attn_vec = tnn.Parameter(torch.randn(heads, self.key_dim) / math.sqrt(self.key_dim)) if attention else None
         # correlation > 1: the aggregated message times itself (many-body), mixed back by one linear map
         use_product = correlation > 1 or n_species > 0
         self.product = SymmetricProduct(self.irreps_node, correlation, n_species) if use_product else None
@@ -248,6 +253,24 @@ class GraphAttention(tnn.Module):
         self.register_buffer("head_of", torch.tensor(head_of, dtype=torch.long))
         self.record_attention = False
         self.last_alpha: torch.Tensor | None = None  # (E, H) weights of the last call, when recorded
+
+    def _attention(
+        self, keys_in: torch.Tensor, envelope: torch.Tensor, recv: torch.Tensor, n: int, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """(E, H) weights: alpha_ij (softmax over neighbours with a null slot and the envelope) [+ density]."""
+        assert self.attn_vec is not None
+        keys = tnn.functional.silu(keys_in).view(-1, self.heads, self.key_dim)  # smooth, not leaky
+        logits = (keys * self.attn_vec.to(dtype)).sum(-1)  # (E, H)
+        m = torch.zeros(n, self.heads, dtype=dtype, device=keys_in.device)
+        m = m.scatter_reduce(0, recv[:, None].expand_as(logits), logits.detach(), "amax", include_self=True)
+        ex = envelope[:, None] * torch.exp(logits - m.index_select(0, recv))  # (E, H)
+        denom = torch.exp(-m).index_add(0, recv, ex)  # null slot with logit 0
+        alpha = ex / denom.index_select(0, recv)  # (E, H)
+        if self.record_attention:  # for interpretation (sapis model attention); off in training
+            self.last_alpha = alpha.detach()
+        if self.density_log is None:
+            return alpha
+        return alpha + envelope[:, None] * self.density_log.exp().to(dtype)
 
     def forward(
         self,
@@ -265,19 +288,11 @@ class GraphAttention(tnn.Module):
         msg = self.tp(pair, sh, self.radial(radial))  # (E, mid_dim)
         vk = self.lin_msg(msg)
         d = self.dim
-        keys = tnn.functional.silu(vk[:, d:]).view(-1, self.heads, self.key_dim)  # smooth, not leaky
-        logits = (keys * self.attn_vec.to(x.dtype)).sum(-1)  # (E, H)
-        n = x.shape[0]
-        m = torch.zeros(n, self.heads, dtype=x.dtype, device=x.device)
-        m = m.scatter_reduce(0, recv[:, None].expand_as(logits), logits.detach(), "amax", include_self=True)
-        ex = envelope[:, None] * torch.exp(logits - m.index_select(0, recv))  # (E, H)
-        denom = torch.exp(-m).index_add(0, recv, ex)  # null slot with logit 0
-        alpha = ex / denom.index_select(0, recv)  # (E, H)
-        if self.record_attention:  # for interpretation (sapis model attention); off in training
-            self.last_alpha = alpha.detach()
-        weight = alpha
-        if self.density_log is not None:
-            weight = alpha + envelope[:, None] * self.density_log.exp().to(x.dtype)
+        if self.attn_vec is None:  # no attention: the enveloped neighbour sum, a learned scale per head
+            assert self.density_log is not None
+            weight = envelope[:, None] * self.density_log.exp().to(x.dtype)
+        else:
+            weight = self._attention(vk[:, d:], envelope, recv, x.shape[0], x.dtype)
         value = vk[:, :d] * weight.index_select(1, self.head_of)  # (E, dim)
         agg = torch.zeros_like(x).index_add(0, recv, value)
         if self.product is not None:

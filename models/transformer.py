@@ -85,6 +85,7 @@ class SapisTransformer(tnn.Module):
                 block_norm=c.block_norm,
                 n_species=len(self.elements) if c.species_gains else 0,
                 skip_species=len(self.elements) if c.species_skip else 0,
+                attention=c.attention,
             )
             for _ in range(c.layers)
         )

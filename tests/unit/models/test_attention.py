@@ -58,3 +58,15 @@ def test_cli_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
     rc = run(["model", "attention", "--model", str(ckpt), "--structure", str(xyz), "--out", str(out), "--frame", "3"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "has no frame 3" in err and len(err.splitlines()) == 1
+
+
+def test_a_model_without_attention_has_no_keys_and_no_weights_to_export() -> None:
+    spec = {**SPEC, "config": {**SPEC["config"], "attention": False}}
+    model = build_model(spec)
+    with_attention = build_model(SPEC)
+    # the key columns and the logit vectors are gone; every other tensor keeps its name and shape
+    dropped = {k for k, v in with_attention.state_dict().items() if model.state_dict().get(k, v).shape != v.shape}
+    dropped |= set(with_attention.state_dict()) - set(model.state_dict())
+    assert dropped and all(".lin_msg." in k or k.endswith(".attn_vec") for k in dropped)
+    with pytest.raises(ConfigError, match="attention = false"):
+        attention_weights(model, molecule("H2O"))

@@ -230,3 +230,12 @@ def test_species_skip_starts_as_the_plain_residual_and_learns() -> None:
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if ".skip." not in k})
     e_plain, _, _ = energy_and_forces(plain.double(), batch)
     assert torch.allclose(energy.detach(), e_plain.detach(), atol=1e-10)
+
+
+class TestSapisNoAttention(PhysicsContract):
+    """attention = False: messages summed with the enveloped density weights alone (the ablation)."""
+
+    spec: ClassVar[dict] = {
+        **TestSapisDensityGains.spec,
+        "config": {**TestSapisDensityGains.spec["config"], "attention": False, "density": False, "species_skip": False},
+    }
