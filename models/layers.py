@@ -204,8 +204,6 @@ class GraphAttention(tnn.Module):
     ) -> None:
         super().__init__()
         self.irreps_node, self.heads = o3.Irreps(irreps_node), heads
-        # attention=False: no softmax weights; the message sum is the density term alone (MACE's aggregation)
-        self.attention = attention
         self.dim = self.irreps_node.dim
         # skip_species > 0: the residual gains an element-dependent linear map of the input, W_{Z_i} x_i (MACE's
         # skip tensor product of the node features with the one-hot element)
@@ -218,7 +216,7 @@ class GraphAttention(tnn.Module):
         if self.skip is not None:  # starts as the plain residual x; the element-dependent part is learnt
             tnn.init.zeros_(self.skip.weight)
         # density: + s_h * u_ij on top of alpha_ij (an unnormalised, enveloped neighbour sum; s_h starts at 1/10)
-        use_density = density or not attention
+        use_density = density or not attention  # attention=False: the density term alone (MACE's aggregation)
         self.density_log = tnn.Parameter(torch.full((heads,), math.log(0.1))) if use_density else None
         self.norm = _block_norm(self.irreps_node, block_norm)
         self.lin_src = o3.Linear(self.irreps_node, self.irreps_node)
