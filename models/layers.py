@@ -255,7 +255,7 @@ class GraphAttention(tnn.Module):
     def _attention(
         self, keys_in: torch.Tensor, envelope: torch.Tensor, recv: torch.Tensor, n: int, dtype: torch.dtype
     ) -> torch.Tensor:
-        """(E, H) weights: alpha_ij (softmax over neighbours with a null slot and the envelope) [+ density]."""
+        """(E, H) attention weights alpha_ij: a softmax over neighbours with a null slot and the envelope."""
         assert self.attn_vec is not None
         keys = tnn.functional.silu(keys_in).view(-1, self.heads, self.key_dim)  # smooth, not leaky
         logits = (keys * self.attn_vec.to(dtype)).sum(-1)  # (E, H)
@@ -266,9 +266,7 @@ class GraphAttention(tnn.Module):
         alpha = ex / denom.index_select(0, recv)  # (E, H)
         if self.record_attention:  # for interpretation (sapis model attention); off in training
             self.last_alpha = alpha.detach()
-        if self.density_log is None:
-            return alpha
-        return alpha + envelope[:, None] * self.density_log.exp().to(dtype)
+        return alpha
 
     def forward(
         self,
@@ -286,11 +284,13 @@ class GraphAttention(tnn.Module):
         msg = self.tp(pair, sh, self.radial(radial))  # (E, mid_dim)
         vk = self.lin_msg(msg)
         d = self.dim
-        if self.attn_vec is None:  # no attention: the enveloped neighbour sum, a learned scale per head
-            assert self.density_log is not None
-            weight = envelope[:, None] * self.density_log.exp().to(x.dtype)
-        else:
-            weight = self._attention(vk[:, d:], envelope, recv, x.shape[0], x.dtype)
+        # attention weights, plus the enveloped neighbour sum with a learned scale per head (density); without
+        # attention the density term alone (the constructor makes it then)
+        weight = None if self.attn_vec is None else self._attention(vk[:, d:], envelope, recv, x.shape[0], x.dtype)
+        if self.density_log is not None:
+            density = envelope[:, None] * self.density_log.exp().to(x.dtype)
+            weight = density if weight is None else weight + density
+        assert weight is not None
         value = vk[:, :d] * weight.index_select(1, self.head_of)  # (E, dim)
         agg = torch.zeros_like(x).index_add(0, recv, value)
         if self.product is not None:
