@@ -17,7 +17,6 @@ from sapis.storage.orm import (
     Campaign,
     CampaignPool,
     Checkpoint,
-    Configuration,
     Round,
     SelectionRow,
     utcnow,
@@ -25,6 +24,7 @@ from sapis.storage.orm import (
 from sapis.storage.pools import PoolInfo, pool_id, pools
 
 ROLES = ("selected", "candidate", "test", "seed")
+LABELLED_ROLES = ("seed", "selected", "test")  # the roles a campaign labels (candidates are only ranked)
 
 
 @dataclass(frozen=True)
@@ -300,8 +300,3 @@ def checkpoints(session: Session, campaign_id: int, round_index: int | None = No
     q = q.order_by(Checkpoint.round_index, Checkpoint.architecture, Checkpoint.member)
     cols = [c.key for c in Checkpoint.__table__.columns]
     return [{k: getattr(c, k) for k in cols} for c in session.execute(q).scalars()]
-
-
-def campaign_config_ids(session: Session, campaign_id: int) -> list[int]:
-    """Configurations generated within a campaign (not counting attached pools)."""
-    return list(session.execute(select(Configuration.id).where(Configuration.campaign_id == campaign_id)).scalars())

@@ -14,13 +14,19 @@ from sqlalchemy.orm import Session
 from sapis import keys
 from sapis.storage import configs
 from sapis.storage import structures as st
-from sapis.storage.orm import CampaignPool, Configuration, Label, PoolMember
+from sapis.storage.campaigns import LABELLED_ROLES
+from sapis.storage.orm import CampaignPool, Configuration, Label, PoolMember, Round, SelectionRow
 from sapis.storage.pools import pool_id
 
 
 def _selection(session: Session, pool: str | int | None, campaign_id: int | None, molecule_id: int | None) -> list[Any]:
-    """WHERE conditions on Configuration for a pool, a campaign (its own structures and its pools') and a
-    molecule."""
+    """WHERE conditions on Configuration for a pool, a campaign and a molecule.
+
+    A campaign's structures are those it generated, those of pools attached to it, and those it chose for
+    labelling (seed, selected, test). The last matters because structures are stored once: a campaign whose MD
+    revisits a structure another campaign already stored (a re-run with the same seed, say) selects and trains
+    on the other campaign's row, and its export must hold that label too.
+    """
     where: list[Any] = []
     if molecule_id is not None:
         where.append(Configuration.molecule_id == molecule_id)
@@ -33,7 +39,14 @@ def _selection(session: Session, pool: str | int | None, campaign_id: int | None
             .join(CampaignPool, CampaignPool.pool_id == PoolMember.pool_id)
             .where(CampaignPool.campaign_id == campaign_id)
         )
-        where.append(or_(Configuration.campaign_id == campaign_id, Configuration.id.in_(attached)))
+        chosen = (
+            select(SelectionRow.config_id)
+            .join(Round, Round.id == SelectionRow.round_id)
+            .where(Round.campaign_id == campaign_id, SelectionRow.role.in_(LABELLED_ROLES))
+        )
+        where.append(
+            or_(Configuration.campaign_id == campaign_id, Configuration.id.in_(attached), Configuration.id.in_(chosen))
+        )
     return where
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sapis.storage import Store
+from sapis.storage.campaigns import LABELLED_ROLES
 from sapis.tasks import plots
 from sapis.tasks.plan import RoundPlan, campaign_label_ids
 from sapis.tasks.round_metrics import NveGate, RoundMetrics
@@ -24,7 +25,7 @@ def _round_label_ids(store: Store, plan: RoundPlan, roles: tuple[str, ...]) -> l
 
 def label_cost(store: Store, plan: RoundPlan) -> RoundMetrics:
     """Labels added and failed in this round and their DFT CPU seconds."""
-    ids = _round_label_ids(store, plan, ("seed", "selected", "test"))
+    ids = _round_label_ids(store, plan, LABELLED_ROLES)
     counts = store.label_counts(fingerprint=plan.fingerprint, config_ids=ids) if ids else {}
     done = store.labelled(plan.fingerprint, config_ids=ids) if ids else []
     cpu = sum(float((a.info.get("cost") or {}).get("cpu_s") or 0.0) for a in done)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sapis.storage import Store
+from sapis.storage.campaigns import LABELLED_ROLES
 from sapis.tasks.dft import LevelOfTheory
 
 ProgressFn = Callable[[dict[str, int]], None]
@@ -71,7 +72,7 @@ def enqueue_pool(store: Store, pool: str | int, level: dict[str, Any]) -> Queued
 def round_label_ids(store: Store, campaign_id: int, round_index: int) -> list[int]:
     """Config ids a round chose for labelling (seed, selected and held-out test)."""
     rows = store.selections(campaign_id, round_index=round_index)
-    return sorted({r["config_id"] for r in rows if r["role"] in ("seed", "selected", "test")})
+    return sorted({r["config_id"] for r in rows if r["role"] in LABELLED_ROLES})
 
 
 def _spawn_local_worker(

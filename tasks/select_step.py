@@ -13,6 +13,7 @@ import numpy as np
 from ase import Atoms
 
 from sapis.storage import Store
+from sapis.storage.campaigns import LABELLED_ROLES
 from sapis.tasks.plan import RoundPlan, campaign_label_ids
 from sapis.tasks.round_metrics import RoundMetrics
 
@@ -71,11 +72,7 @@ def explore_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMe
 
 def select_round(store: Store, plan: RoundPlan, cfg: CampaignConfig) -> RoundMetrics:
     """Choose this round's labels: a diverse seed and a random test set in round 0, then by uncertainty."""
-    chosen = [
-        r
-        for r in store.selections(plan.campaign_id, round_index=plan.index)
-        if r["role"] in ("seed", "selected", "test")
-    ]
+    chosen = [r for r in store.selections(plan.campaign_id, round_index=plan.index) if r["role"] in LABELLED_ROLES]
     if chosen:
         return RoundMetrics(n_selected=sum(r["role"] != "test" for r in chosen), resumed=True)
 

@@ -72,3 +72,31 @@ def test_mace_reads_the_export(tmp_path: Path, sqlite_url: str) -> None:
     assert len(configs) == 3
     assert configs[1].properties["energy"] == pytest.approx(frames[1].get_potential_energy())
     np.testing.assert_allclose(configs[1].properties["forces"], frames[1].get_forces(), atol=1e-7)
+
+
+def test_campaign_export_holds_labels_it_chose_from_another_campaigns_structures(store: Store, tmp_path: Path) -> None:
+    """Structures are stored once: a second campaign whose MD revisits a structure of the first (a re-run with the
+    same seed) selects the first campaign's row; its export must still hold the label it trained on, and only
+    the labels it chose (not the first campaign's others, not its own unlabelled candidates)."""
+    first = store.create_campaign("first", {})
+    frames = _labelled(3)
+    ids = store.add_configurations(frames, {"source": "md", "campaign_id": first, "round_index": 0})
+    store.enqueue_labels(ids, "fp", {"name": "fp"})
+    for _ in ids:
+        (c,) = store.claim_labels("w", lease_seconds=60)
+        store.complete_label(c.label_id, "w", -5.0, np.zeros((9, 3)), {})
+    second = store.create_campaign("second", {})
+    again = store.add_configurations(frames[:2], {"source": "md", "campaign_id": second, "round_index": 0})
+    assert again == ids[:2]  # the same rows, still owned by the first campaign
+    rid = store.start_round(second, 0)
+    store.add_selections(
+        rid,
+        [
+            {"config_id": ids[0], "role": "selected", "rank": 0},
+            {"config_id": ids[1], "role": "candidate", "rank": 1},
+        ],
+    )
+    assert store.export_extxyz(tmp_path / "second.xyz", campaign_id=second) == 1
+    (back,) = ase.io.read(tmp_path / "second.xyz", index=":")
+    np.testing.assert_allclose(back.positions, frames[0].positions, atol=1e-7)
+    assert store.export_extxyz(tmp_path / "first.xyz", campaign_id=first) == 3

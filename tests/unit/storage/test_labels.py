@@ -99,9 +99,10 @@ def test_failed_labels_retried_only_on_request(store: Store) -> None:
 def test_expired_lease_is_claimed_by_another_worker(store: Store, counts: Callable) -> None:
     ids = _configs(store, 1)
     store.enqueue_labels(ids, FP, SPEC)
-    (first,) = store.claim_labels("crashed", lease_seconds=0.3)
+    # a lease long enough that a loaded machine cannot let it lapse before the "still leased" check
+    (first,) = store.claim_labels("crashed", lease_seconds=1.5)
     assert store.claim_labels("second", lease_seconds=60) == []  # still leased
-    time.sleep(0.5)
+    time.sleep(1.7)
     assert not store.heartbeat(first.label_id, "crashed", 60)  # lease lost
     (second,) = store.claim_labels("second", lease_seconds=60)
     assert second.label_id == first.label_id
