@@ -175,11 +175,14 @@ def _publish_quietly(store: Store, campaign_id: int, reason: str) -> None:
 def export_campaign(store: Store, campaign_id: int, out: Path | None = None) -> dict[str, Any]:
     """Write the campaign's data (extxyz) and its final model (the last finished round's ensemble).
 
+    Every frame of the data carries ``held_out``: True for the campaign's held-out test labels (never trained
+    on; its reported test errors are on these), False for the rest.
+
     The ensemble comes from the store (checked against the recorded sha256), so this works on any machine
     that reaches the store, not only on the one that trained it.
     """
     from sapis.storage.checkpoints import materialise_ensemble
-    from sapis.tasks.plan import campaign_dir, round_dir
+    from sapis.tasks.plan import campaign_dir, campaign_label_ids, round_dir
 
     campaign_id = store.campaign(campaign_id).id
     rounds = [r for r in store.rounds(campaign_id) if r.status == "done"]
@@ -190,9 +193,13 @@ def export_campaign(store: Store, campaign_id: int, out: Path | None = None) -> 
     # only the campaign's own level of theory: a pool added with labels at another level must not mix in
     cfg = CampaignConfig.parse(store.campaign(campaign_id).config, source=f"campaign {campaign_id}")
     n = store.export_extxyz(data, campaign_id=campaign_id, fingerprint=cfg.level.fingerprint)
+    test_ids = campaign_label_ids(store, campaign_id)["test"]
+    n_test = 0
+    if test_ids:
+        n_test = store.label_counts(fingerprint=cfg.level.fingerprint, config_ids=test_ids).get("done", 0)
     model = None
     for r in reversed(rounds):  # the newest finished round that trained a model
         model = materialise_ensemble(store, campaign_id, r.index, round_dir(store, campaign_id, r.index) / "ensemble")
         if model is not None:
             break
-    return {"data": str(data), "n_labels": n, "model": str(model) if model else None}
+    return {"data": str(data), "n_labels": n, "n_held_out": n_test, "model": str(model) if model else None}

@@ -39,15 +39,20 @@ def _selection(session: Session, pool: str | int | None, campaign_id: int | None
             .join(CampaignPool, CampaignPool.pool_id == PoolMember.pool_id)
             .where(CampaignPool.campaign_id == campaign_id)
         )
-        chosen = (
-            select(SelectionRow.config_id)
-            .join(Round, Round.id == SelectionRow.round_id)
-            .where(Round.campaign_id == campaign_id, SelectionRow.role.in_(LABELLED_ROLES))
-        )
+        chosen = _chosen(campaign_id, LABELLED_ROLES)
         where.append(
             or_(Configuration.campaign_id == campaign_id, Configuration.id.in_(attached), Configuration.id.in_(chosen))
         )
     return where
+
+
+def _chosen(campaign_id: int, roles: Sequence[str]) -> Any:
+    """SELECT of the config ids a campaign chose in any round with one of ``roles``."""
+    return (
+        select(SelectionRow.config_id)
+        .join(Round, Round.id == SelectionRow.round_id)
+        .where(Round.campaign_id == campaign_id, SelectionRow.role.in_(roles))
+    )
 
 
 def _labelled_query(
@@ -57,9 +62,11 @@ def _labelled_query(
     campaign_id: int | None,
     molecule_id: int | None,
 ) -> Any:
+    q = configs.config_query()
+    if campaign_id is not None:  # the campaign's held-out test labels, marked so an export can be split
+        q = q.add_columns(Configuration.id.in_(_chosen(campaign_id, ("test",))).label("held_out"))
     q = (
-        configs.config_query()
-        .add_columns(
+        q.add_columns(
             Label.id.label("label_id"),
             Label.fingerprint,
             Label.energy,
@@ -76,12 +83,18 @@ def _labelled_query(
     return q if fingerprint is None else q.where(Label.fingerprint == fingerprint)
 
 
+HELD_OUT = "held_out"  # info key of a campaign's export: True for its held-out test labels, False for the rest
+
+
 def _row_atoms(row: Any) -> Atoms:
     atoms = configs.row_atoms(row)
     forces = None if row.forces is None else st.unpack(row.forces, (row.n_atoms, 3))
     atoms.calc = SinglePointCalculator(atoms, energy=row.energy, forces=forces)
     atoms.info.update(label_id=row.label_id, fingerprint=row.fingerprint, artifact=row.artifact)
     atoms.info["cost"] = {"wall_s": row.wall_s, "cpu_s": row.cpu_s, "scf_iterations": row.scf_iterations}
+    held_out = getattr(row, "held_out", None)
+    if held_out is not None:
+        atoms.info[HELD_OUT] = bool(held_out)
     return atoms
 
 
@@ -96,8 +109,8 @@ def labelled(
     """Done labels as Atoms with a SinglePointCalculator (energy eV, forces eV/Å), in label order.
 
     info: config_id, label_id, molecule_id, charge, multiplicity, fingerprint, artifact, provenance, cost
-    (wall_s, cpu_s, scf_iterations).
-    ``campaign_id`` selects configurations generated in the campaign and those of pools attached to it.
+    (wall_s, cpu_s, scf_iterations); with ``campaign_id`` also ``held_out`` (the campaign's test labels).
+    ``campaign_id`` selects the campaign's structures (:func:`_selection`).
     """
     if config_ids is None:
         return list(iter_labelled(session, fingerprint, pool, campaign_id, molecule_id))
@@ -168,6 +181,8 @@ def to_training_atoms(atoms: Atoms) -> Atoms:
         if atoms.info.get(key) is not None:
             out.info[key] = int(atoms.info[key])
     out.info[keys.FINGERPRINT] = str(atoms.info.get(keys.FINGERPRINT, ""))
+    if atoms.info.get(HELD_OUT) is not None:
+        out.info[HELD_OUT] = bool(atoms.info[HELD_OUT])
     prov = atoms.info.get("provenance") or {}
     out.info["config_type"] = str(prov.get("source", "submitted"))
     return out

@@ -151,7 +151,11 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Directory for labels.extxyz and the model.")],
     database_url: DbOpt = None,
 ) -> None:
-    """Export a campaign's labelled data (extxyz) and its latest ensemble (an ASE-calculator checkpoint)."""
+    """Export a campaign's labelled data (extxyz) and its latest ensemble (an ASE-calculator checkpoint).
+
+    labels.extxyz holds REF_energy/REF_forces (eV, eV/Å) at the campaign's level of theory; each frame's
+    ``held_out`` is True for the campaign's held-out test labels (never trained on), False for the rest.
+    """
     from sapis.flows.campaign import export_campaign
     from sapis.storage import Store
 
@@ -159,7 +163,10 @@ def export(
     if res["model"]:
         shutil.copytree(res["model"], out / "model", dirs_exist_ok=True)
         res["model"] = str(out / "model")
-    typer.echo(f"{res['n_labels']} labels -> {res['data']}; model -> {res['model']}")
+    typer.echo(
+        f"{res['n_labels']} labels ({res['n_held_out']} held out: info held_out=True) -> {res['data']}; "
+        f"model -> {res['model']}"
+    )
     typer.echo("use it: SapisCalculator.from_checkpoint(model_dir) (from sapis.models)")
 
 
@@ -212,7 +219,7 @@ def interrupted_line(store: Any, campaign_id: int | None) -> str:
 
 def _print_result(result: dict[str, Any]) -> None:
     typer.echo(f"campaign {result['campaign_id']} finished: {result['reason']}")
-    typer.echo(f"  data:  {result['data']} ({result['n_labels']} labels)")
+    typer.echo(f"  data:  {result['data']} ({result['n_labels']} labels, {result['n_held_out']} of them held out)")
     typer.echo(f"  model: {result['model']}")
 
 

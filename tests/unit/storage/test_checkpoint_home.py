@@ -210,7 +210,8 @@ def test_export_on_a_machine_with_an_empty_home(trained_store: tuple[str, int], 
         timeout=300,
     )
     assert run.returncode == 0, run.stderr
-    assert f"8 labels -> {out / 'labels.extxyz'}; model -> {out / 'model'}" in run.stdout
+    held = "0 held out: info held_out=True"
+    assert f"8 labels ({held}) -> {out / 'labels.extxyz'}; model -> {out / 'model'}" in run.stdout
     from sapis.models import load_ensemble
 
     ens = load_ensemble(out / "model")

@@ -77,7 +77,7 @@ def test_mace_reads_the_export(tmp_path: Path, sqlite_url: str) -> None:
 def test_campaign_export_holds_labels_it_chose_from_another_campaigns_structures(store: Store, tmp_path: Path) -> None:
     """Structures are stored once: a second campaign whose MD revisits a structure of the first (a re-run with the
     same seed) selects the first campaign's row; its export must still hold the label it trained on, and only
-    the labels it chose (not the first campaign's others, not its own unlabelled candidates)."""
+    the labels it chose (not the first campaign's others, not its candidates), its test labels marked held_out."""
     first = store.create_campaign("first", {})
     frames = _labelled(3)
     ids = store.add_configurations(frames, {"source": "md", "campaign_id": first, "round_index": 0})
@@ -94,9 +94,15 @@ def test_campaign_export_holds_labels_it_chose_from_another_campaigns_structures
         [
             {"config_id": ids[0], "role": "selected", "rank": 0},
             {"config_id": ids[1], "role": "candidate", "rank": 1},
+            {"config_id": ids[2], "role": "test", "rank": 2},
         ],
     )
-    assert store.export_extxyz(tmp_path / "second.xyz", campaign_id=second) == 1
-    (back,) = ase.io.read(tmp_path / "second.xyz", index=":")
-    np.testing.assert_allclose(back.positions, frames[0].positions, atol=1e-7)
+    assert store.export_extxyz(tmp_path / "second.xyz", campaign_id=second) == 2
+    chosen, test = ase.io.read(tmp_path / "second.xyz", index=":")
+    np.testing.assert_allclose(chosen.positions, frames[0].positions, atol=1e-7)
+    np.testing.assert_allclose(test.positions, frames[2].positions, atol=1e-7)
+    assert (chosen.info["held_out"], test.info["held_out"]) == (False, True)  # the campaign's test labels
     assert store.export_extxyz(tmp_path / "first.xyz", campaign_id=first) == 3
+    assert not any(a.info["held_out"] for a in ase.io.read(tmp_path / "first.xyz", index=":"))
+    store.export_extxyz(tmp_path / "all.xyz")
+    assert not any("held_out" in a.info for a in ase.io.read(tmp_path / "all.xyz", index=":"))  # no campaign
