@@ -162,6 +162,14 @@ def train(
             f"{MIN_FRAMES_FOR_SPLIT}, so the 'valid' errors reported are training errors (give --valid)",
             err=True,
         )
+    held_out = sum(bool(a.info.get("held_out")) for a in train_set)
+    if held_out:
+        typer.echo(
+            f"sapis: warning: {held_out} of the {len(train_set)} training structures in {train_path} are a campaign's "
+            "held-out test labels (held_out=True); training on them too, so errors measured on them afterwards "
+            "are not test errors",
+            err=True,
+        )
     res = train_ensemble(
         train_set,
         valid,

@@ -64,6 +64,21 @@ def test_train_then_eval(data: dict[str, Path], tmp_path: Path, capsys: pytest.C
     assert "member 1" in capsys.readouterr().out
 
 
+def test_training_on_held_out_labels_is_warned(
+    data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A campaign export marks its test labels held_out=True; training on them is allowed but said."""
+    frames = read(data["train"], index=":")
+    for i, a in enumerate(frames):
+        a.info["held_out"] = i < 2
+    marked = tmp_path / "labels.extxyz"
+    write(marked, frames)
+    args = ["model", "train", "--train", str(marked), "--valid", str(data["valid"]), "--out", str(tmp_path / "m")]
+    assert run([*args, "--members", "1", *TINY]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: 2 of the 6 training structures in {marked} are a campaign's held-out test labels" in err
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
