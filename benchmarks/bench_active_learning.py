@@ -198,8 +198,11 @@ def _read(path: Path) -> list[Any]:
 
 
 def _load_tests(a: argparse.Namespace, level: dict[str, Any]) -> dict[str, list[Any]]:
-    """Test regions (file stem or info['region']) with reference labels; unlabelled frames get the oracle's."""
+    """Test regions (file stem or info['region']) with reference labels; unlabelled frames get the oracle's, and
+    so do frames whose ``fingerprint`` names another level of theory (geometries from an xTB test set, say,
+    relabelled for a DFT oracle): a model is only ever scored against its own oracle."""
     from ase.calculators.singlepoint import SinglePointCalculator
+    from rich.progress import track
 
     from sapis.storage.structures import reference
     from sapis.tasks.dft import LevelOfTheory, compute_label
@@ -208,8 +211,11 @@ def _load_tests(a: argparse.Namespace, level: dict[str, Any]) -> dict[str, list[
     regions: dict[str, list[Any]] = {}
     for path in a.test:
         frames = _read(path)
-        for i, atoms in enumerate(frames):
-            e, f = reference(atoms)
+        other = {i for i, at in enumerate(frames) if at.info.get("fingerprint") not in (None, lot.fingerprint)}
+        if other:
+            print(f"{path}: {len(other)} frames labelled at another level of theory; relabelling them with the oracle")
+        for i, atoms in enumerate(track(frames, f"test labels {path.name}", disable=not other, transient=True)):
+            e, f = (None, None) if i in other else reference(atoms)
             if e is None or f is None:
                 res = compute_label(atoms, lot, source=str(path), frame=i)
                 e, f = res.energy, res.forces

@@ -293,3 +293,29 @@ def test_every_benchmark_arm_is_a_valid_campaign_and_has_its_random_baseline() -
         explore = bench._config(a, "w", "water", 0, arm, 2).explore
         assert explore.bias_strength == a.bias_strength > 0 and explore.bias_on == on
     assert all(bench._config(a, "w", "water", 0, arm, 2).explore.bias_strength == 0 for arm in bench.BASELINES.values())
+
+
+def test_test_frames_labelled_at_another_level_are_relabelled_by_the_oracle(tmp_path: Path) -> None:
+    """Geometries from an xTB test set reused with a DFT oracle must not be scored against their xTB labels: a
+    frame whose fingerprint names another level gets the oracle's label; one at the oracle's level keeps its own."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    from sapis.tasks.dft import LevelOfTheory
+
+    bench = _bench()
+    level = {"method": "GFN2-xTB"}
+    frames = []
+    for fp in ("some-other-level", LevelOfTheory.from_spec(level).fingerprint):
+        w = molecule("H2O")
+        w.positions[0, 0] += 0.05
+        w.calc = SinglePointCalculator(w, energy=123.0, forces=np.zeros((3, 3)))
+        w.info.update(fingerprint=fp, region="md300")
+        frames.append(w)
+    path = tmp_path / "t.extxyz"
+    write(path, frames)
+    a = bench._args(["--molecules", "x.xyz", "--test", str(path)])
+    (relabelled, kept) = bench._load_tests(a, level)["md300"]
+    assert kept.get_potential_energy() == 123.0
+    assert relabelled.get_potential_energy() < -100.0  # GFN2-xTB's water, in eV
+    assert np.abs(relabelled.get_forces()).max() > 0.1
