@@ -204,6 +204,7 @@ def _load_tests(a: argparse.Namespace, level: dict[str, Any]) -> dict[str, list[
     from ase.calculators.singlepoint import SinglePointCalculator
     from rich.progress import track
 
+    from sapis import keys
     from sapis.storage.structures import reference
     from sapis.tasks.dft import LevelOfTheory, compute_label
 
@@ -211,7 +212,7 @@ def _load_tests(a: argparse.Namespace, level: dict[str, Any]) -> dict[str, list[
     regions: dict[str, list[Any]] = {}
     for path in a.test:
         frames = _read(path)
-        other = {i for i, at in enumerate(frames) if at.info.get("fingerprint") not in (None, lot.fingerprint)}
+        other = {i for i, at in enumerate(frames) if at.info.get(keys.FINGERPRINT) not in (None, lot.fingerprint)}
         if other:
             print(f"{path}: {len(other)} frames labelled at another level of theory; relabelling them with the oracle")
         for i, atoms in enumerate(track(frames, f"test labels {path.name}", disable=not other, transient=True)):

@@ -18,6 +18,7 @@ REF_ENERGY: Final = "REF_energy"  # () | eV, reference (DFT) energy in extxyz in
 REF_FORCES: Final = "REF_forces"  # (n_atoms, 3) | eV/Å, reference forces in extxyz arrays
 FINGERPRINT: Final = "fingerprint"  # str, level-of-theory fingerprint of a label (extxyz info)
 CONFIG_ID: Final = "config_id"  # int, store id of a configuration (extxyz info)
+HELD_OUT: Final = "held_out"  # bool, a campaign export's held-out test label (extxyz info)
 
 # Physical minimum distance between two atoms; anything closer is a broken structure.
 MIN_DISTANCE: Final = 0.5  # Å

@@ -64,7 +64,7 @@ def _labelled_query(
 ) -> Any:
     q = configs.config_query()
     if campaign_id is not None:  # the campaign's held-out test labels, marked so an export can be split
-        q = q.add_columns(Configuration.id.in_(_chosen(campaign_id, ("test",))).label("held_out"))
+        q = q.add_columns(Configuration.id.in_(_chosen(campaign_id, ("test",))).label(keys.HELD_OUT))
     q = (
         q.add_columns(
             Label.id.label("label_id"),
@@ -83,18 +83,15 @@ def _labelled_query(
     return q if fingerprint is None else q.where(Label.fingerprint == fingerprint)
 
 
-HELD_OUT = "held_out"  # info key of a campaign's export: True for its held-out test labels, False for the rest
-
-
 def _row_atoms(row: Any) -> Atoms:
     atoms = configs.row_atoms(row)
     forces = None if row.forces is None else st.unpack(row.forces, (row.n_atoms, 3))
     atoms.calc = SinglePointCalculator(atoms, energy=row.energy, forces=forces)
     atoms.info.update(label_id=row.label_id, fingerprint=row.fingerprint, artifact=row.artifact)
     atoms.info["cost"] = {"wall_s": row.wall_s, "cpu_s": row.cpu_s, "scf_iterations": row.scf_iterations}
-    held_out = getattr(row, "held_out", None)
+    held_out = getattr(row, keys.HELD_OUT, None)
     if held_out is not None:
-        atoms.info[HELD_OUT] = bool(held_out)
+        atoms.info[keys.HELD_OUT] = bool(held_out)
     return atoms
 
 
@@ -181,8 +178,8 @@ def to_training_atoms(atoms: Atoms) -> Atoms:
         if atoms.info.get(key) is not None:
             out.info[key] = int(atoms.info[key])
     out.info[keys.FINGERPRINT] = str(atoms.info.get(keys.FINGERPRINT, ""))
-    if atoms.info.get(HELD_OUT) is not None:
-        out.info[HELD_OUT] = bool(atoms.info[HELD_OUT])
+    if atoms.info.get(keys.HELD_OUT) is not None:
+        out.info[keys.HELD_OUT] = bool(atoms.info[keys.HELD_OUT])
     prov = atoms.info.get("provenance") or {}
     out.info["config_type"] = str(prov.get("source", "submitted"))
     return out

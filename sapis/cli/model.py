@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from sapis import keys
 from sapis.errors import ConfigError, InputError, NotFoundError, config_error
 
 MIN_FRAMES_FOR_SPLIT = 10  # sapis.models.ensemble holds out --valid-fraction only from this many structures
@@ -162,7 +163,7 @@ def train(
             f"{MIN_FRAMES_FOR_SPLIT}, so the 'valid' errors reported are training errors (give --valid)",
             err=True,
         )
-    held_out = sum(bool(a.info.get("held_out")) for a in train_set)
+    held_out = sum(bool(a.info.get(keys.HELD_OUT)) for a in train_set)
     if held_out:
         typer.echo(
             f"sapis: warning: {held_out} of the {len(train_set)} training structures in {train_path} are a campaign's "
