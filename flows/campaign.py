@@ -31,12 +31,14 @@ def create_campaign(store: Store, cfg: CampaignConfig, source: str | None = None
     return cid
 
 
-def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign config") -> None:
+def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign config", deployment: bool = True) -> None:
     """Everything a campaign can know before it starts, checked before any row is written.
 
-    Pools exist, hold no periodic structures (labels are molecular PySCF calculations), and every element they
-    contain has functions in the basis (and auxiliary basis); a ``work-pool`` label mode needs its deployment
-    registered (``sapis deploy``). A problem raises ConfigError: one line naming ``source`` and the field.
+    Pools exist, hold no periodic structures (labels are molecular PySCF calculations), give each chemical
+    formula one charge and spin (the model has no charge or spin input), and every element they contain has
+    functions in the basis (and auxiliary basis); a ``work-pool`` label mode needs its deployment registered
+    (``sapis deploy``; skipped with ``deployment=False``). A problem raises ConfigError: one line naming
+    ``source`` and the field.
     """
     known = {p.name for p in store.pools()}
     missing = [p for p in cfg.pools if p not in known]
@@ -57,6 +59,7 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
                 elements.setdefault(symbol, set()).add(pool)
             key = (atoms.get_chemical_formula(), atoms.info.get("charge", 0), atoms.info.get("multiplicity"))
             kinds.setdefault(key, (pool, i, atoms))
+    _check_one_state_per_formula(kinds, source)
     try:
         cfg.level.check_elements(set(elements))
     except ConfigError as exc:
@@ -64,8 +67,23 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
         raise ConfigError(f"{source}: level.basis: {exc} (in pool {', '.join(map(repr, pools))})") from None
     if cfg.model.baseline != "none":
         _check_baseline(cfg.model.baseline, list(kinds.values()), source)
-    if cfg.label.mode == "work-pool":
+    if deployment and cfg.label.mode == "work-pool":
         _check_label_deployment(cfg, source)
+
+
+def _check_one_state_per_formula(kinds: dict[tuple[object, ...], tuple[str, int, Atoms]], source: str) -> None:
+    """A formula met at two charges or spins (OH and OH-, triplet and singlet O2) would be learnt as one
+    potential energy surface with two energies at every geometry: refuse it before the DFT is paid for."""
+    seen: dict[str, tuple[object, ...]] = {}
+    for key in kinds:
+        first = seen.setdefault(str(key[0]), key)
+        if first != key:
+            (p1, i1, _), (p2, i2, _) = kinds[first], kinds[key]
+            raise ConfigError(
+                f"{source}: pools: {key[0]} has charge {first[1]}, multiplicity {first[2]} in pool {p1!r} "
+                f"structure {i1} but charge {key[1]}, multiplicity {key[2]} in pool {p2!r} structure {i2}; "
+                "the model has no charge or spin input: give each state its own campaign"
+            )
 
 
 def _check_baseline(baseline: str, structures: list[tuple[str, int, Atoms]], source: str) -> None:

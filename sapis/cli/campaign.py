@@ -55,8 +55,13 @@ def resume(
 
 @app.command("add-pool")
 def add_pool(campaign_id: int, pool: str, database_url: DbOpt = None) -> None:
-    """Attach a submitted POOL to a campaign; its structures join the next round's exploration."""
+    """Attach a submitted POOL to a campaign; its structures join the next round's exploration.
+
+    The pool passes the checks `campaign start` makes (no periodic structures, elements the basis covers, one
+    charge and spin per formula across all of the campaign's pools) before it is attached."""
     from sapis.errors import ConfigError
+    from sapis.flows.campaign import check_campaign
+    from sapis.flows.config import CampaignConfig
     from sapis.storage import Store
 
     store = Store(database_url)
@@ -67,6 +72,10 @@ def add_pool(campaign_id: int, pool: str, database_url: DbOpt = None) -> None:
                 f"campaign {campaign_id} has finished (status 'done'): no further round will run, so pool {pool!r} "
                 "would never join; start a new campaign that lists it under `pools`"
             )
+        cfg = CampaignConfig.parse(info.config, source=f"campaign {campaign_id}")
+        pools = [p.name for p in store.campaign_pools(campaign_id)]
+        grown = cfg.model_copy(update={"pools": [*pools, *([pool] if pool not in pools else [])]})
+        check_campaign(store, grown, source=f"campaign {campaign_id} with pool {pool!r}", deployment=False)
         store.attach_pool(campaign_id, pool)
     finally:
         store.dispose()

@@ -92,3 +92,58 @@ def test_controller_plot_under_a_file(sqlite_url: str, tmp_path: Path, capsys: p
     msg = fails_cleanly(capsys, ["controller", "explain", "1", "--plot", str(plot), "--database-url", sqlite_url])
     assert msg == f"{plot}: cannot create the output: {a_file} is a file, not a directory"
     assert a_file.read_text() == "x"
+
+
+def _oh(charge: int) -> list:
+    a = molecule("OH")
+    a.info["charge"] = charge
+    return [a]
+
+
+def test_a_formula_at_two_charges_is_refused_before_the_campaign_starts(db_url: str) -> None:
+    """OH and OH- in one campaign would be one surface with two energies per geometry: refused, nothing written."""
+    from sapis.errors import ConfigError
+    from sapis.flows.campaign import create_campaign
+    from sapis.flows.config import CampaignConfig
+
+    store = Store(db_url)
+    try:
+        store.submit_pool(_oh(0), "radical")
+        store.submit_pool(_oh(-1), "anion")
+        cfg = CampaignConfig(name="mixed", pools=["radical", "anion"], level=HF.spec)
+        with pytest.raises(ConfigError) as err:
+            create_campaign(store, cfg, source="mixed.toml")
+        assert str(err.value) == (
+            "mixed.toml: pools: HO has charge 0, multiplicity 2 in pool 'radical' structure 0 but charge -1, "
+            "multiplicity 1 in pool 'anion' structure 0; the model has no charge or spin input: give each state its "
+            "own campaign"
+        )
+        assert store.campaigns() == []
+    finally:
+        store.dispose()
+
+
+def test_add_pool_makes_the_checks_campaign_start_makes(db_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A pool that `campaign start` would refuse (another charge of a formula, a periodic cell) is not attached."""
+    from ase.build import bulk
+
+    store = Store(db_url)
+    try:
+        store.submit_pool(_oh(0), "radical")
+        store.submit_pool(_oh(-1), "anion")
+        store.submit_pool([bulk("Si")], "crystal")
+        store.submit_pool([molecule("H2O")], "water")
+        cid = store.create_campaign("c", {"name": "c", "pools": ["radical"], "level": HF.spec})
+        store.attach_pool(cid, "radical")
+    finally:
+        store.dispose()
+    msg = fails_cleanly(capsys, ["campaign", "add-pool", str(cid), "anion", "--database-url", db_url])
+    assert msg.startswith(f"campaign {cid} with pool 'anion': pools: HO has charge 0, multiplicity 2 in pool 'radical'")
+    msg = fails_cleanly(capsys, ["campaign", "add-pool", str(cid), "crystal", "--database-url", db_url])
+    assert msg.startswith(f"campaign {cid} with pool 'crystal': pools: pool 'crystal' structure 0 is periodic")
+    assert run(["campaign", "add-pool", str(cid), "water", "--database-url", db_url]) == 0
+    store = Store(db_url)
+    try:
+        assert [p.name for p in store.campaign_pools(cid)] == ["radical", "water"]
+    finally:
+        store.dispose()
