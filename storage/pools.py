@@ -30,6 +30,8 @@ class SubmitReport:
     n_existing: int
     n_labels: int
     pool_created: bool
+    n_label_conflicts: int = 0  # imported labels that disagree with the label already stored (the stored one is kept)
+    max_label_conflict_ev: float = 0.0  # the largest energy difference among them, eV
 
 
 @dataclass(frozen=True)
@@ -136,23 +138,43 @@ def submit_pool(
         members = [{"pool_id": pool_id, "config_id": cid, "position": pos} for cid, pos in first.items()]
         for part in configs.chunks(members):
             session.execute(configs.upsert(session, PoolMember), list(part))
-    n_labels = 0
+    n_labels, conflicts = 0, LabelConflicts()
     if label_fingerprint is not None:
         spec = dict(label_spec) if label_spec is not None else {"imported": True, "name": label_fingerprint}
-        n_labels = import_labels(session, ids, frames, label_fingerprint, spec)
-    return SubmitReport(pool_id, name, len(frames), n_new, len(set(ids)) - n_new, n_labels, created)
+        n_labels, conflicts = import_labels(session, ids, frames, label_fingerprint, spec)
+    return SubmitReport(
+        pool_id, name, len(frames), n_new, len(set(ids)) - n_new, n_labels, created, conflicts.n, conflicts.max_ev
+    )
+
+
+@dataclass(frozen=True)
+class LabelConflicts:
+    """Imported labels whose structure already had a label at the level with another energy or forces."""
+
+    n: int = 0
+    max_ev: float = 0.0  # largest energy difference, eV
+
+
+# an imported label equal to the stored one within these is the same label (text round trips, float32 files)
+_SAME_ENERGY_EV, _SAME_FORCE_EV_A = 1e-5, 1e-4
 
 
 def import_labels(
     session: Session, ids: Sequence[int], frames: Sequence[_Frame], fingerprint: str, spec: Mapping[str, Any]
-) -> int:
-    """Store the frames' energies/forces as done labels under ``fingerprint``; returns how many were new."""
+) -> tuple[int, LabelConflicts]:
+    """Store the frames' energies/forces as done labels under ``fingerprint``; returns how many were new and the
+    conflicts: frames whose structure already holds another label at this level (earlier in the store or in the
+    same submission). A stored label is never overwritten: labels are exactly-once."""
     configs.ensure_level(session, fingerprint, spec)
     now = utcnow()
     rows: dict[int, dict[str, Any]] = {}
+    kept: dict[int, _Frame] = {}
+    clashes: list[tuple[_Frame, float | None, np.ndarray | None]] = []
     for cid, fr in zip(ids, frames, strict=True):
         if cid in rows:  # the same structure twice in one submission: its first label
+            clashes.append((fr, kept[cid].energy, kept[cid].forces))
             continue
+        kept[cid] = fr
         rows[cid] = {
             "config_id": cid,
             "fingerprint": fingerprint,
@@ -167,7 +189,35 @@ def import_labels(
     # De-duplicated by the database: the partial unique index uq_labels_live (one pending/running/done label per
     # configuration and level) turns a label that exists already into a no-op, and RETURNING counts the new ones.
     stmt = configs.upsert(session, Label).returning(Label.config_id)
-    return sum(len(session.execute(stmt, list(part)).all()) for part in configs.chunks(list(rows.values())))
+    new: set[int] = set()
+    for part in configs.chunks(list(rows.values())):
+        new.update(int(c) for (c,) in session.execute(stmt, list(part)).all())
+    old = [cid for cid in rows if cid not in new]
+    for part in configs.chunks(old):
+        stored = session.execute(
+            select(Label.config_id, Label.energy, Label.forces).where(
+                Label.config_id.in_(list(part)), Label.fingerprint == fingerprint, Label.status == "done"
+            )
+        ).all()
+        clashes += [(kept[c], e, _forces(f, kept[c])) for c, e, f in stored]
+    return len(new), _conflicts(clashes)
+
+
+def _forces(blob: bytes | None, frame: _Frame) -> np.ndarray | None:
+    return None if blob is None or frame.forces is None else st.unpack(blob, np.shape(frame.forces))
+
+
+def _conflicts(pairs: Sequence[tuple[_Frame, float | None, np.ndarray | None]]) -> LabelConflicts:
+    """Count the frames whose label differs from the label it met (energy beyond 1e-5 eV, a force beyond 1e-4 eV/Å)."""
+    n, worst = 0, 0.0
+    for fr, energy, forces in pairs:
+        de = abs(fr.energy - energy) if fr.energy is not None and energy is not None else 0.0
+        df = 0.0
+        if fr.forces is not None and forces is not None and np.shape(fr.forces) == np.shape(forces):
+            df = float(np.abs(np.asarray(fr.forces) - forces).max())
+        if de > _SAME_ENERGY_EV or df > _SAME_FORCE_EV_A or (fr.energy is None) != (energy is None):
+            n, worst = n + 1, max(worst, de)
+    return LabelConflicts(n, worst)
 
 
 def pool_id(session: Session, pool: str | int) -> int:

@@ -79,6 +79,13 @@ def submit(
     if label_fingerprint is not None:
         msg += f", {rep.n_labels} labels imported as {label_fingerprint!r}"
     typer.echo(msg)
+    if rep.n_label_conflicts:
+        typer.echo(
+            f"warning: {rep.n_label_conflicts} imported labels differ from the label already held at "
+            f"{label_fingerprint!r} for the same structure (energy up to {rep.max_label_conflict_ev:.3g} eV apart); "
+            "the stored labels are kept: submit different labels under another --label-fingerprint",
+            err=True,
+        )
 
 
 @app.command("list")

@@ -110,3 +110,34 @@ def test_help_documents_every_option(capsys: pytest.CaptureFixture[str]) -> None
     text = capsys.readouterr().out
     for opt in ("--name", "--charge", "--multiplicity", "--label-fingerprint", "--json", "--database-url"):
         assert opt in text
+
+
+def test_imported_labels_that_disagree_with_stored_ones_are_reported(
+    tmp_path: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stored label is kept (exactly once), but a resubmission with other energies is said, not swallowed."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    def labelled(name: str, shift: float) -> Path:
+        frames = []
+        for k in range(3):
+            a = molecule("H2O")
+            a.positions[0, 2] += 0.05 * k
+            a.calc = SinglePointCalculator(a, energy=-2000.0 - k + shift, forces=np.ones((3, 3)))
+            frames.append(a)
+        ase.io.write(tmp_path / name, frames)
+        return tmp_path / name
+
+    args = ["--label-fingerprint", "toy-fp", "--database-url", url]
+    assert run(["pool", "submit", str(labelled("a.xyz", 0.0)), "--name", "a", *args]) == 0
+    capsys.readouterr()
+    assert run(["pool", "submit", str(labelled("same.xyz", 0.0)), "--name", "same", *args]) == 0
+    out = capsys.readouterr()
+    assert "0 labels imported" in out.out
+    assert out.err == ""  # the same labels again: nothing to report
+    assert run(["pool", "submit", str(labelled("b.xyz", 1.0)), "--name", "b", *args]) == 0
+    out = capsys.readouterr()
+    assert "0 labels imported" in out.out
+    assert out.err.startswith("warning: 3 imported labels differ from the label already held at 'toy-fp'")
+    assert "(energy up to 1 eV apart)" in out.err
+    assert sorted(a.get_potential_energy() for a in Store(url).labelled("toy-fp")) == [-2002.0, -2001.0, -2000.0]
