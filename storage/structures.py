@@ -27,6 +27,11 @@ HASH_DECIMALS = 6  # positions and cell rounded to 1e-6 Å for the content hash
 # atoms split into groups out of contact is fragmented (a hydrogen-bonded or stacked dimer is still one piece).
 FRAGMENT_FACTOR = 2.5
 MAX_EXTRA_ELECTRONS_PER_ATOM = 2  # a more negative charge than -2 per atom is not a molecule anyone computes
+# |coordinate| bound, Å: far beyond any molecule or cell, and keeps the 1e-6 Å content hash inside int64 and
+# neighbour searches finite (1e13 Å overflowed the hash, 1e308 Å the k-d tree).
+MAX_COORDINATE = 1e5
+# atoms.info keys that give the spin multiplicity 2S+1: sapis's own, pymatgen's, and fairchem/OMol25's "spin".
+SPIN_KEYS = ("multiplicity", "spin_multiplicity", "spin")
 
 
 def read_structures(path: str | Path) -> list[Atoms]:
@@ -51,6 +56,10 @@ def read_structures(path: str | Path) -> list[Atoms]:
     frames = _read_pymatgen_json(p) if p.suffix.lower() == ".json" else _read_ase(p)
     if not frames:
         raise InputError(src, "no structures found in file")
+    for i, atoms in enumerate(frames):
+        mult = multiplicity_info(atoms, src, i)
+        if mult is not None:
+            atoms.info["multiplicity"] = mult  # one key for every reader downstream
     return frames
 
 
@@ -144,6 +153,29 @@ def integer_info(atoms: Atoms, key: str, default: Any, source: str, frame: int |
     if not math.isfinite(as_float) or not as_float.is_integer():
         raise InputError(source, f"{key} {as_float:g} is not an integer", frame)
     return int(as_float)
+
+
+def multiplicity_info(atoms: Atoms, source: str, frame: int | None) -> int | None:
+    """The spin multiplicity ``atoms.info`` gives under any of :data:`SPIN_KEYS` (None if none).
+
+    ``spin`` is read as fairchem/OMol25 use it, as the multiplicity 2S+1. InputError (file, frame) for a value
+    that is not an integer, or for two keys that disagree.
+
+    >>> multiplicity_info(Atoms("O2", info={"spin": 3}), "a.xyz", 0)
+    3
+    >>> multiplicity_info(Atoms("O2", info={"spin": 3, "multiplicity": 1}), "a.xyz", 0)
+    Traceback (most recent call last):
+    ...
+    sapis.errors.InputError: a.xyz, frame 0: multiplicity keys disagree: multiplicity=1, spin=3
+    """
+    given = {k: integer_info(atoms, k, None, source, frame) for k in SPIN_KEYS}
+    given = {k: v for k, v in given.items() if v is not None}
+    if len(set(given.values())) > 1:
+        found = ", ".join(f"{k}={v}" for k, v in given.items())
+        raise InputError(source, f"multiplicity keys disagree: {found}", frame)
+    if given.get("spin", 1) < 1:
+        raise InputError(source, f"spin {given['spin']}: sapis reads spin as the multiplicity 2S+1 (>= 1)", frame)
+    return next(iter(given.values()), None)
 
 
 def fragments(atoms: Atoms, factor: float = FRAGMENT_FACTOR) -> list[list[int]]:
@@ -257,7 +289,8 @@ def charge_problem(atoms: Atoms, charge: int) -> str | None:
 
 def structure_problem(atoms: Atoms, min_distance: float = keys.MIN_DISTANCE) -> str | None:
     """What is physically wrong with ``atoms`` (None if nothing): no atoms, unknown element, NaN/inf
-    coordinates or cell, a degenerate periodic cell, or two atoms closer than ``min_distance`` Å."""
+    coordinates or cell, coordinates or periodic cell beyond :data:`MAX_COORDINATE`, a degenerate periodic
+    cell, or two atoms closer than ``min_distance`` Å."""
     n = len(atoms)
     if n == 0:
         return "structure has no atoms"
@@ -269,9 +302,15 @@ def structure_problem(atoms: Atoms, min_distance: float = keys.MIN_DISTANCE) -> 
     nonfinite = np.flatnonzero(~np.isfinite(pos).all(axis=1))
     if nonfinite.size:
         return f"atom {int(nonfinite[0])}: non-finite coordinates {pos[nonfinite[0]].tolist()}"
+    huge = np.flatnonzero((np.abs(pos) > MAX_COORDINATE).any(axis=1))
+    if huge.size:
+        xyz = ", ".join(f"{x:.3g}" for x in pos[huge[0]])
+        return f"atom {int(huge[0])}: coordinates ({xyz}) Å beyond ±{MAX_COORDINATE:g} Å"
     cell = np.asarray(atoms.cell.array)
     if not np.isfinite(cell).all():
         return "non-finite cell"
+    if atoms.pbc.any() and (np.abs(cell) > MAX_COORDINATE).any():
+        return f"cell vectors beyond ±{MAX_COORDINATE:g} Å"
     for axis in np.flatnonzero(atoms.pbc):
         if np.linalg.norm(cell[axis]) < 1e-6:
             return f"periodic along cell vector {int(axis)}, but that vector is zero"

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 from ase import Atoms
+from ase.data import atomic_numbers
 from ase.units import Bohr, Hartree
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -31,6 +32,7 @@ Dispersion = Literal["d3bj", "d3zero", "d3bjm", "d3zerom", "d3op"]
 # potential energy surface for benchmarks and cheap pre-screening. They have no basis set of their own choosing.
 XTB_METHODS = {"GFN2-XTB": "GFN2-xTB", "GFN1-XTB": "GFN1-xTB", "IPEA1-XTB": "IPEA1-xTB"}
 NO_BASIS = "none"
+XTB_MAX_Z = 86  # GFN1/GFN2 parameters cover H to Rn
 _PROBE_ELEMENTS = ("H", "C", "O", "N", "Li", "Ne", "Si", "Fe")
 
 
@@ -49,6 +51,43 @@ def _basis_has(name: str, symbol: str) -> bool:
 
 def _basis_known(name: str) -> bool:
     return any(_basis_has(name, s) for s in _PROBE_ELEMENTS)
+
+
+@lru_cache(maxsize=256)
+def _ecp_has(name: str, symbol: str) -> bool:
+    """Whether basis ``name`` defines an effective core potential for ``symbol`` (def2: Rb and heavier).
+
+    All-electron bases (sto-3g, 6-31g, cc-pvdz) define none: PySCF then finds nothing and all electrons stay.
+    """
+    from pyscf import gto
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bool(gto.basis.load_ecp(name, symbol))
+        except Exception:
+            return False
+
+
+@lru_cache(maxsize=256)
+def _lacks_core(name: str, symbol: str) -> bool:
+    """Whether basis ``name`` has no functions tight enough for the 1s core of ``symbol``: a valence basis
+    meant for an ECP. Any all-electron 1s needs an exponent near Z^2 (a single Gaussian fit gives 0.28 Z^2,
+    STO-3G 2 Z^2, in Bohr^-2); valence bases (bfd, ccECP, ECP28 bases) stay far below."""
+    from pyscf import gto
+    from pyscf.data.elements import charge as atomic_number
+
+    z = atomic_number(symbol)
+    if z <= 2:
+        return False
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:  # shells: [l, (kappa,) [exponent, coefficients...], ...]
+            shells = gto.basis.load(name, symbol)
+            tightest = max(row[0] for sh in shells for row in (sh[2:] if isinstance(sh[1], int) else sh[1:]))
+        except Exception:
+            return False  # unreadable here: the basis check reports what it can
+    return bool(tightest < 0.25 * z**2)
 
 
 class LevelOfTheory(BaseModel):
@@ -174,15 +213,30 @@ class LevelOfTheory(BaseModel):
         return self.method in XTB_METHODS.values()
 
     def check_elements(self, symbols: set[str]) -> None:
-        """ConfigError unless the basis (and auxiliary basis) cover every element in ``symbols``."""
+        """ConfigError unless the level covers every element in ``symbols``.
+
+        xTB: GFN parameters exist for H to Rn only. PySCF: the basis (and auxiliary basis) have functions for
+        each element, and an element whose basis functions are a valence set (no 1s core) has an ECP of the
+        basis's name; elements for which the basis defines an ECP are computed with it (:func:`_build_mol`).
+        """
         if self.is_xtb:
-            return  # GFN parametrisations cover H to Rn
+            beyond = sorted((s for s in symbols if atomic_numbers[s] > XTB_MAX_Z), key=atomic_numbers.__getitem__)
+            if beyond:
+                raise ConfigError(f"{self.method} has no parameters beyond Rn (Z > {XTB_MAX_Z}): {', '.join(beyond)}")
+            return
         for name, kind in ((self.basis, "basis"), (self.auxbasis, "auxiliary basis")):
             if name is None:
                 continue
             missing = sorted(s for s in symbols if not _basis_has(name, s))
             if missing:
                 raise ConfigError(f"{kind} {name!r} has no functions for {', '.join(missing)}")
+        no_ecp = sorted(s for s in symbols if not _ecp_has(self.basis, s) and _lacks_core(self.basis, s))
+        if no_ecp:
+            raise ConfigError(
+                f"basis {self.basis!r} has only valence functions for {', '.join(no_ecp)} and PySCF knows no "
+                "effective core potential of that name for them; use a basis that brings its ECP (e.g. def2-svp) "
+                "or an all-electron basis"
+            )
 
 
 class LabelFailed(SapisError):
@@ -251,7 +305,7 @@ def check_molecule(
     q = int(st.integer_info(atoms, "charge", 0, where, frame) if charge is None else charge)
     if allow_fragments is None:
         allow_fragments = bool((atoms.info.get("provenance") or {}).get("allow_fragments"))
-    m = multiplicity if multiplicity is not None else st.integer_info(atoms, "multiplicity", None, where, frame)
+    m = multiplicity if multiplicity is not None else st.multiplicity_info(atoms, where, frame)
     problem = st.molecule_problem(atoms, q, None if m is None else int(m), allow_fragments)
     if problem is not None:
         raise bad(problem)
@@ -278,6 +332,12 @@ def _build_mol(atoms: Atoms, level: LevelOfTheory, charge: int, mult: int, max_m
     mol.atom = [(s, tuple(p)) for s, p in zip(atoms.get_chemical_symbols(), atoms.positions, strict=True)]
     mol.unit = "Angstrom"
     mol.basis = level.basis
+    # The basis's own ECP wherever it defines one (def2: Rb and heavier); all-electron bases define none, so
+    # light-element results and fingerprints are unchanged. Labels of such elements computed before this
+    # (same fingerprint) were all-electron with a valence basis: wrong, by thousands of eV for HI.
+    ecp = {s: level.basis for s in set(atoms.get_chemical_symbols()) if _ecp_has(level.basis, s)}
+    if ecp:
+        mol.ecp = ecp
     mol.charge, mol.spin = charge, mult - 1
     mol.max_memory = max_memory_mb
     mol.verbose = 0

@@ -259,8 +259,8 @@ def queue(
 ) -> None:
     """Queue DFT labels for every structure of a pool (outside any campaign); label-worker runs compute them.
 
-    Idempotent: labels already queued or done at the same level are not queued again. A bad level, or a basis
-    without functions for an element of the pool, queues nothing.
+    Idempotent: labels already queued or done at the same level are not queued again. A bad level, a basis
+    without functions for an element of the pool, or a periodic structure in the pool queues nothing.
     """
     import json
 
@@ -273,6 +273,7 @@ def queue(
     }  # fmt: skip
     store = Store(database_url)
     try:
+        _refuse_periodic(store, pool)
         queued = enqueue_pool(store, pool, spec)  # a pool named "1" is found by its name first
         counts = store.label_counts(fingerprint=queued.fingerprint)
     finally:
@@ -287,6 +288,19 @@ def queue(
         f"{queued.level['method']}/{queued.level['basis']}, fingerprint {queued.fingerprint}; "
         f"labels at this level: " + ", ".join(f"{k} {v}" for k, v in counts.items())
     )
+
+
+def _refuse_periodic(store: Any, pool: str) -> None:
+    """ConfigError for a pool holding a periodic structure, as `campaign start` refuses it: the labeller
+    computes isolated molecules only, so such a label could never be computed."""
+    from sapis.errors import ConfigError
+
+    for i, atoms in enumerate(store.pool_atoms(pool)):
+        if atoms.pbc.any():
+            raise ConfigError(
+                f"pool {pool!r} structure {i} is periodic (pbc={atoms.pbc.tolist()}); labels are molecular "
+                "calculations: submit non-periodic structures (nothing queued)"
+            )
 
 
 def register(root: typer.Typer) -> None:

@@ -187,3 +187,64 @@ def test_label_queue_finds_a_pool_named_by_digits_by_its_name(
     assert run(["label", "queue", "--pool", "1", *HF_ARGS, "--json", "--database-url", url]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["pool"], out["structures"], out["queued"]) == ("1", 1, 1)
+
+
+def test_label_queue_refuses_a_pool_with_periodic_structures(
+    water_xyz: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As `campaign start` does: the labeller computes isolated molecules, so a periodic label would only fail."""
+    from ase.build import bulk
+
+    from sapis.storage import Store
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    ase.io.write(tmp_path / "si.xyz", bulk("Si"))
+    Store(url).submit_pool([water_xyz, tmp_path / "si.xyz"], name="mixed")
+    assert run(["label", "queue", "--pool", "mixed", *HF_ARGS, "--json", "--database-url", url]) == 2
+    cap = capsys.readouterr()
+    assert cap.err == (
+        "sapis: error: pool 'mixed' structure 2 is periodic (pbc=[True, True, True]); labels are molecular "
+        "calculations: submit non-periodic structures (nothing queued)\n"
+    )
+    assert cap.out == ""
+    assert sum(Store(url).label_counts().values()) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "extra", "message"),
+    [
+        ("2\n\nU 0 0 0\nO 0 0 1.8\n", ["--method", "GFN2-xTB"], "GFN2-xTB has no parameters beyond Rn (Z > 86): U"),
+        ("2\n\nH 1e308 0 0\nH 1.7e308 0 0.74\n", HF_ARGS, "in.xyz, frame 0: atom 0: coordinates (1e+308, 0, 0) Å"),
+        ("2\n\nH 1e13 0 0\nH 1e13 0 0.74\n", HF_ARGS, "in.xyz, frame 0: atom 0: coordinates (1e+13, 0, 0) Å"),
+        ("2\nspin=3 multiplicity=1\nO 0 0 0\nO 0 0 1.21\n", HF_ARGS, "frame 0: multiplicity keys disagree"),
+    ],
+)
+def test_label_rejects_before_compute(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, extra: list[str], message: str
+) -> None:
+    (tmp_path / "in.xyz").write_text(text)
+    out = tmp_path / "out.xyz"
+    assert run(["label", str(tmp_path / "in.xyz"), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.startswith("sapis: error:") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["spin", "spin_multiplicity"])
+def test_label_reads_spin_keys_as_the_multiplicity(tmp_path: Path, key: str) -> None:
+    """fairchem/OMol25 `spin` and pymatgen's `spin_multiplicity` mean 2S+1: triplet O2, not a singlet."""
+    (tmp_path / "o2.xyz").write_text(f'2\n{key}=3 pbc="F F F"\nO 0 0 0\nO 0 0 1.21\n')
+    out = tmp_path / "out.xyz"
+    assert run(["label", str(tmp_path / "o2.xyz"), "--out", str(out), "--method", "GFN2-xTB"]) == 0
+    assert ase.io.read(out).info["multiplicity"] == 3
+
+
+def test_label_heavy_element_uses_its_ecp(tmp_path: Path) -> None:
+    """HI at HF/def2-SVP: -8088.08 eV with I's ECP28 (all-electron with the valence basis gave about -54000 eV)."""
+    (tmp_path / "hi.xyz").write_text("2\n\nH 0 0 0\nI 0 0 1.61\n")
+    out = tmp_path / "out.xyz"
+    assert run(["label", str(tmp_path / "hi.xyz"), "--out", str(out), "--method", "HF", "--no-density-fit"]) == 0
+    got = ase.io.read(out)
+    assert got.info["REF_energy"] == pytest.approx(-8088.08, abs=0.05)
+    assert abs(got.arrays["REF_forces"][0, 2]) < 5.0

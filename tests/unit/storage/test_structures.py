@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import ase.io
@@ -13,6 +14,7 @@ from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from sapis.errors import InputError
+from sapis.storage import Store
 from sapis.storage import structures as st
 
 
@@ -170,3 +172,38 @@ def test_pack_roundtrip() -> None:
     np.testing.assert_array_equal(back.positions, a.positions)
     np.testing.assert_array_equal(back.cell.array, a.cell.array)
     assert back.pbc.tolist() == [True, False, True]
+
+
+def test_spin_and_spin_multiplicity_are_read_as_multiplicity(tmp_path: Path) -> None:
+    path = tmp_path / "o2.xyz"
+    o2 = "2\n{}\nO 0 0 0\nO 0 0 1.21\n"
+    path.write_text(o2.format('spin=3 pbc="F F F"') + o2.format("spin_multiplicity=3") + o2.format(""))
+    assert [a.info.get("multiplicity") for a in st.read_structures(path)] == [3, 3, None]
+    path.write_text(o2.format("spin=3 multiplicity=3") + o2.format("spin=1 spin_multiplicity=3"))
+    with pytest.raises(InputError, match=r"o2.xyz, frame 1: multiplicity keys disagree: spin_multiplicity=3, spin=1$"):
+        st.read_structures(path)
+    path.write_text(o2.format("spin=0"))
+    with pytest.raises(InputError, match="frame 0: spin 0: sapis reads spin as the multiplicity"):
+        st.read_structures(path)
+
+
+def test_huge_coordinates_are_a_structure_problem() -> None:
+    for x in (1e13, 1e300, 1.7e308):
+        h2 = Atoms("H2", positions=[[0, 0, 0], [x, 0, 0.74]])
+        assert st.structure_problem(h2) == f"atom 1: coordinates ({x:.3g}, 0, 0.74) Å beyond ±100000 Å"
+    assert st.structure_problem(Atoms("H2", positions=[[9e4, 0, 0], [9e4, 0, 0.74]])) is None
+    cell = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]], cell=[1e6, 10, 10], pbc=True)
+    assert st.structure_problem(cell) == "cell vectors beyond ±100000 Å"
+
+
+def test_pool_submit_rejects_huge_coordinates_and_stores_nothing(
+    store: Store, tmp_path: Path, counts: Callable
+) -> None:
+    """1e13 and 1e300 Å once hashed alike (int64 overflow); 1e308 Å overflowed the neighbour search."""
+    before = counts(store)
+    for i, (x1, x2) in enumerate([(1e13, 1e13), (1e300, 1e300), (1e308, 1.7e308)]):
+        path = tmp_path / f"big{i}.xyz"
+        path.write_text(f"2\n\nH {x1} 0 0\nH {x2} 0 0.74\n")
+        with pytest.raises(InputError, match=rf"big{i}.xyz, frame 0: atom 0: coordinates .* beyond"):
+            store.submit_pool([path], name=f"big{i}")
+    assert counts(store) == before

@@ -275,3 +275,65 @@ def test_xtb_levels_label_through_tblite_with_their_own_fingerprints(water: Atom
 
     with pytest.raises(ConfigError, match="dispersion"):
         LevelOfTheory.from_spec({"method": "GFN2-xTB", "dispersion": "d3bj"})
+
+
+def _hi() -> Atoms:
+    return Atoms("HI", positions=[[0, 0, 0], [0, 0, 1.61]])
+
+
+def test_heavy_elements_use_the_basis_ecp_like_pyscf() -> None:
+    """def2 bases expect an ECP from Rb on: HI matches PySCF given ecp=basis (without it: -54423 eV, not -7995)."""
+    from pyscf import gto, scf
+
+    level = LevelOfTheory(method="HF", basis="def2-svp", density_fit=False, conv_tol=1e-11)
+    res = compute_label(_hi(), level)
+    mol = gto.M(atom="H 0 0 0; I 0 0 1.61", basis="def2-svp", ecp="def2-svp", verbose=0)
+    mf = scf.RHF(mol)
+    mf.conv_tol = 1e-11
+    e_ref = mf.kernel() * Hartree
+    f_ref = -mf.nuc_grad_method().kernel() * Hartree / Bohr
+    assert res.energy == pytest.approx(e_ref, abs=1e-6)
+    np.testing.assert_allclose(res.forces, f_ref, atol=1e-5)
+    assert dft_mod._build_mol(_hi(), level, 0, 1, 500).nelectron == 26  # 28 core electrons of I in the ECP
+
+
+def test_light_elements_and_all_electron_bases_get_no_ecp(water: Atoms) -> None:
+    def2 = LevelOfTheory(method="HF", basis="def2-svp", density_fit=False)
+    assert dft_mod._build_mol(water, def2, 0, 1, 500)._ecp == {}
+    sto = dft_mod._build_mol(_hi(), LevelOfTheory(method="HF", basis="sto-3g", density_fit=False), 0, 1, 500)
+    assert sto._ecp == {}
+    assert sto.nelectron == 54
+    res = compute_label(water, HF_STO3G)
+    e_ref, _ = _pyscf_direct(water, "sto-3g")
+    assert res.energy == pytest.approx(e_ref, abs=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("basis", "symbols", "ok"),
+    [("def2-svp", {"H", "I", "Rb"}, True), ("sto-3g", {"H", "I"}, True), ("bfd-vdz", {"H", "I"}, False)],
+)
+def test_valence_basis_without_its_ecp_is_rejected(basis: str, symbols: set[str], ok: bool) -> None:
+    level = LevelOfTheory(method="HF", basis=basis, density_fit=False)
+    if ok:
+        level.check_elements(symbols)
+        return
+    with pytest.raises(ConfigError, match="only valence functions for I and PySCF knows no effective core"):
+        level.check_elements(symbols)
+
+
+@pytest.mark.usefixtures("no_compute")
+def test_xtb_rejects_elements_beyond_radon() -> None:
+    gfn2 = LevelOfTheory(method="GFN2-xTB")
+    gfn2.check_elements({"H", "Rn"})
+    atoms = Atoms("UO", positions=[[0, 0, 0], [0, 0, 1.8]])
+    with pytest.raises(ConfigError, match=r"^GFN2-xTB has no parameters beyond Rn \(Z > 86\): U$"):
+        compute_label(atoms, gfn2)
+
+
+@pytest.mark.parametrize("key", ["spin", "spin_multiplicity", "multiplicity"])
+def test_spin_keys_are_multiplicity_aliases(key: str) -> None:
+    o2 = Atoms("O2", positions=[[0, 0, 0], [0, 0, 1.21]], info={key: 3})
+    assert dft_mod.check_molecule(o2) == (0, 3)
+    o2.info["multiplicity" if key != "multiplicity" else "spin"] = 1
+    with pytest.raises(InputError, match=r"o2\.xyz, frame 4: multiplicity keys disagree"):
+        dft_mod.check_molecule(o2, source="o2.xyz", frame=4)
