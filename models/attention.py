@@ -19,6 +19,7 @@ def attention_weights(model: torch.nn.Module, atoms: Atoms) -> dict[str, Any]:
 
     ``bonded_share``: sum of alpha on bonded edges / sum of alpha on all edges (all layers and heads);
     ``expected_bonded_share``: bonded edges / all edges (what uniform weights over neighbours would give).
+    Shares are None (JSON null) where there is no attention to share: no atom pairs within the cutoff.
     """
     from sapis.errors import ConfigError
     from sapis.models.graph import collate, to_graph
@@ -44,9 +45,8 @@ def attention_weights(model: torch.nn.Module, atoms: Atoms) -> dict[str, Any]:
     d = np.linalg.norm(atoms.positions[recv] - atoms.positions[send], axis=1)
     rsum = covalent_radii[atoms.numbers[send]] + covalent_radii[atoms.numbers[recv]]
     bonded = d < BOND_FACTOR * rsum
-    total = float(alphas.sum())
-    share = float(alphas[:, bonded].sum() / total) if total > 0 else float("nan")
-    per_layer = [float(a[bonded].sum() / a.sum()) if a.sum() > 0 else float("nan") for a in alphas]
+    share = _share(alphas, bonded)
+    per_layer = [_share(a, bonded) for a in alphas]
     return {
         "symbols": atoms.get_chemical_symbols(),
         "positions_A": atoms.positions.tolist(),
@@ -55,9 +55,27 @@ def attention_weights(model: torch.nn.Module, atoms: Atoms) -> dict[str, Any]:
         "alpha": alphas.tolist(),  # [layer][edge][head]
         "bonded_share": share,
         "bonded_share_per_layer": per_layer,
-        "expected_bonded_share": float(bonded.mean()) if len(bonded) else float("nan"),
+        "expected_bonded_share": float(bonded.mean()) if len(bonded) else None,
         "bond_rule": f"d < {BOND_FACTOR} x summed covalent radii",
     }
+
+
+def _share(alphas: np.ndarray, bonded: np.ndarray) -> float | None:
+    """Fraction of the attention ``alphas`` (..., E, H) on bonded edges; None without any attention."""
+    total = float(alphas.sum())
+    return float(alphas[..., bonded, :].sum() / total) if total > 0 else None
+
+
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.1f}%"
+
+
+def _projected(pos: np.ndarray) -> np.ndarray:
+    """(n, 2) positions on their two main axes (zero where a structure has fewer than two)."""
+    centred = pos - pos.mean(0)
+    _, _, vt = np.linalg.svd(centred, full_matrices=False)
+    xy = centred @ vt[:2].T
+    return np.pad(xy, ((0, 0), (0, 2 - xy.shape[1])))
 
 
 def plot_attention(result: dict[str, Any], path: Path) -> None:
@@ -68,14 +86,12 @@ def plot_attention(result: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pos = np.asarray(result["positions_A"])
-    centred = pos - pos.mean(0)
-    _, _, vt = np.linalg.svd(centred, full_matrices=False)
-    xy = centred @ vt[:2].T
-    alphas = np.asarray(result["alpha"]).mean(-1)  # (L, E)
-    send, recv = np.asarray(result["edges"]["sender"]), np.asarray(result["edges"]["receiver"])
-    bonded = np.asarray(result["bonded"])
-    n_layers = len(alphas)
+    xy = _projected(np.asarray(result["positions_A"], dtype=float).reshape(-1, 3))
+    n_layers = len(result["alpha"])
+    send, recv = np.asarray(result["edges"]["sender"], int), np.asarray(result["edges"]["receiver"], int)
+    alphas = np.asarray(result["alpha"], dtype=float)  # (L, E, H); (L, 0) without edges
+    alphas = alphas.mean(-1) if len(send) else np.zeros((n_layers, 0))  # (L, E): head-averaged
+    bonded = np.asarray(result["bonded"], dtype=bool)
     fig, axes = plt.subplots(1, n_layers, figsize=(4.2 * n_layers, 4.2), squeeze=False)
     cmap = plt.get_cmap("viridis")
     vmax = float(alphas.max()) if alphas.size else 1.0
@@ -89,14 +105,16 @@ def plot_attention(result: dict[str, Any], path: Path) -> None:
         for i, sym in enumerate(result["symbols"]):
             ax.scatter(*xy[i], s=260, color="white", edgecolor="black", zorder=3)
             ax.annotate(f"{sym}{i}", xy[i], ha="center", va="center", fontsize=7, zorder=4)
-        share = result["bonded_share_per_layer"][k]
-        ax.set_title(f"layer {k + 1}: {100 * share:.1f}% of attention on bonds", fontsize=9)
+        if not len(send):
+            ax.text(0.5, 0.75, "no pairs within the cutoff", transform=ax.transAxes, ha="center", fontsize=9)
+        share = _percent(result["bonded_share_per_layer"][k])
+        ax.set_title(f"layer {k + 1}: {share} of attention on bonds", fontsize=9)
         ax.set_xlabel("main axis 1 (Å)")
         ax.set_ylabel("main axis 2 (Å)")
-        ax.set_aspect("equal")
+        ax.set_aspect("equal", adjustable="datalim")  # a linear molecule keeps a square panel
     fig.suptitle(
-        f"attention on covalent bonds: {100 * result['bonded_share']:.1f}% "
-        f"(uniform over neighbours: {100 * result['expected_bonded_share']:.1f}%)",
+        f"attention on covalent bonds: {_percent(result['bonded_share'])} "
+        f"(uniform over neighbours: {_percent(result['expected_bonded_share'])})",
         fontsize=10,
     )
     fig.tight_layout()

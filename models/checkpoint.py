@@ -121,6 +121,8 @@ def model_from_checkpoint(
         detail = lines[0] if lines else type(exc).__name__
         raise InputError(str(path), f"weights do not fit the checkpoint's model config: {detail}") from None
     cast(Any, model).baseline = str(ckpt["spec"].get("baseline", "none"))  # added back by Ensemble.predict
+    # {formula: [charge, multiplicity]} of the training data (absent before it was recorded): see charge_state_warning
+    cast(Any, model).charge_states = dict(ckpt["spec"].get("charge_states") or {})
     if dtype is None:
         dtype = {"float64": torch.float64}.get(ckpt["metadata"].get("train_config", {}).get("dtype"), torch.float32)
     return model.to(device=device, dtype=dtype).eval()

@@ -55,8 +55,8 @@ def _prepare(
             g = to_graph(atoms, cutoff)
             if g.energy is None or g.forces is None:
                 raise InputError(name, "no reference energy/forces (REF_energy/REF_forces or energy/forces)", k)
-            if g.forces.shape != (len(atoms), 3) or not np.all(np.isfinite(g.forces)) or not np.isfinite(g.energy):
-                raise InputError(name, "reference forces have the wrong shape or are not finite", k)
+            if problem := label_problem(g.energy, g.forces, len(atoms)):
+                raise InputError(name, problem, k)
             out.append(g)
         if baseline != "none":
             try:
@@ -77,7 +77,81 @@ def _prepare(
     if n_valid == 0:
         return tr, tr
     perm = np.random.default_rng(cfg.seed).permutation(len(tr))
-    return [tr[k] for k in perm[n_valid:]], [tr[k] for k in perm[:n_valid]]
+    return _keep_elements_in_training([tr[k] for k in perm[n_valid:]], [tr[k] for k in perm[:n_valid]])
+
+
+def _keep_elements_in_training(tr: list, va: list) -> tuple[list, list]:
+    """Move held-out graphs with an element the training part lacks into it: the model's elements are those of
+    its training data, so a split must not leave one only in validation."""
+    seen = {int(z) for g in tr for z in g.numbers}
+    kept = []
+    for g in va:
+        if {int(z) for z in g.numbers} <= seen:
+            kept.append(g)
+        else:
+            tr.append(g)
+            seen |= {int(z) for z in g.numbers}
+    return tr, kept or tr
+
+
+def label_problem(energy: float | None, forces: np.ndarray | None, n_atoms: int) -> str | None:
+    """What is wrong with reference labels for a structure of ``n_atoms`` atoms, naming the field (None: fine)."""
+    if energy is None or forces is None:
+        return "no reference energy and forces (REF_energy/REF_forces or energy/forces)"
+    if not np.isfinite(energy):
+        return f"reference energy is {energy} (not finite)"
+    if np.shape(forces) != (n_atoms, 3):
+        return f"reference forces have shape {np.shape(forces)}, expected ({n_atoms}, 3)"
+    if not np.all(np.isfinite(forces)):
+        return "reference forces contain NaN or inf"
+    return None
+
+
+def charge_state(atoms: Atoms) -> tuple[int, int]:
+    """(charge, multiplicity) of ``atoms.info``; defaults as the store's: neutral, then the lowest multiplicity
+    for the electron count (1 for even, 2 for odd)."""
+    charge = int(atoms.info.get("charge", 0) or 0)
+    mult = atoms.info.get("multiplicity")
+    return charge, int(mult) if mult is not None else 1 + (int(atoms.numbers.sum()) - charge) % 2
+
+
+def charge_states(frames: Sequence[Atoms], source: str) -> dict[str, list[int]]:
+    """{formula: [charge, multiplicity]} of ``frames``; InputError naming two frames where one formula comes
+    at two charge states (the model has no charge input: it would learn their average)."""
+    from sapis.errors import InputError
+
+    seen: dict[str, tuple[int, int, int]] = {}
+    for k, atoms in enumerate(frames):
+        formula, (q, m) = atoms.get_chemical_formula(), charge_state(atoms)
+        q0, m0, k0 = seen.setdefault(formula, (q, m, k))
+        if (q, m) != (q0, m0):
+            raise InputError(
+                source,
+                f"{formula} has charge {q}, multiplicity {m} here but charge {q0}, multiplicity {m0} in frame {k0}: "
+                "the model has no charge input, so train one model per charge state",
+                k,
+            )
+    return {f: [q, m] for f, (q, m, _) in seen.items()}
+
+
+def charge_state_warning(ensemble: Any, frames: Sequence[Atoms], source: str) -> str | None:
+    """One line naming the frames of ``frames`` whose formula the ensemble was trained on at another charge or
+    multiplicity (None when there are none, or for a checkpoint that predates this record)."""
+    trained = getattr(ensemble.models[0], "charge_states", None) or {}
+    odd = [
+        (k, f, charge_state(a), trained[f])
+        for k, a in enumerate(frames)
+        if (f := a.get_chemical_formula()) in trained and list(charge_state(a)) != list(trained[f])
+    ]
+    if not odd:
+        return None
+    k, f, (q, m), (q0, m0) = odd[0]
+    more = f" and {len(odd) - 1} more" if len(odd) > 1 else ""
+    return (
+        f"sapis: warning: {source}, frame {k}{more}: {f} at charge {q}, multiplicity {m}, but the model was trained "
+        f"on {f} at charge {q0}, multiplicity {m0} only (it has no charge input): its predictions there are not "
+        "for this charge state"
+    )
 
 
 def model_spec(
@@ -240,10 +314,11 @@ def train_ensemble(
     if members < 1:
         raise ConfigError("an ensemble needs at least one member")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     model_cfg = model_config_for(model, architecture)
+    states = charge_states(train_set, "training set")
     tr, va = _prepare(train_set, valid, model_cfg.cutoff, cfg, model_cfg.baseline)
-    spec = model_spec(tr, None, model_cfg, e0s)
+    spec = {**model_spec(tr, None, model_cfg, e0s), "charge_states": states}  # plain containers: weights_only
+    out.mkdir(parents=True, exist_ok=True)  # only once the data passed every check
     jobs = []
     n_gpus = _gpu_count()
     for i in range(members):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,10 +20,9 @@ app = typer.Typer(help="Train and evaluate ensembles of equivariant potentials."
 
 
 def _read_labelled(path: Path, what: str) -> list[Any]:
-    """Structures of ``path`` with reference energy and forces (REF_energy/REF_forces or energy/forces)."""
+    """Structures of ``path`` with finite reference energy and forces (REF_energy/REF_forces or energy/forces) of
+    the right shape, finite positions and integer charge/multiplicity; else InputError naming file and frame."""
     from ase.io import read
-
-    from sapis.models.graph import reference_labels
 
     if not path.exists():
         raise NotFoundError(f"{path}: {what} file not found")
@@ -34,27 +34,67 @@ def _read_labelled(path: Path, what: str) -> list[Any]:
     if not frames:
         raise InputError(str(path), "contains no structures")
     for k, atoms in enumerate(frames):
-        e, f = reference_labels(atoms)
-        if e is None or f is None:
-            raise InputError(str(path), "no reference energy and forces (REF_energy/REF_forces or energy/forces)", k)
+        _check_labelled(atoms, str(path), k)
     return frames
 
 
+def _check_labelled(atoms: Any, source: str, frame: int) -> None:
+    import numpy as np
+
+    from sapis.models.ensemble import label_problem
+    from sapis.models.graph import reference_labels
+    from sapis.storage.structures import integer_info
+
+    if not np.all(np.isfinite(atoms.positions)):
+        raise InputError(source, "positions contain NaN or inf", frame)
+    for key in ("charge", "multiplicity"):
+        integer_info(atoms, key, None, source, frame)
+    if problem := label_problem(*reference_labels(atoms), len(atoms)):
+        raise InputError(source, problem, frame)
+
+
 def _isolated_atoms(path: Path) -> dict[int, float]:
-    frames = _read_labelled(path, "isolated-atoms") if path.exists() else None
-    if frames is None:
-        raise NotFoundError(f"{path}: isolated-atoms file not found")
-    out = {}
+    """{Z: energy} of single-atom frames: one per element, neutral (a cation's energy is no E0)."""
+    from sapis.models.graph import reference_labels
+
+    frames = _read_labelled(path, "isolated-atoms")
+    out: dict[int, float] = {}
     for k, atoms in enumerate(frames):
         if len(atoms) != 1:
             raise InputError(str(path), f"an isolated-atom frame must hold one atom, not {len(atoms)}", k)
-        from sapis.models.graph import reference_labels
-
-        energy = reference_labels(atoms)[0]
-        if energy is None:
-            raise InputError(str(path), "an isolated-atom frame needs a reference energy", k)
-        out[int(atoms.numbers[0])] = float(energy)
+        z, charge, name = int(atoms.numbers[0]), int(atoms.info.get("charge", 0) or 0), atoms.get_chemical_formula()
+        if charge != 0:
+            raise InputError(str(path), f"isolated {name} has charge {charge}: E0s are neutral atoms' energies", k)
+        if z in out:
+            first = next(j for j, a in enumerate(frames) if int(a.numbers[0]) == z)
+            raise InputError(str(path), f"a second {name} atom (first: frame {first}): one energy per element", k)
+        out[z] = float(reference_labels(atoms)[0])  # type: ignore[arg-type]  # checked by _read_labelled
     return out
+
+
+def _check_valid_against_training(train_set: list[Any], valid: list[Any], valid_path: Path, train_path: Path) -> None:
+    """A validation structure with an element the training data lacks (the model cannot predict it) or a formula
+    trained at another charge state: one line, before anything is written."""
+    from ase.data import chemical_symbols
+
+    from sapis.models.ensemble import charge_state, charge_states
+
+    known = {int(z) for a in train_set for z in a.numbers}
+    trained = charge_states(train_set, str(train_path))
+    for k, atoms in enumerate(valid):
+        missing = sorted({int(z) for z in atoms.numbers} - known)
+        if missing:
+            names = ", ".join(chemical_symbols[z] for z in missing)
+            raise InputError(str(valid_path), f"element {names} does not occur in the training data {train_path}", k)
+        formula, state = atoms.get_chemical_formula(), list(charge_state(atoms))
+        if trained.get(formula, state) != state:
+            q, m = trained[formula]
+            raise InputError(
+                str(valid_path),
+                f"{formula} has charge {state[0]}, multiplicity {state[1]} here but charge {q}, multiplicity {m} in "
+                f"the training data {train_path}: the model has no charge input",
+                k,
+            )
 
 
 @app.command("train", no_args_is_help=True)
@@ -154,8 +194,13 @@ def train(
         )
     except ValidationError as exc:
         raise config_error("invalid model or training settings", exc) from None
+    from sapis.models.ensemble import charge_states
+
     train_set = _read_labelled(train_path, "training")
+    charge_states(train_set, str(train_path))  # one formula at two charge states: refused
     valid = _read_labelled(valid_path, "validation") if valid_path else None
+    if valid is not None and valid_path is not None:
+        _check_valid_against_training(train_set, valid, valid_path, train_path)
     e0s = _isolated_atoms(isolated_atoms) if isolated_atoms else None
     if valid is None and len(train_set) < MIN_FRAMES_FOR_SPLIT:
         typer.echo(
@@ -203,6 +248,7 @@ def evaluate_cmd(
     """Energy MAE (meV, meV/atom), force MAE/RMSE (meV/Å) of the ensemble mean and each member, and the mean
     predicted uncertainty."""
     from sapis.models import evaluate
+    from sapis.models.ensemble import charge_state_warning
     from sapis.models.inference import load_ensemble
     from sapis.runtime import set_threads
 
@@ -212,9 +258,16 @@ def evaluate_cmd(
     frames = _read_labelled(data, "evaluation")
     # stdout carries the result: a library's notices (mace-torch's cuequivariance line) go to stderr
     with contextlib.redirect_stdout(sys.stderr):
-        metrics = evaluate(load_ensemble(model), frames, batch_size=batch_size)
+        ens = load_ensemble(model)
+        _check_elements(ens, frames, data)
+        if warning := charge_state_warning(ens, frames, str(data)):
+            typer.echo(warning, err=True)
+        metrics = evaluate(ens, frames, batch_size=batch_size)
+        if not _all_finite(metrics):
+            _raise_baseline_failure(ens, frames, data)
+    metrics = _finite_or_none(metrics)
     if as_json:
-        typer.echo(json.dumps(metrics, indent=1))
+        typer.echo(json.dumps(metrics, indent=1, allow_nan=False))
         return
     from rich.console import Console
     from rich.table import Table
@@ -226,16 +279,58 @@ def evaluate_cmd(
     for name, m in rows:
         table.add_row(
             name,
-            f"{m['energy_mae_meV']:.2f}",
-            f"{m['energy_mae_meV_per_atom']:.3f}",
-            f"{m['forces_mae_meV_A']:.2f}",
-            f"{m['forces_rmse_meV_A']:.2f}",
+            _fmt(m["energy_mae_meV"], ".2f"),
+            _fmt(m["energy_mae_meV_per_atom"], ".3f"),
+            _fmt(m["forces_mae_meV_A"], ".2f"),
+            _fmt(m["forces_rmse_meV_A"], ".2f"),
         )
     Console().print(table)
     typer.echo(
-        f"mean predicted uncertainty: energy std {metrics['mean_energy_std_meV']:.2f} meV, "
-        f"force std {metrics['mean_forces_std_meV_A']:.2f} meV/Å"
+        f"mean predicted uncertainty: energy std {_fmt(metrics['mean_energy_std_meV'], '.2f')} meV, "
+        f"force std {_fmt(metrics['mean_forces_std_meV_A'], '.2f')} meV/Å"
     )
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _check_elements(ens: Any, frames: list[Any], path: Path) -> None:
+    unknown_frames = ((k, sorted({int(z) for z in a.numbers} - set(ens.elements))) for k, a in enumerate(frames))
+    for k, unknown in unknown_frames:
+        if unknown:
+            raise InputError(str(path), f"elements {unknown} are unknown to the model ({ens.elements})", k)
+
+
+def _all_finite(value: Any) -> bool:
+    """Whether every number in a nest of dicts and lists is finite."""
+    if isinstance(value, dict):
+        return all(_all_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_all_finite(v) for v in value)
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def _finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN or infinite number replaced by None (JSON null: strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _raise_baseline_failure(ens: Any, frames: list[Any], path: Path) -> None:
+    """Non-finite metrics of a Δ model: find the frame its baseline fails on (computed again, raising)."""
+    from sapis.models.priors import baseline_energy_forces
+
+    if ens.baseline == "none":
+        return
+    try:
+        baseline_energy_forces(frames, ens.baseline, reuse=False)
+    except InputError as exc:
+        problem = exc.problem.split(";")[0]  # drop the training advice
+        raise InputError(str(path), f"{problem} (the model adds this baseline to its predictions)", exc.frame) from None
 
 
 @app.command("attention", no_args_is_help=True)
@@ -272,11 +367,26 @@ def attention_cmd(
         raise InputError(str(structure), f"elements {unknown} are unknown to the model", frame)
     result = attention_weights(ens.models[0], atoms)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "attention.json").write_text(json.dumps(result))
-    plot_attention(result, out / "attention.png")
-    typer.echo(
-        f"attention on covalently bonded pairs: {100 * result['bonded_share']:.1f}% "
-        f"(neighbour counts alone: {100 * result['expected_bonded_share']:.1f}%); "
-        f"per layer: {', '.join(f'{100 * s:.1f}%' for s in result['bonded_share_per_layer'])}"
-    )
+    # both files or neither: written under temporary names, renamed once both exist
+    tmp_json, tmp_png = out / ".attention.json.tmp", out / ".attention.tmp.png"
+    try:
+        tmp_json.write_text(json.dumps(result, allow_nan=False))
+        plot_attention(result, tmp_png)
+        tmp_json.replace(out / "attention.json")
+        tmp_png.replace(out / "attention.png")
+    finally:
+        tmp_json.unlink(missing_ok=True)
+        tmp_png.unlink(missing_ok=True)
+    if not result["edges"]["sender"]:
+        typer.echo(f"no atom pairs within the model's {ens.cutoff:g} Å cutoff: attention on bonded pairs n/a")
+    else:
+        typer.echo(
+            f"attention on covalently bonded pairs: {_percent(result['bonded_share'])} "
+            f"(neighbour counts alone: {_percent(result['expected_bonded_share'])}); "
+            f"per layer: {', '.join(_percent(s) for s in result['bonded_share_per_layer'])}"
+        )
     typer.echo(f"wrote {out / 'attention.json'} and {out / 'attention.png'}")
+
+
+def _percent(share: float | None) -> str:
+    return "n/a" if share is None else f"{100 * share:.1f}%"

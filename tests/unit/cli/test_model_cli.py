@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import read, write
@@ -60,6 +62,10 @@ def test_train_then_eval(data: dict[str, Path], tmp_path: Path, capsys: pytest.C
     ):
         assert metrics[key] >= 0
     assert len(metrics["members"]) == 2
+    from sapis.models.checkpoint import load_checkpoint
+
+    states = load_checkpoint(out / "member_0.pt")["spec"]["charge_states"]  # for the charge-state warning
+    assert states == {a.get_chemical_formula(): [0, 1] for a in read(data["train"], index=":")}
     assert run(["model", "eval", "--model", str(out), "--data", str(data["test"])]) == 0
     assert "member 1" in capsys.readouterr().out
 
@@ -104,3 +110,144 @@ def test_train_user_errors_are_one_line(
 def test_eval_missing_model(data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = run(["model", "eval", "--model", str(tmp_path / "none"), "--data", str(data["test"])])
     assert rc == 2 and "not found" in capsys.readouterr().err
+
+
+# --- bad data, charge states and Δ-baseline failures (tiny hand-made frames; no training needed) ---
+
+SPEC = {
+    "architecture": "sapis",
+    "config": {"channels": 4, "layers": 1, "lmax": 1, "heads": 2, "cutoff": 4.0, "correlation": 1},
+    "elements": [1, 8],
+}
+
+
+def _oh(k: int, **info: object) -> Atoms:
+    """OH near 0.97 Å with finite made-up labels (eV, eV/Å)."""
+    a = Atoms("OH", positions=[[0, 0, 0], [0.95 + 0.005 * k, 0, 0]], info={"REF_energy": -10.0 - 0.01 * k, **info})
+    a.arrays["REF_forces"] = np.full((2, 3), 0.1 * k)
+    return a
+
+
+def _checkpoint(tmp_path: Path, **spec: object) -> Path:
+    from sapis.models.checkpoint import build_model, save_checkpoint
+
+    full = {**SPEC, **spec}
+    model = build_model(full)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, full, model.state_dict(), model.state_dict(), {})
+    return path
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err and not captured.out, err
+    return err
+
+
+def test_train_refuses_one_formula_at_two_charge_states(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "oh.extxyz"
+    write(path, [_oh(k, charge=0) for k in range(6)] + [_oh(k, charge=-1) for k in range(6)])
+    out = tmp_path / "model"
+    assert run(["model", "train", "--train", str(path), "--out", str(out), *TINY]) == 2
+    err = _one_line_error(capsys)
+    assert f"{path}, frame 6: HO has charge -1, multiplicity 1 here but charge 0, multiplicity 2 in frame 0" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("spoil", "message"),
+    [
+        (lambda a: a.info.update(REF_energy=float("nan")), "frame 3: reference energy is nan"),
+        (lambda a: a.arrays["REF_forces"].__setitem__((0, 0), np.inf), "frame 3: reference forces contain NaN or inf"),
+        (lambda a: a.info.update(charge=0.5), "frame 3: charge 0.5 is not an integer"),
+    ],
+)
+def test_train_and_eval_name_the_file_frame_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], spoil: Any, message: str
+) -> None:
+    frames = [_oh(k) for k in range(5)]
+    spoil(frames[3])
+    path = tmp_path / "bad.extxyz"
+    write(path, frames)
+    out = tmp_path / "model"
+    assert run(["model", "train", "--train", str(path), "--out", str(out), *TINY]) == 2
+    assert f"{path}, {message}" in _one_line_error(capsys) and not out.exists()
+    assert run(["model", "eval", "--model", str(_checkpoint(tmp_path)), "--data", str(path), "--json"]) == 2
+    assert f"{path}, {message}" in _one_line_error(capsys)
+
+
+def test_eval_refuses_the_wrong_number_of_force_columns(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "two_columns.extxyz"
+    path.write_text(
+        "3\nProperties=species:S:1:pos:R:3:REF_forces:R:2 REF_energy=-14.0\n"
+        "O 0 0 0 0.1 0.1\nH 0.96 0 0 0.1 0.1\nH -0.24 0.93 0 0.1 0.1\n"
+    )
+    assert run(["model", "eval", "--model", str(_checkpoint(tmp_path)), "--data", str(path)]) == 2
+    assert f"{path}, frame 0: reference forces have shape (3, 2), expected (3, 3)" in _one_line_error(capsys)
+
+
+def test_eval_names_the_file_of_an_unknown_element(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    h2s = Atoms("SH2", positions=[[0, 0, 0], [1.34, 0, 0], [0, 1.34, 0]], info={"REF_energy": -5.0})
+    h2s.arrays["REF_forces"] = np.zeros((3, 3))
+    path = tmp_path / "h2s.extxyz"
+    write(path, [_oh(0), h2s])
+    assert run(["model", "eval", "--model", str(_checkpoint(tmp_path)), "--data", str(path)]) == 2
+    assert f"{path}, frame 1: elements [16] are unknown to the model" in _one_line_error(capsys)
+
+
+def test_eval_stops_on_the_frame_where_the_baseline_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A Δ-xTB model cannot predict where its xTB baseline fails: exit 2 naming the frame, not NaN metrics."""
+    ckpt = _checkpoint(tmp_path, config={**SPEC["config"], "baseline": "gfn2-xtb"}, baseline="gfn2-xtb")
+    path = tmp_path / "oh.extxyz"
+    write(path, [_oh(0), _oh(1, charge=3, multiplicity=2)])  # 4 valence electrons cannot have one unpaired
+    assert run(["model", "eval", "--model", str(ckpt), "--data", str(path), "--json"]) == 2
+    assert f"{path}, frame 1: GFN2-xTB baseline failed" in _one_line_error(capsys)
+
+
+def test_eval_warns_about_another_charge_state_and_prints_strict_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ckpt = _checkpoint(tmp_path, charge_states={"HO": [0, 2]})
+    path = tmp_path / "anion.extxyz"
+    write(path, [_oh(0), _oh(1, charge=-1), _oh(2, charge=-1)])
+    assert run(["model", "eval", "--model", str(ckpt), "--data", str(path), "--json"]) == 0
+    captured = capsys.readouterr()
+    metrics = json.loads(captured.out, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert metrics["n_structures"] == 3
+    warning = [ln for ln in captured.err.splitlines() if "warning" in ln]
+    assert len(warning) == 1
+    assert f"{path}, frame 1 and 1 more: HO at charge -1, multiplicity 1, but the model was trained" in warning[0]
+
+
+def test_train_refuses_an_element_only_in_validation(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    train, valid = tmp_path / "train.extxyz", tmp_path / "valid.extxyz"
+    write(train, [_oh(k) for k in range(4)])
+    h2s = Atoms("SH2", positions=[[0, 0, 0], [1.34, 0, 0], [0, 1.34, 0]], info={"REF_energy": -5.0})
+    h2s.arrays["REF_forces"] = np.zeros((3, 3))
+    write(valid, [_oh(5), h2s])
+    out = tmp_path / "model"
+    assert run(["model", "train", "--train", str(train), "--valid", str(valid), "--out", str(out), *TINY]) == 2
+    assert f"{valid}, frame 1: element S does not occur in the training data {train}" in _one_line_error(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("atoms", "message"),
+    [
+        ([Atoms("H"), Atoms("O"), Atoms("H")], "frame 2: a second H atom (first: frame 0)"),
+        ([Atoms("H", info={"charge": 1}), Atoms("O")], "frame 0: isolated H has charge 1"),
+    ],
+)
+def test_isolated_atoms_one_neutral_atom_per_element(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], atoms: list[Atoms], message: str
+) -> None:
+    for a in atoms:
+        a.info["REF_energy"] = -13.6
+        a.arrays["REF_forces"] = np.zeros((1, 3))
+    e0s, train = tmp_path / "e0s.extxyz", tmp_path / "train.extxyz"
+    write(e0s, atoms)
+    write(train, [_oh(k) for k in range(4)])
+    out = tmp_path / "model"
+    assert run(["model", "train", "--train", str(train), "--isolated-atoms", str(e0s), "--out", str(out), *TINY]) == 2
+    assert f"{e0s}, {message}" in _one_line_error(capsys) and not out.exists()

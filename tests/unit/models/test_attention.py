@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from ase.build import molecule
 from ase.io import write
 
@@ -70,3 +71,25 @@ def test_a_model_without_attention_has_no_keys_and_no_weights_to_export() -> Non
     assert dropped and all(".lin_msg." in k or k.endswith(".attn_vec") for k in dropped)
     with pytest.raises(ConfigError, match="attention = false"):
         attention_weights(model, molecule("H2O"))
+
+
+@pytest.mark.parametrize(
+    "atoms",
+    [Atoms("H"), Atoms("H2", positions=[[0, 0, 0], [20, 0, 0]])],
+    ids=["one atom", "20 Å apart"],
+)
+def test_no_pairs_within_the_cutoff_give_empty_edges_and_no_share(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], atoms: Atoms
+) -> None:
+    model = build_model(SPEC)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, SPEC, model.state_dict(), model.state_dict(), {})
+    xyz = tmp_path / "lonely.xyz"
+    write(xyz, atoms)
+    out = tmp_path / "att"
+    assert run(["model", "attention", "--model", str(ckpt), "--structure", str(xyz), "--out", str(out)]) == 0
+    assert "no atom pairs within the model's 4 Å cutoff" in capsys.readouterr().out
+    res = json.loads((out / "attention.json").read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert res["edges"]["sender"] == [] and res["bonded_share"] is None and res["bonded_share_per_layer"] == [None] * 2
+    assert (out / "attention.png").stat().st_size > 1000
+    assert sorted(p.name for p in out.iterdir()) == ["attention.json", "attention.png"]  # no temporary left
