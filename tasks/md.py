@@ -2,8 +2,8 @@
 
 One place decides how a trajectory starts: a fresh copy of the structure (positions, cell, periodicity, charge
 and multiplicity; no constraints or calculator of the caller's), Maxwell-Boltzmann momenta at the temperature,
-no net momentum or rotation; and how each ensemble integrates (ASE's Langevin with the centre of mass fixed, or
-velocity Verlet). Units: K, fs, 1/fs.
+no net momentum or rotation (see :func:`remove_drift`); and how each ensemble integrates (ASE's Langevin with the
+centre of mass fixed, or velocity Verlet). Units: K, fs, 1/fs.
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ def start_md(
     """A thermalised copy of ``atoms`` on ``calc`` and its integrator (``rng`` drives momenta and noise).
 
     nvt: Langevin at ``temperature_K`` with ``friction`` (1/fs), centre of mass fixed; nve: velocity Verlet.
+    A single atom has no internal degree of freedom: it starts (and, under nvt, stays) at rest.
     """
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import Stationary, ZeroRotation
     from ase.md.verlet import VelocityVerlet
 
     from sapis.errors import ConfigError
@@ -53,8 +53,7 @@ def start_md(
         work.set_constraint(FixCom())
     work.calc = calc
     thermalize(work, temperature_K, rng)
-    Stationary(work)
-    ZeroRotation(work)
+    remove_drift(work)
     dyn: MolecularDynamics
     if ensemble == "nvt":
         dyn = Langevin(
@@ -68,3 +67,20 @@ def start_md(
     else:
         dyn = VelocityVerlet(work, timestep=timestep_fs * units.fs)
     return work, dyn
+
+
+def remove_drift(atoms: Atoms) -> None:
+    """Zero the net momentum and, for a finite system, the net rotation, keeping the temperature.
+
+    One atom is set at rest (its only motion is drift); a periodic system skips the rotation step (angular
+    momentum means nothing in a crystal); a linear molecule's zero moment of inertia is skipped silently.
+    """
+    from ase.md.velocitydistribution import Stationary, ZeroRotation
+
+    if len(atoms) < 2:
+        atoms.set_momenta(np.zeros((len(atoms), 3)))
+        return
+    Stationary(atoms)
+    if not np.any(atoms.pbc):
+        with np.errstate(divide="ignore", invalid="ignore"):  # ASE discards the 0/0 of a zero principal moment
+            ZeroRotation(atoms)

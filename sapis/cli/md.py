@@ -13,6 +13,15 @@ from sapis.errors import ConfigError, InputError, SapisError
 MAX_SENSIBLE_TEMPERATURE = 5000.0  # K; above it covalent bonds break within femtoseconds (a warning, not a limit)
 
 
+def _finite(value: float) -> float:
+    """Option callback: refuse inf (nan already fails the range check)."""
+    import math
+
+    if not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
 class MDEnsemble(StrEnum):
     """Thermodynamic ensemble of the run."""
 
@@ -36,13 +45,16 @@ def md(
     ] = None,
     steps: Annotated[int, typer.Option(min=1, help="Number of MD steps.")] = 1000,
     temperature: Annotated[
-        float, typer.Option(min=0.0, help="Temperature in K (thermostat target; NVE: initial velocities).")
+        float,
+        typer.Option(min=0.0, callback=_finite, help="Temperature in K (thermostat target; NVE: initial velocities)."),
     ] = 300.0,
-    timestep_fs: Annotated[float, typer.Option(min=0.01, max=10.0, help="Timestep in fs.")] = 0.5,
+    timestep_fs: Annotated[float, typer.Option(min=0.01, max=10.0, callback=_finite, help="Timestep in fs.")] = 0.5,
     ensemble: Annotated[
         MDEnsemble, typer.Option(help="nvt (Langevin thermostat) or nve (velocity Verlet).")
     ] = MDEnsemble.nvt,
-    friction: Annotated[float, typer.Option(min=0.0, help="Langevin friction in 1/fs (nvt only).")] = 0.01,
+    friction: Annotated[
+        float, typer.Option(min=0.0, callback=_finite, help="Langevin friction in 1/fs (nvt only).")
+    ] = 0.01,
     interval: Annotated[int, typer.Option(min=1, help="Write one frame every this many steps.")] = 10,
     frame: Annotated[int, typer.Option(help="Which frame of --structure to start from (0-based; -1 = last).")] = 0,
     charge: Annotated[int | None, typer.Option(help="Total charge (default: the file's `charge`, else 0).")] = None,
@@ -65,6 +77,11 @@ def md(
 
     Each written frame carries energy and forces (and, for a model, energy_std, forces_std and
     forces_std_max: the ensemble's disagreement), the step, the time in fs and the temperature.
+
+    The run stops at the first broken frame (two atoms too close, a fragment split off from the start structure,
+    non-finite positions or energy) or when the calculator fails (e.g. xTB's SCF does not converge): the frames
+    before it stay in --out, one line names the step and the problem, and the exit code is 2 (as for every
+    input error; there is no separate code). A single atom is refused: it has nothing to simulate.
     """
     from sapis.runtime import set_threads
 
@@ -80,6 +97,11 @@ def md(
     check_output(out, (structure,))
     atoms = _start_structure(structure, frame, charge, multiplicity)
     calc = _calculator(model, calculator, compile)
+    if calc != "xtb":
+        from sapis.models.ensemble import charge_state_warning
+
+        if (warning := charge_state_warning(calc.ensemble, [atoms], str(structure))) is not None:
+            typer.echo(warning, err=True)
     if compile and calc != "xtb":
         typer.echo("sapis: compiling the model (torch.compile) before the first step...", err=True)
     summary = run_md(
@@ -121,6 +143,8 @@ def _start_structure(path: Path, frame: int, charge: int | None, multiplicity: i
     problem = structure_problem(atoms)
     if problem is not None:
         raise InputError(str(path), problem, frame=index)
+    if len(atoms) < 2:
+        raise InputError(str(path), f"nothing to simulate: {len(atoms)} atom", frame=index)
     c = charge if charge is not None else integer_info(atoms, "charge", 0, str(path), index)
     m = multiplicity if multiplicity is not None else integer_info(atoms, "multiplicity", None, str(path), index)
     atoms.info["charge"] = c  # integers from here on: the trajectory records what the run used
@@ -163,7 +187,9 @@ def run_md(
     """Run the MD and append a frame every ``interval`` steps to ``out`` (so a cut run keeps its frames).
 
     ``calc`` is an ASE calculator or ``"xtb"``. Raises SapisError when the structure is unknown to the
-    model or the trajectory becomes unphysical (the frames before it stay in ``out``).
+    model, the trajectory becomes unphysical (checked on each written frame against ``atoms``: atoms too close,
+    fragments split off, non-finite values) or the calculator fails at a later step; the frames before it stay
+    in ``out``.
     """
     import ase.io
     import numpy as np
@@ -200,9 +226,9 @@ def run_md(
         nonlocal n_frames
         res = work.calc.results
         energy = float(res["energy"])
-        problem = frame_problem(work, energy=energy)
+        problem = frame_problem(work, energy=energy, reference=atoms)
         if problem is not None:
-            raise _Unphysical(f"{problem[1]} at step {dyn.nsteps}")
+            raise _Unphysical(f"at step {dyn.nsteps}: {problem[1]}")
         snap = work.copy()
         snap.set_constraint()
         snap.calc = SinglePointCalculator(snap, energy=energy, forces=np.array(res["forces"]))
@@ -227,7 +253,12 @@ def run_md(
     try:
         dyn.run(steps)
     except _Unphysical as exc:
-        raise SapisError(f"MD became unphysical: {exc}; {n_frames} frame(s) before it are in {out}") from None
+        raise SapisError(f"MD became unphysical {exc}; the {n_frames} frame(s) before it are in {out}") from None
+    except CalculatorError as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise SapisError(
+            f"the calculator failed at step {dyn.nsteps + 1}: {reason}; the {n_frames} frame(s) before it are in {out}"
+        ) from None
     finally:
         if bar is not None:
             bar.stop()

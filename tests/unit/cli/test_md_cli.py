@@ -8,7 +8,9 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+from ase import Atoms
 from ase.build import molecule
+from ase.calculators.calculator import CalculationFailed, Calculator, all_changes
 
 from sapis.cli import run
 
@@ -208,3 +210,107 @@ def test_model_md_compile_flag_reaches_the_calculator_and_a_failed_compile_only_
     assert "compiling the model" in capsys.readouterr().err
     for a, b in zip(*outs, strict=True):
         np.testing.assert_array_equal(a.positions, b.positions)
+
+
+class _Repulsive(Calculator):
+    """Pair repulsion 1/r (eV, Å): every molecule flies apart."""
+
+    implemented_properties = ("energy", "forces")
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        diff = self.atoms.positions[:, None] - self.atoms.positions[None]  # (n, n, 3) | Å
+        r = np.linalg.norm(diff, axis=-1) + np.eye(len(self.atoms))
+        self.results["energy"] = float(np.sum(np.triu(1.0 / r, k=1)))
+        self.results["forces"] = np.sum(diff / r[..., None] ** 3 * (1 - np.eye(len(self.atoms)))[..., None], axis=1)
+
+
+class _FailsAtCall(Calculator):
+    """GFN2-xTB that raises CalculationFailed from its ``n``-th evaluation on (as a diverging SCF does)."""
+
+    implemented_properties = ("energy", "forces")
+
+    def __init__(self, inner: Calculator, n: int) -> None:
+        super().__init__()
+        self.inner, self.n, self.calls = inner, n, 0
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes) -> None:
+        super().calculate(atoms, properties, system_changes)
+        self.calls += 1
+        if self.calls >= self.n:
+            raise CalculationFailed("SCF not converged in 250 cycles\nsecond line")
+        self.results = {k: self.inner.get_property(k, self.atoms) for k in ("energy", "forces")}
+
+
+def _md_err(args: list[str], capsys) -> tuple[int, str]:
+    rc = run(["md", *args, "--no-progress"])
+    return rc, capsys.readouterr().err
+
+
+def test_molecule_falling_apart_stops_the_run(water_xyz: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr("sapis.tasks.explore.xtb_calculator", lambda _a: _Repulsive())
+    out = tmp_path / "apart.extxyz"
+    args = ["--calculator", "xtb", "-s", str(water_xyz), "-o", str(out), "--steps", "400", "--interval", "10"]
+    rc, err = _md_err([*args, "--timestep-fs", "2", "--ensemble", "nve"], capsys)
+    assert rc == 2
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert "MD became unphysical at step" in err
+    assert "fragments" in err
+    frames = ase.io.read(out, ":")
+    assert 1 <= len(frames) < 41
+    assert f"the {len(frames)} frame(s) before it are in {out}" in err
+
+
+def test_calculator_failure_mid_run_is_one_line(water_xyz: Path, tmp_path: Path, monkeypatch, capsys) -> None:
+    from sapis.models.xtb import xtb_calculator
+
+    monkeypatch.setattr("sapis.tasks.explore.xtb_calculator", lambda a: _FailsAtCall(xtb_calculator(a), n=15))
+    out = tmp_path / "fail.extxyz"
+    args = ["--calculator", "xtb", "-s", str(water_xyz), "-o", str(out), "--steps", "40", "--interval", "5"]
+    rc, err = _md_err(args, capsys)
+    assert rc == 2
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == [
+        f"sapis: error: the calculator failed at step 14: SCF not converged in 250 cycles second line; "
+        f"the 3 frame(s) before it are in {out}"
+    ]
+    assert [f.info["step"] for f in ase.io.read(out, ":")] == [0, 5, 10]
+
+
+def test_single_atom_is_refused(tmp_path: Path, capsys) -> None:
+    src = tmp_path / "ar.xyz"
+    ase.io.write(src, Atoms("Ar", positions=[[0, 0, 0]]))
+    out = tmp_path / "ar.extxyz"
+    rc, err = _md_err(["--calculator", "xtb", "-s", str(src), "-o", str(out), "--steps", "5"], capsys)
+    assert rc == 2
+    assert err.strip() == f"sapis: error: {src}, frame 0: nothing to simulate: 1 atom"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option", ["--temperature", "--friction"])
+def test_infinite_options_refused(water_xyz: Path, tmp_path: Path, capsys, option: str) -> None:
+    out = tmp_path / "inf.extxyz"
+    rc, err = _md_err(["--calculator", "xtb", "-s", str(water_xyz), "-o", str(out), option, "inf"], capsys)
+    assert rc == 2
+    assert "inf is not a finite number" in err
+    assert not out.exists()
+
+
+def test_help_states_what_happens_to_a_broken_run(capsys) -> None:
+    assert run(["md", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "stops at the first broken frame" in text
+    assert "the exit code is 2" in text
+
+
+def test_model_md_warns_at_a_charge_the_model_was_not_trained_on(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    """The model has no charge input: MD of the cation of a formula trained neutral runs, with one warning line."""
+    src = tmp_path / "start.xyz"
+    ase.io.write(src, ase.io.read("/work/shared/data/rmd17_ethanol/test.xyz", "0"))
+    argv = ["md", "--model", str(tiny_model), "--structure", str(src), "--steps", "2", "--interval", "1"]
+    assert run([*argv, "--out", str(tmp_path / "neutral.extxyz")]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert run([*argv, "--charge", "1", "--out", str(tmp_path / "cation.extxyz")]) == 0
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+    assert line.startswith(f"sapis: warning: {src}, frame 0: C2H6O at charge 1, multiplicity 2, but the model was")
