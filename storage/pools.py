@@ -70,7 +70,8 @@ def read_sources(
         for i, atoms in enumerate(items):
             frame = None if isinstance(src, Atoms) else i
             q = st.integer_info(atoms, "charge", charge, name, frame)
-            m = st.integer_info(atoms, "multiplicity", multiplicity, name, frame)
+            m = st.multiplicity_info(atoms, name, frame)  # multiplicity, spin_multiplicity or spin (2S+1)
+            m = multiplicity if m is None else m
             prep = configs.prepare(atoms, q, m, name, frame, {"source": "submitted"}, allow_fragments)
             energy, forces = (None, None)
             if with_labels:

@@ -175,6 +175,9 @@ def test_charge_and_multiplicity(store: Store) -> None:
     assert store.pool_atoms("quartet")[0].info["multiplicity"] == 4
     assert {p.n_molecules for p in store.pools()} == {1}
     assert len({a.info["molecule_id"] for p in ("radical", "anion", "quartet") for a in store.pool_atoms(p)}) == 3
+    o2 = Atoms("O2", positions=[[0, 0, 0], [0, 0, 1.21]], info={"spin": 3})  # fairchem's key for 2S+1, on Atoms too
+    store.submit_pool([o2], "triplet")
+    assert store.pool_atoms("triplet")[0].info["multiplicity"] == 3
 
 
 def _labelled_frames(n: int) -> list[Atoms]:
