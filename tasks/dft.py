@@ -15,7 +15,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import numpy as np
 from ase import Atoms
@@ -90,6 +90,16 @@ def _lacks_core(name: str, symbol: str) -> bool:
     return bool(tightest < 0.25 * z**2)
 
 
+JK_FIT: Final = "def2-universal-jkfit"  # auxiliary basis fitting Coulomb and exchange (Weigend 2008)
+
+
+def _exact_exchange(method: str) -> bool:
+    """HF, or a functional with a share of exact exchange (global or range-separated hybrid)."""
+    from pyscf.dft import libxc
+
+    return method == "HF" or bool(libxc.is_hybrid_xc(method))
+
+
 class LevelOfTheory(BaseModel):
     """A validated level of theory; labels are keyed by its :attr:`fingerprint`.
 
@@ -105,7 +115,9 @@ class LevelOfTheory(BaseModel):
     density_fit: bool = Field(default=True, description="Density fitting (RI-J/K) with `auxbasis`.")
     auxbasis: str | None = Field(
         default="def2-universal-jfit",
-        description="Auxiliary basis for density fitting; None: PySCF's choice.",
+        description="Auxiliary basis for density fitting; None: PySCF's choice. Unset with HF or a hybrid "
+        "functional, it is def2-universal-jkfit: a J-only fitting basis fits exact exchange poorly (water, "
+        "def2-SVP: 36 meV and 6 meV/Å off for HF, 5 meV and 3 meV/Å for B3LYP, against 1.5 and 0.8 with jkfit).",
     )
     grid_level: int = Field(default=3, ge=0, le=9, description="PySCF DFT integration grid level (DFT only).")
     dispersion: Dispersion | None = Field(default=None, description="DFT-D3 variant via the dftd3 package.")
@@ -150,6 +162,8 @@ class LevelOfTheory(BaseModel):
             for name, value in (("basis", NO_BASIS), ("density_fit", False), ("auxbasis", None), ("grid_level", 0)):
                 object.__setattr__(self, name, value)  # meaningless for tight binding: one spelling, one fingerprint
             return self
+        if self.density_fit and "auxbasis" not in self.model_fields_set and _exact_exchange(self.method):
+            object.__setattr__(self, "auxbasis", JK_FIT)  # the default jfit basis is for Coulomb fitting only
         if not self.density_fit and self.auxbasis is not None:
             object.__setattr__(self, "auxbasis", None)  # no fitting: the auxiliary basis is irrelevant
         if self.auxbasis is not None:

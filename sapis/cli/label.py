@@ -40,9 +40,23 @@ class DefaultGroup(TyperGroup):
 MethodOpt = Annotated[str, typer.Option(help="HF or a DFT functional PySCF parses (PBE, B3LYP, wB97X, ...).")]
 BasisOpt = Annotated[str, typer.Option(help="Orbital basis (any PySCF basis name).")]
 DensityFitOpt = Annotated[bool, typer.Option(help="Density fitting with --auxbasis.")]
-AuxBasisOpt = Annotated[str, typer.Option(help="Auxiliary basis for density fitting.")]
+AuxBasisOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Auxiliary basis for density fitting (default: def2-universal-jfit; def2-universal-jkfit for HF and "
+        "hybrid functionals, whose exact exchange a J-only basis fits poorly).",
+        show_default=False,
+    ),
+]
 GridLevelOpt = Annotated[int, typer.Option(help="DFT integration grid level, 0-9.")]
 DispersionOpt = Annotated[str | None, typer.Option(help="D3 dispersion: d3bj, d3zero, d3bjm, d3zerom, d3op.")]
+
+
+def _auxbasis(auxbasis: str | None, density_fit: bool) -> dict[str, str | None]:
+    """The auxbasis entry of a level spec: none without fitting, the level's default when not given."""
+    if not density_fit:
+        return {"auxbasis": None}
+    return {} if auxbasis is None else {"auxbasis": auxbasis}
 
 
 app = typer.Typer(
@@ -60,7 +74,7 @@ def label_file(
     method: MethodOpt = "PBE",
     basis: BasisOpt = "def2-svp",
     density_fit: DensityFitOpt = True,
-    auxbasis: AuxBasisOpt = "def2-universal-jfit",
+    auxbasis: AuxBasisOpt = None,
     grid_level: GridLevelOpt = 3,
     dispersion: DispersionOpt = None,
     conv_tol: Annotated[float, typer.Option(help="SCF energy convergence, Hartree.")] = 1e-9,
@@ -94,7 +108,7 @@ def label_file(
 
     settings = get_settings()
     spec: dict[str, Any] = {
-        "method": method, "basis": basis, "density_fit": density_fit, "auxbasis": auxbasis if density_fit else None,
+        "method": method, "basis": basis, "density_fit": density_fit, **_auxbasis(auxbasis, density_fit),
         "grid_level": grid_level, "dispersion": dispersion, "conv_tol": conv_tol, "max_cycle": max_cycle,
     }  # fmt: skip
     level = LevelOfTheory.from_spec(spec)
@@ -251,7 +265,7 @@ def queue(
     method: MethodOpt = "PBE",
     basis: BasisOpt = "def2-svp",
     density_fit: DensityFitOpt = True,
-    auxbasis: AuxBasisOpt = "def2-universal-jfit",
+    auxbasis: AuxBasisOpt = None,
     grid_level: GridLevelOpt = 3,
     dispersion: DispersionOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
@@ -268,7 +282,7 @@ def queue(
     from sapis.tasks.label_step import enqueue_pool
 
     spec: dict[str, Any] = {
-        "method": method, "basis": basis, "density_fit": density_fit, "auxbasis": auxbasis if density_fit else None,
+        "method": method, "basis": basis, "density_fit": density_fit, **_auxbasis(auxbasis, density_fit),
         "grid_level": grid_level, "dispersion": dispersion,
     }  # fmt: skip
     store = Store(database_url)

@@ -248,3 +248,16 @@ def test_label_heavy_element_uses_its_ecp(tmp_path: Path) -> None:
     got = ase.io.read(out)
     assert got.info["REF_energy"] == pytest.approx(-8088.08, abs=0.05)
     assert abs(got.arrays["REF_forces"][0, 2]) < 5.0
+
+
+def test_label_hybrid_defaults_to_the_jk_fitting_basis(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--method HF` without --auxbasis fits exchange with jkfit (the level's default), as LevelOfTheory does."""
+    from sapis.tasks.dft import LevelOfTheory
+
+    src = tmp_path / "h2.xyz"
+    src.write_text("2\n\nH 0 0 0\nH 0 0 0.74\n")
+    out = tmp_path / "out.xyz"
+    assert run(["label", str(src), "--out", str(out), "--method", "HF", "--basis", "sto-3g"]) == 0
+    (frame,) = ase.io.read(out, ":")
+    assert frame.info["fingerprint"] == LevelOfTheory(method="HF", basis="sto-3g").fingerprint
+    assert LevelOfTheory(method="HF", basis="sto-3g").auxbasis == "def2-universal-jkfit"

@@ -36,7 +36,7 @@ def _pyscf_direct(atoms: Atoms, basis: str, charge: int = 0, spin: int = 0, df: 
     )
     mf = scf.UHF(mol) if spin else scf.RHF(mol)
     if df:
-        mf = mf.density_fit(auxbasis="def2-universal-jfit")
+        mf = mf.density_fit(auxbasis="def2-universal-jkfit")  # the default for HF
     mf.conv_tol = 1e-11
     mf.kernel()
     assert mf.converged
@@ -337,3 +337,16 @@ def test_spin_keys_are_multiplicity_aliases(key: str) -> None:
     o2.info["multiplicity" if key != "multiplicity" else "spin"] = 1
     with pytest.raises(InputError, match=r"o2\.xyz, frame 4: multiplicity keys disagree"):
         dft_mod.check_molecule(o2, source="o2.xyz", frame=4)
+
+
+def test_exact_exchange_defaults_to_a_jk_fitting_basis() -> None:
+    """HF and hybrids fit exchange too: unset, their auxiliary basis is jkfit; PBE and an explicit one keep theirs."""
+    assert LevelOfTheory(method="PBE").auxbasis == "def2-universal-jfit"
+    assert LevelOfTheory(method="B3LYP").auxbasis == "def2-universal-jkfit"
+    assert LevelOfTheory(method="wB97X").auxbasis == "def2-universal-jkfit"
+    assert LevelOfTheory(method="HF").auxbasis == "def2-universal-jkfit"
+    explicit = LevelOfTheory(method="B3LYP", auxbasis="def2-universal-jfit")
+    assert explicit.auxbasis == "def2-universal-jfit"
+    # a stored level keeps its auxiliary basis, hence its fingerprint
+    assert LevelOfTheory.from_spec(explicit.spec).fingerprint == explicit.fingerprint
+    assert LevelOfTheory(method="B3LYP", density_fit=False).auxbasis is None
