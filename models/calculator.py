@@ -84,7 +84,10 @@ class SapisCalculator(Calculator):
                 self.compile_seconds = self.ensemble.compile(self.atoms)
             p = self.ensemble.predict([self.atoms], force_variance_grad=on_forces)
         except Exception as exc:  # an unknown element etc.: ASE's error type, message kept
-            raise CalculatorError(str(exc)) from exc
+            from sapis.errors import InputError
+
+            # one structure: its problem alone (the caller names the file; "structures, frame 0" says nothing)
+            raise CalculatorError(exc.problem if isinstance(exc, InputError) else str(exc)) from exc
         if not np.isfinite(p["energy"][0]):  # a Δ model whose xTB baseline failed on this geometry
             raise CalculationFailed(f"the {self.ensemble.baseline} baseline failed on this structure")
         if self.bias_strength == 0.0 or len(self.ensemble) < 2:  # no bias: nothing more to compute per call
