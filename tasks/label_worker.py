@@ -269,6 +269,19 @@ def _level(spec: dict[str, Any], cache: dict[str, LevelOfTheory | SapisError]) -
     return level
 
 
+def _interrupted(exc: BaseException) -> bool:
+    """Whether a KeyboardInterrupt is behind ``exc``: a signal during ``import scipy`` (the first label imports
+    PySCF) surfaces as "ImportError: initialization failed" caused by it; that is a stop, not a failed label."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
 def _label_one(
     store: Any,
     claim: Any,
@@ -311,6 +324,8 @@ def _label_one(
         ok = store.fail_label(claim.label_id, worker, str(exc), {**base})
         return {"status": "failed" if ok else "lost"}
     except Exception as exc:  # a bug or a PySCF crash: record it on the label, keep the worker alive
+        if _interrupted(exc):  # Ctrl-C/SIGTERM landed inside an import or C extension, which re-raised it
+            raise KeyboardInterrupt from exc
         log.exception("label %s crashed", claim.label_id)
         ok = store.fail_label(claim.label_id, worker, f"error: {type(exc).__name__}: {exc}", {**base})
         return {"status": "failed" if ok else "lost"}

@@ -199,3 +199,27 @@ def test_no_guess_from_a_far_neighbour(store: Store) -> None:
     guess, origin = find_guess(store, HF.fingerprint, query, max_rmsd=10 * MAX_GUESS_RMSD)
     assert guess is not None
     assert origin["guess_rmsd"] > MAX_GUESS_RMSD
+
+
+def test_a_signal_inside_an_import_stops_the_worker_and_releases_the_claim(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while the first label imports PySCF reaches the worker as an ImportError caused by the
+    KeyboardInterrupt the CLI raised: the claim goes back to pending and the worker reports an interruption
+    (it used to record the label as crashed and carry on)."""
+    import sapis.tasks.label_worker as lw
+
+    ids = _enqueue(store, _waters(2), HF)
+
+    def interrupted_import(*_args: object, **_kwargs: object) -> None:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:
+            raise ImportError("initialization failed") from exc
+
+    monkeypatch.setattr(lw, "compute_label", interrupted_import)
+    rep = run_worker(store, worker_id="w1")
+    assert (rep.stopped, rep.released, rep.done, rep.failed) == ("interrupted", 1, 0, 0)
+    rows = _label_rows(store)
+    assert [r["status"] for r in rows] == ["pending", "pending"]
+    assert [r["config_id"] for r in rows] == ids
