@@ -195,12 +195,16 @@ def import_labels(
         new.update(int(c) for (c,) in session.execute(stmt, list(part)).all())
     old = [cid for cid in rows if cid not in new]
     for part in configs.chunks(old):
+        # by config id alone (its index), the level filtered here: a planner that picks the fingerprint index
+        # would read every label of the level once per batch
         stored = session.execute(
-            select(Label.config_id, Label.energy, Label.forces).where(
-                Label.config_id.in_(list(part)), Label.fingerprint == fingerprint, Label.status == "done"
+            select(Label.config_id, Label.fingerprint, Label.status, Label.energy, Label.forces).where(
+                Label.config_id.in_(list(part))
             )
         ).all()
-        clashes += [(kept[c], e, _forces(f, kept[c])) for c, e, f in stored]
+        clashes += [
+            (kept[c], e, _forces(f, kept[c])) for c, fp, st_, e, f in stored if fp == fingerprint and st_ == "done"
+        ]
     return len(new), _conflicts(clashes)
 
 

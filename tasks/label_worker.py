@@ -211,6 +211,7 @@ def run_worker(
     held: set[int] = set()  # claims whose outcome is not written yet
     bar = _progress(progress, max_labels)
     try:
+        _import_pyscf()
         while True:
             handled = report.done + report.failed + report.lost
             if max_labels is not None and handled >= max_labels:
@@ -267,6 +268,13 @@ def _level(spec: dict[str, Any], cache: dict[str, LevelOfTheory | SapisError]) -
     if isinstance(level, SapisError):
         raise level
     return level
+
+
+def _import_pyscf() -> None:
+    """Import PySCF (and scipy under it) before the first claim: seconds on a loaded machine, and a Ctrl-C or
+    SIGTERM landing inside a C extension's import does not always come out as a clean KeyboardInterrupt
+    (measured: "ImportError: initialization failed", then exit by SIGINT); before a claim it holds no label."""
+    from pyscf import dft, gto, scf  # noqa: F401
 
 
 def _interrupted(exc: BaseException) -> bool:
