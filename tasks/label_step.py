@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sapis.errors import ConfigError
 from sapis.storage import Store
 from sapis.storage.campaigns import LABELLED_ROLES
 from sapis.tasks.dft import LevelOfTheory
@@ -57,12 +58,19 @@ class QueuedPool:
 def enqueue_pool(store: Store, pool: str | int, level: dict[str, Any]) -> QueuedPool:
     """Queue labels at ``level`` for every structure of a submitted pool (idempotent), outside any campaign.
 
-    The level and its basis coverage of the pool's elements are checked before anything is written, so a bad
-    level raises a one-line :class:`~sapis.errors.ConfigError` and queues nothing. Any ``label-worker`` run
+    The level, its basis coverage of the pool's elements and that the pool holds molecules (no periodic cell) are
+    checked before anything is written, so a bad level or pool raises a one-line :class:`~sapis.errors.ConfigError`
+    and queues nothing. Any ``label-worker`` run
     (or ``sapis label work``) then computes them.
     """
     lot = LevelOfTheory.from_spec(level)
     atoms = store.pool_atoms(pool)
+    for i, a in enumerate(atoms):
+        if a.pbc.any():  # the labeller computes isolated molecules only: such a label could never be computed
+            raise ConfigError(
+                f"pool {pool!r} structure {i} is periodic (pbc={a.pbc.tolist()}); labels are molecular "
+                "calculations: submit non-periodic structures (nothing queued)"
+            )
     lot.check_elements({s for a in atoms for s in a.get_chemical_symbols()})
     ids = [int(a.info["config_id"]) for a in atoms]
     n_new = store.enqueue_labels(ids, lot.fingerprint, lot.spec) if ids else 0

@@ -287,7 +287,6 @@ def queue(
     }  # fmt: skip
     store = Store(database_url)
     try:
-        _refuse_periodic(store, pool)
         queued = enqueue_pool(store, pool, spec)  # a pool named "1" is found by its name first
         counts = store.label_counts(fingerprint=queued.fingerprint)
     finally:
@@ -302,19 +301,6 @@ def queue(
         f"{queued.level['method']}/{queued.level['basis']}, fingerprint {queued.fingerprint}; "
         f"labels at this level: " + ", ".join(f"{k} {v}" for k, v in counts.items())
     )
-
-
-def _refuse_periodic(store: Any, pool: str) -> None:
-    """ConfigError for a pool holding a periodic structure, as `campaign start` refuses it: the labeller
-    computes isolated molecules only, so such a label could never be computed."""
-    from sapis.errors import ConfigError
-
-    for i, atoms in enumerate(store.pool_atoms(pool)):
-        if atoms.pbc.any():
-            raise ConfigError(
-                f"pool {pool!r} structure {i} is periodic (pbc={atoms.pbc.tolist()}); labels are molecular "
-                "calculations: submit non-periodic structures (nothing queued)"
-            )
 
 
 def register(root: typer.Typer) -> None:

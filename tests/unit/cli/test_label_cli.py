@@ -208,6 +208,13 @@ def test_label_queue_refuses_a_pool_with_periodic_structures(
     )
     assert cap.out == ""
     assert sum(Store(url).label_counts().values()) == 0
+    # the check lives in the task, so Python callers (the submit flow) get it too
+    from sapis.errors import ConfigError
+    from sapis.tasks.label_step import enqueue_pool
+
+    with pytest.raises(ConfigError, match="structure 2 is periodic"):
+        enqueue_pool(Store(url), "mixed", LevelOfTheory(method="HF", basis="sto-3g").spec)
+    assert sum(Store(url).label_counts().values()) == 0
 
 
 @pytest.mark.parametrize(
