@@ -123,7 +123,7 @@ def check_campaign(campaign_id: int, database_url: str | None = None) -> str:
     from sapis.errors import NotFoundError
     from sapis.storage import Store
 
-    store = Store(database_url)
+    store = Store(database_url, create=False)
     try:
         return store.campaign(campaign_id).name
     except NotFoundError as exc:

@@ -78,7 +78,7 @@ def release_run_claims(flow: Flow[..., Any], flow_run: FlowRun, state: State[Any
     url = params.get("database_url")
     if params.get("database_url_secret"):
         url = resolve_secret_url(params["database_url_secret"])
-    store = Store(url)
+    store = Store(url, create=False)
     try:
         n = release_claims(store, run_owner(flow_run.name))
     finally:
@@ -126,7 +126,7 @@ def label_fn(
 
     _check_budget(max_labels, max_minutes, threads, max_memory_mb)
     settings = get_settings()
-    store = Store(url=database_url)
+    store = Store(url=database_url, create=False)
     report = run_worker(
         store,
         worker_id=worker,

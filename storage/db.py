@@ -3,12 +3,14 @@
 SQLite runs in WAL mode with a busy timeout and ``BEGIN IMMEDIATE`` transactions, so concurrent writers queue
 instead of failing on a lock upgrade; read-only sessions begin deferred and read a snapshot without the lock.
 PostgreSQL migrations are serialised with an advisory lock keyed on the current schema, so concurrent processes
-never race to create tables.
+never race to create tables. Commands that only read or work on a store open it with ``create=False``: a SQLite
+path that is not a sapis store (a typo, an empty file, another program's database) is refused, not created.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -27,6 +29,8 @@ SQLITE_BUSY_TIMEOUT_MS = 60_000  # how long a writer waits for another writer's 
 SQLITE_NOTICE_AFTER_MS = 3_000  # when it says that it is waiting
 PG_CONNECT_TIMEOUT_S = 10
 READ_ONLY = "sapis_read_only"  # execution option of the engine behind read-only sessions (SQLite: deferred BEGIN)
+STORE_TABLES = frozenset({"alembic_version", "pools", "labels"})  # in every sapis store since revision 0001
+CREATED_BY = "a store is created by `sapis pool submit`, `sapis campaign start` or `sapis db upgrade`"
 log = logging.getLogger(__name__)
 
 
@@ -37,11 +41,15 @@ def _display(url: Any) -> str:
         return str(url)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, create: bool = True) -> Engine:
     """An engine for ``url`` (SQLite or PostgreSQL via psycopg 3); StoreError for a URL that cannot work.
 
     ``postgres://`` and ``postgresql://`` (no driver) mean psycopg 3, the driver sapis ships with. SQLite files
     get their folder created, WAL, a busy timeout and foreign keys.
+
+    ``create=False`` is for commands that read or work on an existing store: a SQLite file must then already
+    be a sapis store (:func:`require_sqlite_store`), and no file or folder is created. In-memory SQLite and
+    PostgreSQL are not checked (a PostgreSQL database that does not exist is an error of the server).
     """
     try:
         parsed = make_url(url)
@@ -61,10 +69,14 @@ def make_engine(url: str) -> Engine:
             blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
             if blocker is not None:
                 raise StoreError(f"SQLite store {parsed.database}: {blocker} is a file, not a folder")
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise StoreError(f"SQLite store {parsed.database}: cannot create {folder}: {exc.strerror}") from None
+            if not create:
+                require_sqlite_store(Path(parsed.database), url)
+            else:
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                except OSError as exc:
+                    msg = f"SQLite store {parsed.database}: cannot create {folder}: {exc.strerror}"
+                    raise StoreError(msg) from None
         engine = create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         _sqlite_events(engine)
         return engine
@@ -72,6 +84,34 @@ def make_engine(url: str) -> Engine:
         return create_engine(parsed, pool_pre_ping=True, connect_args={"connect_timeout": PG_CONNECT_TIMEOUT_S})
     except Exception as exc:  # e.g. an unknown driver after "postgresql+"
         raise StoreError(f"database URL {_display(url)!r}: {exc}") from None
+
+
+def require_sqlite_store(path: Path, url: Any) -> None:
+    """StoreError (one line) unless the SQLite file ``path`` of ``url`` is a sapis store; reads it, writes nothing.
+
+    A mistyped path must not become a new, empty store that then reports "no campaigns", and another program's
+    database (or an empty file) must not be migrated into one: both are refused here, before the engine's first
+    connection (which would create the file, or switch an existing one to WAL mode). The file is opened
+    read-only, and is a store when it holds sapis's tables; its revision is checked later, by :func:`ensure_schema`.
+    """
+    where = Path(os.path.abspath(path))  # the file SQLite opens (relative to the working directory)
+    shown = _display(url)
+    if not where.exists():
+        raise StoreError(f"{shown}: no sapis store at {where} ({CREATED_BY})")
+    if where.is_dir():
+        raise StoreError(f"{shown}: {where} is a folder, not a sapis store")
+    try:
+        con = sqlite3.connect(f"{where.as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:  # not a database, unreadable, locked
+        raise (store_error(exc, url) or StoreError(f"cannot use the store {shown}: {exc}")) from None
+    if not STORE_TABLES.issubset(tables):
+        if where.stat().st_size == 0:
+            raise StoreError(f"{shown}: {where} is an empty file, not a sapis store ({CREATED_BY})")
+        raise StoreError(f"{shown}: {where} is a SQLite database without sapis's tables, not a sapis store; left as is")
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:

@@ -28,13 +28,18 @@ class Store:
     []
     """
 
-    def __init__(self, url: str | None = None, *, upgrade: bool = True) -> None:
+    def __init__(self, url: str | None = None, *, upgrade: bool = True, create: bool = True) -> None:
+        """Open the store at ``url`` (default: the settings' URL), migrating its schema unless ``upgrade`` is False.
+
+        ``create=False``: the store must exist (a SQLite file that is not a sapis store is a StoreError and
+        nothing is created); for everything that reads or works on a store rather than filling a new one.
+        """
         if url is None:
             from sapis.settings import get_settings
 
             url = get_settings().url
         self.url: str = url
-        self.engine: Engine = db.make_engine(url)
+        self.engine: Engine = db.make_engine(url, create=create)
         self._factory = db.session_factory(self.engine)
         self._read_factory = db.session_factory(self.engine, read_only=True)
         self._uuid: str | None = None

@@ -376,7 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.parent is not None:
         die_with_parent(args.parent)
     try:
-        store = Store(args.database_url)
+        store = Store(args.database_url, create=False)
         rep = run_worker(
             store,
             worker_id=args.worker_id,

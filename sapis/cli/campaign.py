@@ -45,7 +45,7 @@ def resume(
     from sapis.flows.campaign import campaign
     from sapis.storage import Store
 
-    store = Store(database_url)
+    store = Store(database_url, create=False)
     store.campaign(campaign_id)  # NotFoundError before Prefect starts
     result = run_campaign(
         store, lambda: campaign(campaign_id=campaign_id, database_url=database_url), lambda: campaign_id
@@ -64,7 +64,7 @@ def add_pool(campaign_id: int, pool: str, database_url: DbOpt = None) -> None:
     from sapis.flows.config import CampaignConfig
     from sapis.storage import Store
 
-    store = Store(database_url)
+    store = Store(database_url, create=False)
     try:
         info = store.campaign(campaign_id)
         if info.status == "done":
@@ -114,7 +114,7 @@ def status(
 
     from sapis.storage import Store
 
-    store = Store(database_url)
+    store = Store(database_url, create=False)
     ids = [campaign_id] if campaign_id is not None else [c.id for c in store.campaigns()]
     data = [campaign_status(store, i) for i in ids]
     if as_json:
@@ -168,7 +168,7 @@ def export(
     from sapis.flows.campaign import export_campaign
     from sapis.storage import Store
 
-    res = export_campaign(Store(database_url), campaign_id, out)
+    res = export_campaign(Store(database_url, create=False), campaign_id, out)
     if res["model"]:
         shutil.copytree(res["model"], out / "model", dirs_exist_ok=True)
         res["model"] = str(out / "model")

@@ -85,7 +85,7 @@ def explain(
         from sapis.cli.paths import check_output
 
         check_output(plot)
-    store = Store(database_url)
+    store = Store(database_url, create=False)
     info = store.campaign(_campaign_ref(campaign))
     rounds = store.rounds(info.id)
     if not rounds:
@@ -159,7 +159,7 @@ def decide_cmd(
     """Run the scaling-controller flow after a round: store the decision on the round and publish it."""
     from sapis.storage import Store
 
-    info = Store(database_url).campaign(_campaign_ref(campaign))  # NotFoundError before Prefect starts
+    info = Store(database_url, create=False).campaign(_campaign_ref(campaign))  # NotFoundError before Prefect starts
     from sapis.flows.controller import scaling_controller
 
     out = scaling_controller(campaign_id=info.id, round_index=round_index, database_url=database_url)

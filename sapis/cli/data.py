@@ -34,9 +34,9 @@ def export(
     from sapis.errors import NotFoundError
     from sapis.storage import Store
 
-    check_output(out)
-    store = Store(database_url)
+    store = Store(database_url, create=False)  # a URL that names no store: refused before --out is made
     try:
+        check_output(out)
         if campaign is not None:
             store.campaign(campaign)
         # a name first (a pool may be called "1"), then an id: sapis.storage.pools.pool_id

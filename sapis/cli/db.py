@@ -49,7 +49,7 @@ def current(database_url: DbOpt = None) -> None:
     """Print the schema revision of the store and whether it is the newest this code knows."""
     from sapis.storage import db
 
-    engine = db.make_engine(_url(database_url))
+    engine = db.make_engine(_url(database_url), create=False)
     try:
         rev = db.current_revision(engine)
     except Exception as exc:

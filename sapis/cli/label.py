@@ -243,7 +243,7 @@ def work(
     from sapis.tasks.label_worker import run_worker
 
     settings = get_settings()
-    store = Store(database_url)
+    store = Store(database_url, create=False)
     rep = run_worker(
         store, worker_id=worker_id, max_labels=max_labels, max_minutes=max_minutes, fingerprint=fingerprint,
         threads=threads or settings.dft_threads, max_memory_mb=max_memory_mb or settings.dft_max_memory_mb,
@@ -285,7 +285,7 @@ def queue(
         "method": method, "basis": basis, "density_fit": density_fit, **_auxbasis(auxbasis, density_fit),
         "grid_level": grid_level, "dispersion": dispersion,
     }  # fmt: skip
-    store = Store(database_url)
+    store = Store(database_url, create=False)
     try:
         queued = enqueue_pool(store, pool, spec)  # a pool named "1" is found by its name first
         counts = store.label_counts(fingerprint=queued.fingerprint)

@@ -96,7 +96,7 @@ def list_pools(
     """List pools with their molecule, configuration and labelled-configuration counts."""
     from sapis.storage import Store
 
-    store = Store(database_url)
+    store = Store(database_url, create=False)
     pools = store.pools()
     store.dispose()
     if json_out:

@@ -81,8 +81,9 @@ def test_submit_with_label_fingerprint(tmp_path: Path, url: str, capsys: pytest.
 
 
 def test_db_upgrade_and_current(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert run(["db", "current", "--database-url", url]) == 0
-    assert "(empty) (behind head 0004" in capsys.readouterr().out
+    assert run(["db", "current", "--database-url", url]) == 2  # reads only: no store there yet, none created
+    assert "no sapis store at" in capsys.readouterr().err
+    assert not Path(url.removeprefix("sqlite:///")).exists()
     assert run(["db", "upgrade", "--database-url", url]) == 0
     assert "upgraded (empty) -> 0004" in capsys.readouterr().out
     assert run(["db", "upgrade", "--database-url", url]) == 0

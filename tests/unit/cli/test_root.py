@@ -23,6 +23,9 @@ def test_unknown_command_is_a_usage_error() -> None:
 
 
 def test_user_error_is_one_line_without_traceback(tmp_path: Path) -> None:
+    from sapis.storage import Store
+
+    Store(f"sqlite:///{tmp_path / 'sapis.db'}").dispose()  # the default store of SAPIS_HOME, without campaigns
     env = {"SAPIS_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run(
         [sys.executable, "-m", "sapis.cli", "campaign", "status", "4242"],
