@@ -412,11 +412,13 @@ def test_a_round_completes_with_dft_limit_1(tmp_path: Path) -> None:
 
     from sapis.flows.campaign import campaign
 
+    pool = f"dft-{_suffix()}"
     (tmp_path / "water.xyz").write_text(WATER)
-    (tmp_path / "campaign.toml").write_text(ONE_ROUND_TOML)
+    toml = ONE_ROUND_TOML.replace('mode = "work-pool",', f'mode = "work-pool", work_pool = "{pool}",')
+    assert toml != ONE_ROUND_TOML
+    (tmp_path / "campaign.toml").write_text(toml)
     store = Store(f"sqlite:///{tmp_path / 'store.db'}")
     store.submit_pool([tmp_path / "water.xyz"], name="water")
-    pool = f"dft-{_suffix()}"
     with get_client(sync_client=True) as client, contextlib.suppress(ObjectNotFound):
         # a fresh limit: slots a SIGKILLed run of an earlier test holds would be freed only when their lease
         # expires (the server's repossessor service, which the test harness does not run)
