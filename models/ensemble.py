@@ -107,12 +107,15 @@ def label_problem(energy: float | None, forces: np.ndarray | None, n_atoms: int)
     return None
 
 
-def charge_state(atoms: Atoms) -> tuple[int, int]:
-    """(charge, multiplicity) of ``atoms.info``; defaults as the store's: neutral, then the lowest multiplicity
-    for the electron count (1 for even, 2 for odd)."""
-    charge = int(atoms.info.get("charge", 0) or 0)
-    mult = atoms.info.get("multiplicity")
-    return charge, int(mult) if mult is not None else 1 + (int(atoms.numbers.sum()) - charge) % 2
+def charge_state(atoms: Atoms, source: str = "structure", frame: int | None = None) -> tuple[int, int]:
+    """(charge, multiplicity) of ``atoms.info``, read as the store reads them (:func:`sapis.chem.charge_multiplicity`:
+    ``charge``; ``multiplicity``, ``spin_multiplicity`` or fairchem's ``spin``, all 2S+1); defaults as the store's:
+    neutral, then the lowest multiplicity for the electron count (1 for even, 2 for odd). InputError (``source``,
+    ``frame``) for a non-integer value or spin keys that disagree."""
+    from sapis.chem import charge_multiplicity
+
+    charge, mult = charge_multiplicity(atoms, source, frame)
+    return charge, mult if mult is not None else 1 + (int(atoms.numbers.sum()) - charge) % 2
 
 
 def charge_states(frames: Sequence[Atoms], source: str) -> dict[str, list[int]]:
@@ -122,7 +125,7 @@ def charge_states(frames: Sequence[Atoms], source: str) -> dict[str, list[int]]:
 
     seen: dict[str, tuple[int, int, int]] = {}
     for k, atoms in enumerate(frames):
-        formula, (q, m) = atoms.get_chemical_formula(), charge_state(atoms)
+        formula, (q, m) = atoms.get_chemical_formula(), charge_state(atoms, source, k)
         q0, m0, k0 = seen.setdefault(formula, (q, m, k))
         if (q, m) != (q0, m0):
             raise InputError(
@@ -138,11 +141,11 @@ def charge_state_warning(ensemble: Any, frames: Sequence[Atoms], source: str) ->
     """One line naming the frames of ``frames`` whose formula the ensemble was trained on at another charge or
     multiplicity (None when there are none, or for a checkpoint that predates this record)."""
     trained = getattr(ensemble.models[0], "charge_states", None) or {}
-    odd = [
-        (k, f, charge_state(a), trained[f])
-        for k, a in enumerate(frames)
-        if (f := a.get_chemical_formula()) in trained and list(charge_state(a)) != list(trained[f])
-    ]
+    odd = []
+    for k, a in enumerate(frames):
+        f = a.get_chemical_formula()
+        if f in trained and list(state := charge_state(a, source, k)) != list(trained[f]):
+            odd.append((k, f, state, trained[f]))
     if not odd:
         return None
     k, f, (q, m), (q0, m0) = odd[0]
@@ -297,6 +300,7 @@ def train_ensemble(
     e0s: Mapping[int, float] | None = None,
     progress: bool = True,
     train_config: TrainConfig | None = None,
+    states: Mapping[str, Sequence[int]] | None = None,
 ) -> EnsembleResult:
     """Train ``members`` models on ``train_set`` (member i: seed + i and, when M > 1, a bootstrap resample).
 
@@ -305,7 +309,8 @@ def train_ensemble(
     :class:`ModelConfig` or :class:`MaceConfig` (its ``architecture`` decides), or a dict of either; an explicit
     ``architecture="mace"`` maps a ModelConfig onto a MaceConfig (see :func:`model_config_for`). With
     ``train.warm_start`` set to a previous ensemble directory, member i starts from member i there (every
-    tensor whose name and shape match; the rest starts fresh).
+    tensor whose name and shape match; the rest starts fresh). ``states`` is ``charge_states(train_set, ...)``
+    when the caller has already computed it (it is computed here otherwise): a checkpoint records it.
     """
     from sapis.errors import ConfigError
     from sapis.models.checkpoint import sha256
@@ -315,9 +320,11 @@ def train_ensemble(
         raise ConfigError("an ensemble needs at least one member")
     out = Path(out_dir)
     model_cfg = model_config_for(model, architecture)
-    states = charge_states(train_set, "training set")
+    if states is None:
+        states = charge_states(train_set, "training set")
     tr, va = _prepare(train_set, valid, model_cfg.cutoff, cfg, model_cfg.baseline)
-    spec = {**model_spec(tr, None, model_cfg, e0s), "charge_states": states}  # plain containers: weights_only
+    recorded = {f: [int(x) for x in state] for f, state in states.items()}  # plain containers: weights_only
+    spec = {**model_spec(tr, None, model_cfg, e0s), "charge_states": recorded}
     out.mkdir(parents=True, exist_ok=True)  # only once the data passed every check
     jobs = []
     n_gpus = _gpu_count()

@@ -75,6 +75,8 @@ def baseline_energy_forces(
 
     A structure whose baseline fails raises :class:`sapis.errors.InputError` naming the frame, or with
     ``failed="nan"`` gets NaN energy and forces (prediction: one bad candidate must not stop a whole batch).
+    Charge and multiplicity come from ``atoms.info`` as the store reads them (:func:`sapis.chem.charge_multiplicity`;
+    fairchem's ``spin`` is the multiplicity 2S+1); a non-integer value or disagreeing spin keys raise in either mode.
     """
     if method == "none":
         return [(0.0, np.zeros((len(a), 3))) for a in atoms_list]
@@ -89,6 +91,8 @@ def baseline_energy_forces(
     for k, atoms in enumerate(atoms_list):
         try:
             e, f = xtb_energy_forces(atoms, xtb_method, reuse=reuse)
+        except InputError as exc:  # a non-integer charge or disagreeing spin keys: the input's fault, not xTB's
+            raise InputError("structures", exc.problem, k) from None
         except Exception as exc:  # tblite raises plain exceptions (SCF failure, impossible spin)
             if failed == "nan":
                 out.append((float("nan"), np.full((len(atoms), 3), np.nan)))

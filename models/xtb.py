@@ -14,6 +14,8 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.units import Bohr, Hartree, kB
 
+from sapis.chem import charge_multiplicity
+
 # Δ-learning baselines (ModelConfig.baseline) -> tblite method names
 BASELINE_METHODS: Final[dict[str, str]] = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
 CACHE_SIZE = 32  # tblite calculators kept per thread (one per composition, charge, spin, cell and method)
@@ -21,9 +23,10 @@ _local = threading.local()  # one cache per thread: a tblite calculator must not
 
 
 def _charge_multiplicity(atoms: Atoms) -> tuple[int, int | None]:
-    """Total charge and multiplicity from ``atoms.info`` (default: neutral, multiplicity left to tblite)."""
-    mult = atoms.info.get("multiplicity")
-    return int(atoms.info.get("charge", 0) or 0), None if mult is None else int(mult)
+    """Total charge and multiplicity from ``atoms.info``, read as the store reads them (``charge``; any of
+    :data:`sapis.chem.SPIN_KEYS`, fairchem's ``spin`` included; default: neutral, multiplicity left to tblite).
+    InputError for a non-integer value or spin keys that disagree."""
+    return charge_multiplicity(atoms)
 
 
 def xtb_calculator(atoms: Atoms, method: str = "GFN2-xTB") -> Calculator:

@@ -19,6 +19,9 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from sapis import keys
+from sapis.chem import SPIN_KEYS as SPIN_KEYS  # the charge/spin-key rule lives in sapis.chem (no SQL); re-exported
+from sapis.chem import integer_info as integer_info
+from sapis.chem import multiplicity_info as multiplicity_info
 from sapis.errors import InputError
 
 MAX_Z = len(chemical_symbols) - 1  # 118
@@ -30,8 +33,6 @@ MAX_EXTRA_ELECTRONS_PER_ATOM = 2  # a more negative charge than -2 per atom is n
 # |coordinate| bound, Å: far beyond any molecule or cell, and keeps the 1e-6 Å content hash inside int64 and
 # neighbour searches finite (1e13 Å overflowed the hash, 1e308 Å the k-d tree).
 MAX_COORDINATE = 1e5
-# atoms.info keys that give the spin multiplicity 2S+1: sapis's own, pymatgen's, and fairchem/OMol25's "spin".
-SPIN_KEYS = ("multiplicity", "spin_multiplicity", "spin")
 
 
 def read_structures(path: str | Path) -> list[Atoms]:
@@ -126,56 +127,6 @@ def _molecule_from_dict(d: Any, src: str, frame: int) -> Atoms:
             raise InputError(src, f"non-integer {key.replace('_', ' ')} {value}", frame)
         atoms.info[name] = int(value)
     return atoms
-
-
-def integer_info(atoms: Atoms, key: str, default: Any, source: str, frame: int | None) -> Any:
-    """An integer ``atoms.info[key]`` (charge, multiplicity) from the file, else ``default``.
-
-    InputError (file, frame) for a value that is not a number or not an integer: a charge of 1.5 is never
-    truncated to 1.
-
-    >>> integer_info(Atoms("H2", info={"charge": 1.0}), "charge", 0, "a.xyz", 0)
-    1
-    >>> integer_info(Atoms("H2", info={"charge": 1.5}), "charge", 0, "a.xyz", 0)
-    Traceback (most recent call last):
-    ...
-    sapis.errors.InputError: a.xyz, frame 0: charge 1.5 is not an integer
-    """
-    value = atoms.info.get(key)
-    if value is None:
-        return default
-    if isinstance(value, bool):
-        raise InputError(source, f"{key} {value!r} is not a number", frame)
-    try:
-        as_float = float(value)
-    except (TypeError, ValueError):
-        raise InputError(source, f"{key} {value!r} is not a number", frame) from None
-    if not math.isfinite(as_float) or not as_float.is_integer():
-        raise InputError(source, f"{key} {as_float:g} is not an integer", frame)
-    return int(as_float)
-
-
-def multiplicity_info(atoms: Atoms, source: str, frame: int | None) -> int | None:
-    """The spin multiplicity ``atoms.info`` gives under any of :data:`SPIN_KEYS` (None if none).
-
-    ``spin`` is read as fairchem/OMol25 use it, as the multiplicity 2S+1. InputError (file, frame) for a value
-    that is not an integer, or for two keys that disagree.
-
-    >>> multiplicity_info(Atoms("O2", info={"spin": 3}), "a.xyz", 0)
-    3
-    >>> multiplicity_info(Atoms("O2", info={"spin": 3, "multiplicity": 1}), "a.xyz", 0)
-    Traceback (most recent call last):
-    ...
-    sapis.errors.InputError: a.xyz, frame 0: multiplicity keys disagree: multiplicity=1, spin=3
-    """
-    given = {k: integer_info(atoms, k, None, source, frame) for k in SPIN_KEYS}
-    given = {k: v for k, v in given.items() if v is not None}
-    if len(set(given.values())) > 1:
-        found = ", ".join(f"{k}={v}" for k, v in given.items())
-        raise InputError(source, f"multiplicity keys disagree: {found}", frame)
-    if given.get("spin", 1) < 1:
-        raise InputError(source, f"spin {given['spin']}: sapis reads spin as the multiplicity 2S+1 (>= 1)", frame)
-    return next(iter(given.values()), None)
 
 
 def fragments(atoms: Atoms, factor: float = FRAGMENT_FACTOR) -> list[list[int]]:

@@ -13,6 +13,8 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.md.md import MolecularDynamics
 
+from sapis.chem import SPIN_KEYS
+
 
 def thermalize(atoms: Atoms, temperature: float, rng: np.random.RandomState) -> None:
     """Maxwell-Boltzmann momenta at ``temperature`` (ASE >= 3.29 name, older name as fallback)."""
@@ -48,7 +50,7 @@ def start_md(
         raise ConfigError(f"unknown ensemble {ensemble!r}; use nvt or nve")
     work = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
     work.set_masses(atoms.get_masses())  # isotopes given in the input stay
-    work.info.update({k: atoms.info[k] for k in ("charge", "multiplicity") if k in atoms.info})
+    work.info.update({k: atoms.info[k] for k in ("charge", *SPIN_KEYS) if k in atoms.info})  # fairchem's spin too
     if ensemble == "nvt":
         work.set_constraint(FixCom())
     work.calc = calc

@@ -133,7 +133,8 @@ def md(
 
 
 def _start_structure(path: Path, frame: int, charge: int | None, multiplicity: int | None) -> Any:
-    from sapis.storage.structures import integer_info, read_structures, spin_problem, structure_problem
+    from sapis.chem import charge_multiplicity, set_multiplicity
+    from sapis.storage.structures import read_structures, spin_problem, structure_problem
 
     frames = read_structures(path)
     if not -len(frames) <= frame < len(frames):
@@ -145,13 +146,11 @@ def _start_structure(path: Path, frame: int, charge: int | None, multiplicity: i
         raise InputError(str(path), problem, frame=index)
     if len(atoms) < 2:
         raise InputError(str(path), f"nothing to simulate: {len(atoms)} atom", frame=index)
-    c = charge if charge is not None else integer_info(atoms, "charge", 0, str(path), index)
-    m = multiplicity if multiplicity is not None else integer_info(atoms, "multiplicity", None, str(path), index)
+    file_charge, file_multiplicity = charge_multiplicity(atoms, str(path), index)  # fairchem's spin (2S+1) too
+    c = charge if charge is not None else file_charge
+    m = multiplicity if multiplicity is not None else file_multiplicity
     atoms.info["charge"] = c  # integers from here on: the trajectory records what the run used
-    if m is None:
-        atoms.info.pop("multiplicity", None)
-    else:
-        atoms.info["multiplicity"] = m
+    set_multiplicity(atoms, m)  # the one spin key: --multiplicity 1 on a file's spin=3 must not leave both
     spin = spin_problem(atoms, c, m)
     if spin is not None:
         raise InputError(str(path), spin, frame=index)

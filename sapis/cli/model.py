@@ -19,9 +19,10 @@ MIN_FRAMES_FOR_SPLIT = 10  # sapis.models.ensemble holds out --valid-fraction on
 app = typer.Typer(help="Train and evaluate ensembles of equivariant potentials.", no_args_is_help=True)
 
 
-def _read_labelled(path: Path, what: str) -> list[Any]:
+def _read_labelled(path: Path, what: str, forces: bool = True) -> list[Any]:
     """Structures of ``path`` with finite reference energy and forces (REF_energy/REF_forces or energy/forces) of
-    the right shape, finite positions and integer charge/multiplicity; else InputError naming file and frame."""
+    the right shape, finite positions and integer charge/multiplicity; else InputError naming file and frame.
+    ``forces=False`` asks for the energy only (isolated atoms: a lone atom has no forces to give)."""
     from ase.io import read
 
     if not path.exists():
@@ -34,22 +35,26 @@ def _read_labelled(path: Path, what: str) -> list[Any]:
     if not frames:
         raise InputError(str(path), "contains no structures")
     for k, atoms in enumerate(frames):
-        _check_labelled(atoms, str(path), k)
+        _check_labelled(atoms, str(path), k, forces)
     return frames
 
 
-def _check_labelled(atoms: Any, source: str, frame: int) -> None:
+def _check_labelled(atoms: Any, source: str, frame: int, forces: bool = True) -> None:
     import numpy as np
 
+    from sapis.chem import charge_multiplicity
     from sapis.models.ensemble import label_problem
     from sapis.models.graph import reference_labels
-    from sapis.storage.structures import integer_info
 
     if not np.all(np.isfinite(atoms.positions)):
         raise InputError(source, "positions contain NaN or inf", frame)
-    for key in ("charge", "multiplicity"):
-        integer_info(atoms, key, None, source, frame)
-    if problem := label_problem(*reference_labels(atoms), len(atoms)):
+    charge_multiplicity(atoms, source, frame)  # integers; multiplicity, spin_multiplicity and spin (2S+1) agree
+    energy, f = reference_labels(atoms)
+    if not forces and energy is None:
+        raise InputError(source, "no reference energy (REF_energy or energy)", frame)
+    if not forces:
+        f = np.zeros((len(atoms), 3)) if f is None else f
+    if problem := label_problem(energy, f, len(atoms)):
         raise InputError(source, problem, frame)
 
 
@@ -57,7 +62,7 @@ def _isolated_atoms(path: Path) -> dict[int, float]:
     """{Z: energy} of single-atom frames: one per element, neutral (a cation's energy is no E0)."""
     from sapis.models.graph import reference_labels
 
-    frames = _read_labelled(path, "isolated-atoms")
+    frames = _read_labelled(path, "isolated-atoms", forces=False)
     out: dict[int, float] = {}
     for k, atoms in enumerate(frames):
         if len(atoms) != 1:
@@ -72,21 +77,23 @@ def _isolated_atoms(path: Path) -> dict[int, float]:
     return out
 
 
-def _check_valid_against_training(train_set: list[Any], valid: list[Any], valid_path: Path, train_path: Path) -> None:
+def _check_valid_against_training(
+    train_set: list[Any], trained: dict[str, list[int]], valid: list[Any], valid_path: Path, train_path: Path
+) -> None:
     """A validation structure with an element the training data lacks (the model cannot predict it) or a formula
-    trained at another charge state: one line, before anything is written."""
+    trained at another charge state (``trained``: ``charge_states`` of ``train_set``): one line, before anything
+    is written."""
     from ase.data import chemical_symbols
 
-    from sapis.models.ensemble import charge_state, charge_states
+    from sapis.models.ensemble import charge_state
 
     known = {int(z) for a in train_set for z in a.numbers}
-    trained = charge_states(train_set, str(train_path))
     for k, atoms in enumerate(valid):
         missing = sorted({int(z) for z in atoms.numbers} - known)
         if missing:
             names = ", ".join(chemical_symbols[z] for z in missing)
             raise InputError(str(valid_path), f"element {names} does not occur in the training data {train_path}", k)
-        formula, state = atoms.get_chemical_formula(), list(charge_state(atoms))
+        formula, state = atoms.get_chemical_formula(), list(charge_state(atoms, str(valid_path), k))
         if trained.get(formula, state) != state:
             q, m = trained[formula]
             raise InputError(
@@ -197,10 +204,10 @@ def train(
     from sapis.models.ensemble import charge_states
 
     train_set = _read_labelled(train_path, "training")
-    charge_states(train_set, str(train_path))  # one formula at two charge states: refused
+    states = charge_states(train_set, str(train_path))  # one formula at two charge states: refused
     valid = _read_labelled(valid_path, "validation") if valid_path else None
     if valid is not None and valid_path is not None:
-        _check_valid_against_training(train_set, valid, valid_path, train_path)
+        _check_valid_against_training(train_set, states, valid, valid_path, train_path)
     e0s = _isolated_atoms(isolated_atoms) if isolated_atoms else None
     if valid is None and len(train_set) < MIN_FRAMES_FOR_SPLIT:
         typer.echo(
@@ -226,6 +233,7 @@ def train(
         architecture=architecture,
         e0s=e0s,
         progress=progress,
+        states=states,
     )
     for m in res.members:
         best = m.best or {}

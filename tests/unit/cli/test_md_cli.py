@@ -314,3 +314,22 @@ def test_model_md_warns_at_a_charge_the_model_was_not_trained_on(tiny_model: Pat
     assert run([*argv, "--charge", "1", "--out", str(tmp_path / "cation.extxyz")]) == 0
     (line,) = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
     assert line.startswith(f"sapis: warning: {src}, frame 0: C2H6O at charge 1, multiplicity 2, but the model was")
+
+
+def test_multiplicity_option_replaces_the_files_spin(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    """A file's ``spin`` (fairchem's 2S+1) is its multiplicity: the model, trained on closed-shell ethanol, warns at
+    spin=3; --multiplicity 1 replaces the file's spin (no 'keys disagree', no warning) and the trajectory records it."""
+    src = tmp_path / "triplet.extxyz"
+    start = ase.io.read("/work/shared/data/rmd17_ethanol/test.xyz", "0")
+    start.info["spin"] = 3
+    ase.io.write(src, start)
+    argv = ["md", "--model", str(tiny_model), "--structure", str(src), "--steps", "2", "--interval", "1"]
+    assert run([*argv, "--no-progress", "--out", str(tmp_path / "triplet_md.extxyz")]) == 0
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+    assert line.startswith(f"sapis: warning: {src}, frame 0: C2H6O at charge 0, multiplicity 3, but the model was")
+    out = tmp_path / "singlet_md.extxyz"
+    assert run([*argv, "--no-progress", "--multiplicity", "1", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "warning" not in err and "error" not in err, err
+    frames = ase.io.read(out, ":")
+    assert [(f.info.get("multiplicity"), f.info.get("spin")) for f in frames] == [(1, None)] * len(frames)

@@ -128,6 +128,13 @@ def _oh(k: int, **info: object) -> Atoms:
     return a
 
 
+def _o2(k: int, **info: object) -> Atoms:
+    """O2 near 1.21 Å with finite made-up labels (eV, eV/Å); ``spin`` is fairchem's multiplicity 2S+1."""
+    a = Atoms("O2", positions=[[0, 0, 0], [1.19 + 0.01 * k, 0, 0]], info={"REF_energy": -20.0 - 0.01 * k, **info})
+    a.arrays["REF_forces"] = np.array([[0.1 * k, 0, 0], [-0.1 * k, 0, 0]])
+    return a
+
+
 def _checkpoint(tmp_path: Path, **spec: object) -> Path:
     from sapis.models.checkpoint import build_model, save_checkpoint
 
@@ -155,12 +162,60 @@ def test_train_refuses_one_formula_at_two_charge_states(tmp_path: Path, capsys: 
     assert not out.exists()
 
 
+def test_train_reads_spin_as_the_multiplicity_as_the_store_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """fairchem's ``spin`` is the multiplicity 2S+1: O2 at spin=3 and O2 at multiplicity=1 are two spin states."""
+    path = tmp_path / "o2.extxyz"
+    write(path, [_o2(k, spin=3) for k in range(3)] + [_o2(k, multiplicity=1) for k in range(3)])
+    out = tmp_path / "model"
+    assert run(["model", "train", "--train", str(path), "--out", str(out), *TINY]) == 2
+    err = _one_line_error(capsys)
+    assert f"{path}, frame 3: O2 has charge 0, multiplicity 1 here but charge 0, multiplicity 3 in frame 0" in err
+    assert not out.exists()
+
+
+def test_a_model_trained_at_spin_3_is_a_triplet_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Training data that gives O2's triplet as spin=3 in some frames and multiplicity=3 in others is one state;
+    the model records it as multiplicity 3, so eval warns at the singlet and not at the triplet, under any key."""
+    train, valid = tmp_path / "train.extxyz", tmp_path / "valid.extxyz"
+    write(train, [_o2(k, spin=3) for k in range(3)] + [_o2(k, multiplicity=3) for k in range(3, 5)])
+    write(valid, [_o2(5, spin=1)])
+    out = tmp_path / "model"
+    argv = ["model", "train", "--train", str(train), "--valid", str(valid), "--out", str(out), "--members", "1"]
+    assert run([*argv, *TINY]) == 2
+    err = _one_line_error(capsys)
+    assert f"{valid}, frame 0: O2 has charge 0, multiplicity 1 here but charge 0, multiplicity 3 in the training" in err
+    write(valid, [_o2(5, spin_multiplicity=3)])
+    assert run([*argv, *TINY]) == 0
+    capsys.readouterr()
+    from sapis.models.checkpoint import load_checkpoint
+
+    assert load_checkpoint(out / "member_0.pt")["spec"]["charge_states"] == {"O2": [0, 3]}
+    triplet, singlet = tmp_path / "triplet.extxyz", tmp_path / "singlet.extxyz"
+    write(triplet, [_o2(6, multiplicity=3), _o2(7, spin=3)])
+    write(singlet, [_o2(6, spin=3), _o2(7, multiplicity=1)])
+    assert run(["model", "eval", "--model", str(out), "--data", str(triplet), "--json"]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert run(["model", "eval", "--model", str(out), "--data", str(singlet), "--json"]) == 0
+    warning = [ln for ln in capsys.readouterr().err.splitlines() if "warning" in ln]
+    assert warning == [
+        f"sapis: warning: {singlet}, frame 1: O2 at charge 0, multiplicity 1, but the model was trained on O2 at "
+        "charge 0, multiplicity 3 only (it has no charge input): its predictions there are not for this charge state"
+    ]
+
+
 @pytest.mark.parametrize(
     ("spoil", "message"),
     [
         (lambda a: a.info.update(REF_energy=float("nan")), "frame 3: reference energy is nan"),
         (lambda a: a.arrays["REF_forces"].__setitem__((0, 0), np.inf), "frame 3: reference forces contain NaN or inf"),
         (lambda a: a.info.update(charge=0.5), "frame 3: charge 0.5 is not an integer"),
+        (
+            lambda a: a.info.update(spin=4, multiplicity=2),
+            "frame 3: multiplicity keys disagree: multiplicity=2, spin=4",
+        ),
+        (lambda a: a.info.update(spin=0), "frame 3: spin 0: sapis reads spin as the multiplicity 2S+1 (>= 1)"),
     ],
 )
 def test_train_and_eval_name_the_file_frame_and_field(
@@ -251,3 +306,35 @@ def test_isolated_atoms_one_neutral_atom_per_element(
     out = tmp_path / "model"
     assert run(["model", "train", "--train", str(train), "--isolated-atoms", str(e0s), "--out", str(out), *TINY]) == 2
     assert f"{e0s}, {message}" in _one_line_error(capsys) and not out.exists()
+
+
+def test_isolated_atoms_need_an_energy_not_forces(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """MACE's isolated-atom files (and the shipped rMD17 one) give an energy and no forces: a lone atom has none."""
+    e0s, train, out = tmp_path / "e0s.xyz", tmp_path / "train.extxyz", tmp_path / "model"
+    e0s.write_text(
+        "1\nProperties=species:S:1:pos:R:3 config_type=isolated_atom energy=-13.57\nH 0 0 0\n"
+        "1\nProperties=species:S:1:pos:R:3 config_type=isolated_atom energy=-2041.8\nO 0 0 0\n"
+    )
+    write(train, [_oh(k) for k in range(4)])
+    assert run(["model", "train", "--train", str(train), "--isolated-atoms", str(e0s), "--out", str(out), *TINY]) == 0
+    spec = json.loads((out / "ensemble.json").read_text())
+    assert json.dumps(spec).count("-2041.8") >= 1, "the O energy of the file is the model's E0"
+    capsys.readouterr()
+    e0s.write_text("1\nProperties=species:S:1:pos:R:3\nH 0 0 0\n")
+    assert (
+        run(
+            [
+                "model",
+                "train",
+                "--train",
+                str(train),
+                "--isolated-atoms",
+                str(e0s),
+                "--out",
+                str(tmp_path / "m2"),
+                *TINY,
+            ]
+        )
+        == 2
+    )
+    assert f"{e0s}, frame 0: no reference energy (REF_energy or energy)" in _one_line_error(capsys)

@@ -194,6 +194,27 @@ def test_prediction_and_evaluation_reject_bad_structures(ens_dir: Path, frames: 
         evaluate(ens, [frames["test"][0].copy()])
 
 
+def test_charge_states_read_charge_and_spin_as_the_store_does() -> None:
+    """The model side reads ``atoms.info`` by the store's rule (sapis.chem): any spin key (fairchem's ``spin`` is
+    2S+1), keys that must agree, integer values only (a charge of 0.5 is refused, not truncated to 0)."""
+    from sapis.chem import multiplicity_info
+    from sapis.models.ensemble import charge_state, charge_states
+
+    def o2(**info: object) -> Atoms:
+        return Atoms("O2", positions=[[0, 0, 0], [1.21, 0, 0]], info=info)
+
+    triplets = [o2(spin=3), o2(spin_multiplicity=3), o2(multiplicity=3.0), o2(spin=3, multiplicity=3)]
+    assert [charge_state(a)[1] for a in triplets] == [multiplicity_info(a, "x", None) for a in triplets] == [3] * 4
+    assert charge_states(triplets, "data.xyz") == {"O2": [0, 3]}
+    assert charge_state(o2()) == (0, 1) and charge_state(o2(charge=1)) == (1, 2)  # lowest by electron count
+    with pytest.raises(InputError, match=r"^data.xyz, frame 1: O2 has charge 0, multiplicity 1 here but charge 0, "):
+        charge_states([o2(spin=3), o2(multiplicity=1)], "data.xyz")
+    with pytest.raises(InputError, match=r"^data.xyz, frame 2: multiplicity keys disagree: multiplicity=1, spin=3$"):
+        charge_states([o2(), o2(), o2(spin=3, multiplicity=1)], "data.xyz")
+    with pytest.raises(InputError, match=r"^data.xyz, frame 0: charge 0.5 is not an integer$"):
+        charge_states([o2(charge=0.5)], "data.xyz")
+
+
 def test_import_has_no_side_effects() -> None:
     code = (
         "import os, sys; import sapis.models as m; assert 'torch' not in sys.modules; "

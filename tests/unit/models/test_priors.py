@@ -109,6 +109,32 @@ def test_baseline_failure_names_the_frame(tmp_path: Path) -> None:
         baseline_energy_forces([bad], "gfn2-xtb")
 
 
+def test_baseline_reads_spin_as_the_multiplicity_as_the_store_does() -> None:
+    """fairchem's ``spin`` (2S+1) and pymatgen's ``spin_multiplicity`` give the baseline's multiplicity as the store
+    reads them: O2 at spin=3 is xTB's triplet, not its singlet. Keys that disagree are the input's fault, named by
+    frame, also where a failed baseline would only give NaN."""
+    o2 = Atoms("O2", positions=[[0, 0, 0], [1.21, 0, 0]])
+
+    def at(**info: int) -> Atoms:
+        a = o2.copy()
+        a.info.update(info)
+        return a
+
+    states = [at(spin=3), at(spin_multiplicity=3), at(multiplicity=3), at(multiplicity=1)]
+    for reuse in (True, False):
+        (e_spin, f_spin), (e_pmg, _), (e_triplet, f_triplet), (e_singlet, _) = baseline_energy_forces(
+            states, "gfn2-xtb", reuse=reuse
+        )
+        assert e_spin == pytest.approx(e_triplet, abs=1e-10) and e_pmg == pytest.approx(e_triplet, abs=1e-10)
+        np.testing.assert_allclose(f_spin, f_triplet, rtol=0, atol=1e-10)
+        assert abs(e_singlet - e_triplet) > 0.03  # eV (GFN2: 0.07): the spin really changes the answer
+    disagree = [at(), at(spin=3, multiplicity=1)]
+    with pytest.raises(InputError, match=r"frame 1: multiplicity keys disagree: multiplicity=1, spin=3$"):
+        baseline_energy_forces(disagree, "gfn2-xtb")
+    with pytest.raises(InputError, match=r"frame 1: multiplicity keys disagree: multiplicity=1, spin=3$"):
+        baseline_energy_forces(disagree, "gfn2-xtb", failed="nan")
+
+
 def test_a_failed_baseline_spoils_one_prediction_not_the_batch(delta_dir: Path, frames: dict) -> None:
     """Candidates are scored in batches: a structure GFN2-xTB cannot do (here: a proton with one unpaired
     electron) gets NaN and is never selected; its neighbours are scored; the ASE calculator raises ASE's

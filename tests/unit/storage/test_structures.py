@@ -187,6 +187,27 @@ def test_spin_and_spin_multiplicity_are_read_as_multiplicity(tmp_path: Path) -> 
         st.read_structures(path)
 
 
+def test_the_charge_and_spin_rule_has_one_home_that_needs_no_sql() -> None:
+    """The store and the models read charge and spin by one rule (sapis.chem, re-exported here); models import it
+    without SQLAlchemy or Prefect."""
+    import subprocess
+    import sys
+
+    from sapis import chem
+
+    assert (st.SPIN_KEYS, st.integer_info, st.multiplicity_info) == (
+        chem.SPIN_KEYS,
+        chem.integer_info,
+        chem.multiplicity_info,
+    )
+    code = (
+        "import sys; import sapis.chem, sapis.models.ensemble, sapis.models.xtb; "
+        "print(sorted(m for m in ('sqlalchemy', 'prefect') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip().splitlines()[-1] == "[]", proc.stderr[-2000:]
+
+
 def test_huge_coordinates_are_a_structure_problem() -> None:
     for x in (1e13, 1e300, 1.7e308):
         h2 = Atoms("H2", positions=[[0, 0, 0], [x, 0, 0.74]])
