@@ -131,6 +131,8 @@ def xtb_call_ms(atoms: Any) -> float:
 def _train_arm(job: tuple) -> dict[str, Any]:
     """Train one arm in its own process (1 thread), evaluate it on every test file, time it."""
     _name, arch, mcfg, train, valid, tests, cfg, e0s, out_dir, timing = job
+    import torch
+
     from sapis.models import evaluate, train_ensemble
     from sapis.runtime import set_threads
 
@@ -148,10 +150,22 @@ def _train_arm(job: tuple) -> dict[str, Any]:
         "train_wall_s": m.wall_s,
         "train_cpu_s": m.history[-1]["cpu_s"] if m.history else None,
         "epochs": len(m.history),
+        # tensors taken from a warm start (a pre-trained model): 0 when the arm starts from scratch
+        "warm_loaded": torch.load(m.path, weights_only=True)["metadata"].get("warm_loaded", 0),
         "best_valid": m.best,
         "history": m.history,
         "test": {},
     }
+    if cfg.warm_start is not None:  # where the pre-trained weights came from, and what they cost
+        pre = torch.load(cfg.warm_start, weights_only=True)
+        meta = pre["metadata"]
+        out["warm_start_from"] = {
+            "path": str(cfg.warm_start),
+            "architecture": pre["spec"]["architecture"],
+            "baseline": pre["spec"].get("baseline"),
+            **{k: meta.get(k) for k in ("n_train", "n_valid", "cpu_s", "wall_s", "train_flops", "best")},
+            "epochs": len(meta.get("history", [])),
+        }
     for tname, frames in tests.items():
         ev = evaluate(out_dir, frames)
         out["test"][tname] = {k: v for k, v in ev.items() if k != "members"}

@@ -67,8 +67,45 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
         raise ConfigError(f"{source}: level.basis: {exc} (in pool {', '.join(map(repr, pools))})") from None
     if cfg.model.baseline != "none":
         _check_baseline(cfg.model.baseline, list(kinds.values()), source)
+    if cfg.ensemble.pretrained is not None:
+        _check_pretrained(cfg, set(elements), source)
     if deployment and cfg.label.mode == "work-pool":
         _check_label_deployment(cfg, source)
+
+
+# fields of a model config outside the trunk it learns: a pre-trained trunk fits whatever they are
+_NOT_SHAPING = ("baseline", "zbl", "zbl_radius_scale")
+
+
+def _check_pretrained(cfg: CampaignConfig, elements: set[str], source: str) -> None:
+    """``ensemble.pretrained`` is a checkpoint of the campaign's architecture and capacity on the pools' elements,
+    so round 0 takes every trunk tensor from it (a mismatch would load a few tensors and train the rest from
+    scratch without a word)."""
+    from ase.data import chemical_symbols
+
+    from sapis.errors import SapisError
+    from sapis.models.checkpoint import load_checkpoint
+
+    path = cfg.ensemble.pretrained
+    try:
+        spec = load_checkpoint(Path(str(path)))["spec"]
+    except SapisError as exc:
+        raise ConfigError(f"{source}: ensemble.pretrained: {exc}") from None
+    own, theirs = cfg.model.model_dump(mode="json"), dict(spec.get("config", {}))
+    differ = [k for k in own if k not in _NOT_SHAPING and k in theirs and own[k] != theirs[k]]
+    if differ:
+        was = ", ".join(f"{k}={theirs[k]!r}" for k in differ)
+        want = ", ".join(f"{k}={own[k]!r}" for k in differ)
+        raise ConfigError(
+            f"{source}: ensemble.pretrained: {path} is a model with {was}, the campaign's [model] has {want}: "
+            "pre-train with the campaign's architecture and size"
+        )
+    trained = {chemical_symbols[int(z)] for z in spec.get("elements", [])}
+    if trained != elements:
+        raise ConfigError(
+            f"{source}: ensemble.pretrained: {path} was trained on {', '.join(sorted(trained))}, the pools hold "
+            f"{', '.join(sorted(elements))}: pre-train on structures with the pools' elements"
+        )
 
 
 def _check_one_state_per_formula(kinds: dict[tuple[object, ...], tuple[str, int, Atoms]], source: str) -> None:

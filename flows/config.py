@@ -90,20 +90,29 @@ class TrainSection(TrainConfig):
     valid_fraction: float = Field(0.15, ge=0, lt=0.5, description="labels held out for validation")
     seed: int = Field(0, exclude=True)
     warm_start: Path | None = Field(None, exclude=True)
+    warm_start_readout: bool = Field(True, exclude=True)
 
     @model_validator(mode="before")
     @classmethod
     def _per_round(cls, data: Any) -> Any:
-        return _refuse(data, ("seed", "warm_start"), "set by the round (use the campaign seed, ensemble.warm_start)")
+        return _refuse(
+            data,
+            ("seed", "warm_start", "warm_start_readout"),
+            "set by the round (use the campaign seed, ensemble.warm_start, ensemble.pretrained)",
+        )
 
-    def for_round(self, *, seed: int, factor: float, warm_start: Path | None, members: int) -> TrainConfig:
-        """The validated TrainConfig of a round: budget times ``factor``, the round's seed and warm start."""
+    def for_round(
+        self, *, seed: int, factor: float, warm_start: Path | None, members: int, warm_start_readout: bool = True
+    ) -> TrainConfig:
+        """The validated TrainConfig of a round: budget times ``factor``, the round's seed and warm start
+        (``warm_start_readout=False``: a pre-trained trunk with fresh energy readouts)."""
         data = self.model_dump()
         data.update(
             max_epochs=round(self.max_epochs * factor),
             max_minutes=None if self.max_minutes is None else self.max_minutes * factor,
             seed=seed,
             warm_start=warm_start,
+            warm_start_readout=warm_start_readout,
             workers=min(self.workers, members),
         )
         return TrainConfig.model_validate(data)
@@ -114,6 +123,12 @@ class EnsembleSection(_Section):
 
     members: int = Field(default=3, ge=2, description="Ensemble members (>= 2 for a disagreement).")
     warm_start: bool = Field(default=True, description="Fine-tune from last round unless capacity changed.")
+    pretrained: Path | None = Field(
+        default=None,
+        description="A model pre-trained on cheap labels (`sapis model train` output, e.g. on GFN2-xTB-labelled MD "
+        "frames with baseline gfn1-xtb for a Δ-GFN2-xTB campaign) of the campaign's architecture and size: round 0 "
+        "fine-tunes its trunk with fresh energy readouts (models/README.md, 'Pre-training on cheap labels').",
+    )
     nve_steps: int = Field(
         default=400, ge=0, description="NVE gate length (0: off); a model that fails it does not drive MD."
     )

@@ -253,6 +253,11 @@ class TrainConfig(BaseModel):
     seed: int = Field(0, description="base seed; member i uses seed + i")
     dtype: Literal["float32", "float64"] = "float32"
     warm_start: Path | None = Field(None, description="checkpoint (file or ensemble dir) to start from")
+    warm_start_readout: bool = Field(
+        True,
+        description="take the energy readouts from the warm start too; False starts them fresh and keeps the trunk "
+        "(fine-tuning a model pre-trained at another level of theory, e.g. GFN2-xTB, on DFT labels)",
+    )
     threads: int = Field(1, ge=1, description="torch threads per member process")
     workers: int = Field(1, ge=1, description="members trained at once (separate processes)")
     eval_every: int = Field(1, ge=1, description="epochs between validation passes")

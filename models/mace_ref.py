@@ -89,6 +89,7 @@ class MaceModel(tnn.Module):
                 gate=gate_dict["silu"],
                 radial_MLP=list(config.radial_mlp),
             )
+        self.readout_prefixes = ("net.readouts.",)  # the energy head (a fresh one: TrainConfig.warm_start_readout)
         # invariant columns of the concatenated per-layer node features (for descriptors)
         c, n_l = config.channels, config.layers
         hidden_dim = o3.Irreps(config.hidden_irreps()).dim

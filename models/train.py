@@ -59,12 +59,20 @@ def evaluate_graphs(
     }
 
 
-def _warm_start(model: torch.nn.Module, path: Path) -> int:
-    """Load every tensor of a previous checkpoint whose name and shape match; return how many were loaded."""
+def _warm_start(model: torch.nn.Module, path: Path, readout: bool = True) -> int:
+    """Load every tensor of a previous checkpoint whose name and shape match; return how many were loaded.
+
+    ``readout=False`` leaves the model's energy readouts (its ``readout_prefixes``) as initialised: the trunk of a
+    model pre-trained on another level of theory, with a fresh head for the new one."""
     ckpt = load_checkpoint(path)
     old = ckpt.get("ema_state_dict") or ckpt["state_dict"]
     own = model.state_dict()
-    keep = {k: v for k, v in old.items() if k in own and own[k].shape == v.shape and k.split(".")[-1] not in _NOT_WARM}
+    fresh = () if readout else tuple(getattr(model, "readout_prefixes", ()))
+    keep = {
+        k: v
+        for k, v in old.items()
+        if k in own and own[k].shape == v.shape and k.split(".")[-1] not in _NOT_WARM and not k.startswith(fresh)
+    }
     model.load_state_dict(keep, strict=False)
     return len(keep)
 
@@ -92,7 +100,7 @@ def train_member(
     rng = np.random.default_rng(seed)
     model = build_model(spec).to(device=device, dtype=dtype)
     ema = build_model(spec).to(device=device, dtype=dtype)
-    warm_loaded = _warm_start(model, Path(cfg.warm_start)) if cfg.warm_start else 0
+    warm_loaded = _warm_start(model, Path(cfg.warm_start), cfg.warm_start_readout) if cfg.warm_start else 0
     ema.load_state_dict(model.state_dict())
     ema.eval()
     for p in ema.parameters():

@@ -100,6 +100,7 @@ class SapisTransformer(tnn.Module):
         head = tnn.Linear(c.readout_hidden, 1)
         self.readout = tnn.Sequential(tnn.Linear(c.channels, c.readout_hidden), tnn.SiLU(), head)
         self.zbl = ZBLRepulsion(c.zbl_radius_scale) if c.zbl else None
+        self.readout_prefixes = ("readout.", "layer_heads.")  # the energy head (a fresh one: TrainConfig)
         with torch.no_grad():  # start from E = sum of reference energies; training grows the rest
             head.weight.mul_(0.01)
             head.bias.zero_()

@@ -110,8 +110,13 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) 
     nve = earlier_metrics[-1].nve if earlier_metrics else None
     promoted = previous is not None and (nve is None or nve.passed is not False)
     warm = previous if (cfg.ensemble.warm_start and not changed) else None
+    pretrained = cfg.ensemble.pretrained if index == 0 else None  # round 0: a pre-trained trunk, a fresh head
     train = cfg.train.for_round(
-        seed=cfg.seed + 1000 * index, factor=train_factor, warm_start=warm, members=cfg.ensemble.members
+        seed=cfg.seed + 1000 * index,
+        factor=train_factor,
+        warm_start=warm or pretrained,
+        warm_start_readout=pretrained is None,
+        members=cfg.ensemble.members,
     )
     return RoundPlan(
         campaign_id=campaign_id,

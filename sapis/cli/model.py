@@ -134,6 +134,10 @@ def train(
     max_minutes: Annotated[float | None, typer.Option(min=0.01, help="Wall-clock budget per member (minutes).")] = (
         None
     ),
+    max_cpu_minutes: Annotated[
+        float | None,
+        typer.Option(min=0.01, help="CPU-time budget per member (minutes): the same compute on a shared machine."),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Structures per optimisation step.")] = 4,
     lr: Annotated[float, typer.Option(min=1e-7, help="Peak learning rate (AdamW).")] = 2e-2,
     patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 30,
@@ -146,6 +150,13 @@ def train(
     warm_start: Annotated[
         Path | None, typer.Option(help="Previous ensemble directory or checkpoint to start from (fine-tuning).")
     ] = None,
+    fresh_readout: Annotated[
+        bool,
+        typer.Option(
+            help="With --warm-start: keep the trunk, start the energy readouts fresh (fine-tuning a model "
+            "pre-trained at another level of theory, e.g. on GFN2-xTB labels, on DFT labels)."
+        ),
+    ] = False,
     device: Annotated[str, typer.Option(help="auto (SAPIS_DEVICE, else CUDA when present), cpu or cuda.")] = "auto",
     dtype: Annotated[str, typer.Option(help="float32 or float64.")] = "float32",
     seed: Annotated[int, typer.Option(help="Base seed; member i uses seed + i.")] = 0,
@@ -169,6 +180,8 @@ def train(
     device = resolve_device(device)  # SAPIS_DEVICE for auto; no CUDA device for 'cuda' -> one line, before reading
     if warm_start is not None and not warm_start.exists():
         raise NotFoundError(f"{warm_start}: warm-start checkpoint not found")
+    if fresh_readout and warm_start is None:
+        raise ConfigError("--fresh-readout starts the readouts of a --warm-start model fresh: give --warm-start")
     from sapis.models.xtb import BASELINE_METHODS
 
     if baseline is not None and baseline != "none" and baseline not in BASELINE_METHODS:
@@ -188,6 +201,7 @@ def train(
         cfg = TrainConfig(
             max_epochs=max_epochs,
             max_minutes=max_minutes,
+            max_cpu_minutes=max_cpu_minutes,
             batch_size=batch_size,
             lr=lr,
             patience=patience,
@@ -196,6 +210,7 @@ def train(
             dtype=dtype,
             seed=seed,
             warm_start=warm_start,
+            warm_start_readout=not fresh_readout,
             workers=workers,
             threads=threads,
         )

@@ -147,3 +147,45 @@ def test_add_pool_makes_the_checks_campaign_start_makes(db_url: str, capsys: pyt
         assert [p.name for p in store.campaign_pools(cid)] == ["radical", "water"]
     finally:
         store.dispose()
+
+
+def test_a_pretrained_model_must_fit_the_campaigns_model_and_elements(sqlite_url: str, tmp_path: Path) -> None:
+    """ensemble.pretrained of another size or on other elements would load a few tensors and train the rest from
+    scratch without a word: refused in one line before anything is written; a matching one passes."""
+    from sapis.errors import ConfigError
+    from sapis.flows.campaign import create_campaign
+    from sapis.flows.config import CampaignConfig
+    from sapis.models import ModelConfig, TrainConfig, train_ensemble
+
+    model = {"size": "XS", "cutoff": 4.0, "baseline": "none"}
+    one_epoch = TrainConfig(max_epochs=1, batch_size=4)
+    tiny = ModelConfig.size("XS", cutoff=4.0)
+    train_ensemble(_labelled(6, -2000.0, 0.0), None, tmp_path / "fits", members=1, model=tiny, train=one_epoch)
+    wide = tiny.model_copy(update={"channels": 12})
+    train_ensemble(_labelled(6, -2000.0, 0.0), None, tmp_path / "wide", members=1, model=wide, train=one_epoch)
+
+    store = Store(sqlite_url)
+    try:
+        store.submit_pool([molecule("H2O")], "water")
+        store.submit_pool([molecule("CH4")], "methane")
+
+        def start(pretrained: Path, pool: str = "water") -> None:
+            ens = {"members": 2, "pretrained": str(pretrained)}
+            cfg = CampaignConfig(name="p", pools=[pool], level=HF.spec, model=model, ensemble=ens)
+            create_campaign(store, cfg, source="p.toml")
+
+        with pytest.raises(ConfigError, match=r"^p\.toml: ensemble\.pretrained: .*nope.*not found"):
+            start(tmp_path / "nope")
+        with pytest.raises(ConfigError) as err:
+            start(tmp_path / "wide")
+        assert str(err.value) == (
+            f"p.toml: ensemble.pretrained: {tmp_path / 'wide'} is a model with channels=12, the campaign's [model] "
+            "has channels=8: pre-train with the campaign's architecture and size"
+        )
+        with pytest.raises(ConfigError, match=r"was trained on H, O, the pools hold C, H: pre-train on structures"):
+            start(tmp_path / "fits", "methane")
+        assert store.campaigns() == []
+        start(tmp_path / "fits")
+        assert len(store.campaigns()) == 1
+    finally:
+        store.dispose()

@@ -93,6 +93,7 @@ def test_training_on_held_out_labels_is_warned(
         (["--train", "{train}", "--architecture", "nequip"], "unknown architecture"),
         (["--train", "{train}", "--size", "XXL"], "unknown model size"),
         (["--train", "{train}", "--isolated-atoms", "{train}"], "must hold one atom"),
+        (["--train", "{train}", "--fresh-readout"], "--fresh-readout starts the readouts of a --warm-start model"),
     ],
 )
 def test_train_user_errors_are_one_line(

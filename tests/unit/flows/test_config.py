@@ -25,6 +25,7 @@ def test_defaults_and_roundtrip(tmp_path: Path) -> None:
         ('name = "x"\npools = ["p"]\n[select]\nwindow_lo = 3.0\nwindow_hi = 1.0\n', "window_lo"),
         ('name = "x"\npools = ["p"]\n[level]\nmethod = "NOT-A-FUNCTIONAL"\nbasis = "sto-3g"\n', "level"),
         ('name = "x"\npools = ["p"\n', "not valid TOML"),
+        ('name = "x"\npools = ["p"]\n[train]\nwarm_start_readout = false\n', "ensemble.pretrained"),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, needle: str) -> None:

@@ -46,6 +46,17 @@ def test_plan_replays_decisions(tmp_path: Path) -> None:
     assert plan_round(store, cid, 2, cfg).round_id == p2.round_id
 
 
+def test_a_pretrained_model_starts_round_0_only_with_a_fresh_head(tmp_path: Path) -> None:
+    store, cid, cfg = _store(tmp_path)
+    pre = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"pretrained": tmp_path / "pre"})})
+    p0 = plan_round(store, cid, 0, pre)
+    assert (p0.train.warm_start, p0.train.warm_start_readout) == (tmp_path / "pre", False)
+    store.update_round(p0.round_id, status="done", decision="continue", evidence={})
+    p1 = plan_round(store, cid, 1, pre)  # fine-tunes round 0's ensemble, readouts and all
+    assert p1.train.warm_start != tmp_path / "pre" and p1.train.warm_start_readout
+    assert plan_round(store, cid, 0, cfg).train.warm_start is None  # without one, round 0 starts from scratch
+
+
 def _mols(n: int) -> list[Atoms]:
     rng = np.random.default_rng(0)
     out = []

@@ -132,6 +132,26 @@ def test_warm_start_same_and_larger_capacity(ens_dir: Path, frames: dict, tmp_pa
     assert 0 < meta["warm_loaded"] < n_tensors  # what matches is loaded, the rest starts fresh
 
 
+def test_warm_start_with_a_fresh_readout_keeps_the_trunk(ens_dir: Path, frames: dict, tmp_path: Path) -> None:
+    """Fine-tuning a pre-trained trunk: the readouts start as a new model's, every other tensor as the old one."""
+    from sapis.models.train import _warm_start, build_model
+
+    old = torch.load(ens_dir / "member_0.pt", weights_only=True)
+    spec, state = old["spec"], old["ema_state_dict"]
+    torch.manual_seed(123)
+    fresh_model = build_model(spec)
+    fresh = {k: v.clone() for k, v in fresh_model.state_dict().items()}
+    n = _warm_start(fresh_model, ens_dir / "member_0.pt", readout=False)
+    got = fresh_model.state_dict()
+    heads = [k for k in got if k.startswith(("readout.", "layer_heads."))]
+    assert heads and all(torch.equal(got[k], fresh[k]) and not torch.equal(got[k], state[k]) for k in heads)
+    trunk = [k for k in got if k not in heads and k.split(".")[-1] not in ("z_index", "scale", "shift", "e0")]
+    assert all(torch.equal(got[k], state[k]) for k in trunk) and n == len(state) - 3 - len(heads)
+    cfg = FAST.model_copy(update={"max_epochs": 1, "warm_start": ens_dir, "warm_start_readout": False})
+    res = train_ensemble(frames["train"], frames["valid"], tmp_path, members=1, model=TINY, train=cfg, progress=False)
+    assert torch.load(res.members[0].path, weights_only=True)["metadata"]["warm_loaded"] == n
+
+
 def test_mace_architecture_trains_and_predicts(frames: dict, tmp_path: Path) -> None:
     mace_cfg = {
         "channels": 4,
