@@ -137,12 +137,13 @@ def charge_states(frames: Sequence[Atoms], source: str) -> dict[str, list[int]]:
     return {f: [q, m] for f, (q, m, _) in seen.items()}
 
 
-def charge_state_warning(ensemble: Any, frames: Sequence[Atoms], source: str) -> str | None:
+def charge_state_warning(ensemble: Any, frames: Sequence[Atoms], source: str, first: int = 0) -> str | None:
     """One line naming the frames of ``frames`` whose formula the ensemble was trained on at another charge or
-    multiplicity (None when there are none, or for a checkpoint that predates this record)."""
+    multiplicity (None when there are none, or for a checkpoint that predates this record); ``frames[0]`` is
+    frame ``first`` of ``source``."""
     trained = getattr(ensemble.models[0], "charge_states", None) or {}
     odd = []
-    for k, a in enumerate(frames):
+    for k, a in enumerate(frames, start=first):
         f = a.get_chemical_formula()
         if f in trained and list(state := charge_state(a, source, k)) != list(trained[f]):
             odd.append((k, f, state, trained[f]))

@@ -100,7 +100,7 @@ def md(
     if calc != "xtb":
         from sapis.models.ensemble import charge_state_warning
 
-        if (warning := charge_state_warning(calc.ensemble, [atoms], str(structure))) is not None:
+        if (warning := charge_state_warning(calc.ensemble, [atoms], str(structure), frame)) is not None:
             typer.echo(warning, err=True)
     if compile and calc != "xtb":
         typer.echo("sapis: compiling the model (torch.compile) before the first step...", err=True)

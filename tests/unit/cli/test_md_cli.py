@@ -314,6 +314,24 @@ def test_model_md_warns_at_a_charge_the_model_was_not_trained_on(tiny_model: Pat
     assert run([*argv, "--charge", "1", "--out", str(tmp_path / "cation.extxyz")]) == 0
     (line,) = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
     assert line.startswith(f"sapis: warning: {src}, frame 0: C2H6O at charge 1, multiplicity 2, but the model was")
+    two = tmp_path / "two.xyz"  # the warning names the frame md started from
+    ase.io.write(two, ase.io.read("/work/shared/data/rmd17_ethanol/test.xyz", ":2"))
+    argv = [
+        "md",
+        "--model",
+        str(tiny_model),
+        "--structure",
+        str(two),
+        "--frame",
+        "1",
+        "--steps",
+        "2",
+        "--interval",
+        "1",
+    ]
+    assert run([*argv, "--charge", "1", "--out", str(tmp_path / "cation1.extxyz")]) == 0
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
+    assert line.startswith(f"sapis: warning: {two}, frame 1: C2H6O at charge 1, multiplicity 2, but the model was")
 
 
 def test_multiplicity_option_replaces_the_files_spin(tiny_model: Path, tmp_path: Path, capsys) -> None:
