@@ -22,19 +22,13 @@ CACHE_SIZE = 32  # tblite calculators kept per thread (one per composition, char
 _local = threading.local()  # one cache per thread: a tblite calculator must not be updated by two threads at once
 
 
-def _charge_multiplicity(atoms: Atoms) -> tuple[int, int | None]:
-    """Total charge and multiplicity from ``atoms.info``, read as the store reads them (``charge``; any of
-    :data:`sapis.chem.SPIN_KEYS`, fairchem's ``spin`` included; default: neutral, multiplicity left to tblite).
-    InputError for a non-integer value or spin keys that disagree."""
-    return charge_multiplicity(atoms)
-
-
 def xtb_calculator(atoms: Atoms, method: str = "GFN2-xTB") -> Calculator:
     """An xTB calculator (GFN2 by default; GFN1-xTB, IPEA1-xTB) for ``atoms``, with the charge and multiplicity
-    of ``atoms.info``, silent."""
+    of ``atoms.info`` read as the store reads them (:func:`sapis.chem.charge_multiplicity`: fairchem's ``spin``
+    too; no multiplicity: tblite's default), silent."""
     from tblite.ase import TBLite
 
-    charge, mult = _charge_multiplicity(atoms)
+    charge, mult = charge_multiplicity(atoms)
     return TBLite(method=method, charge=charge, multiplicity=mult, verbosity=0)
 
 
@@ -71,7 +65,7 @@ def xtb_energy_forces(atoms: Atoms, method: str = "GFN2-xTB", reuse: bool = True
         a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=dict(atoms.info))
         a.calc = xtb_calculator(a, method)
         return float(a.get_potential_energy()), np.asarray(a.get_forces(), dtype=np.float64)
-    charge, mult = _charge_multiplicity(atoms)
+    charge, mult = charge_multiplicity(atoms)
     uhf = 0 if mult is None else mult - 1  # as tblite.ase for structures without initial magnetic moments
     numbers = np.ascontiguousarray(atoms.numbers, dtype=np.int32)
     key = (method, numbers.tobytes(), charge, uhf, atoms.pbc.tobytes(), atoms.cell.array.tobytes())

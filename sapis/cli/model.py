@@ -50,9 +50,9 @@ def _check_labelled(atoms: Any, source: str, frame: int, forces: bool = True) ->
         raise InputError(source, "positions contain NaN or inf", frame)
     charge_multiplicity(atoms, source, frame)  # integers; multiplicity, spin_multiplicity and spin (2S+1) agree
     energy, f = reference_labels(atoms)
-    if not forces and energy is None:
-        raise InputError(source, "no reference energy (REF_energy or energy)", frame)
     if not forces:
+        if energy is None:
+            raise InputError(source, "no reference energy (REF_energy or energy)", frame)
         f = np.zeros((len(atoms), 3)) if f is None else f
     if problem := label_problem(energy, f, len(atoms)):
         raise InputError(source, problem, frame)
