@@ -72,6 +72,7 @@ def make_engine(url: str, *, create: bool = True) -> Engine:
             if not create:
                 require_sqlite_store(Path(parsed.database), url)
             else:
+                refuse_foreign_sqlite(Path(parsed.database), url)
                 try:
                     folder.mkdir(parents=True, exist_ok=True)
                 except OSError as exc:
@@ -100,18 +101,41 @@ def require_sqlite_store(path: Path, url: Any) -> None:
         raise StoreError(f"{shown}: no sapis store at {where} ({CREATED_BY})")
     if where.is_dir():
         raise StoreError(f"{shown}: {where} is a folder, not a sapis store")
-    try:
-        con = sqlite3.connect(f"{where.as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
-        try:
-            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        finally:
-            con.close()
-    except sqlite3.DatabaseError as exc:  # not a database, unreadable, locked
-        raise (store_error(exc, url) or StoreError(f"cannot use the store {shown}: {exc}")) from None
+    tables = _sqlite_tables(where, url)
     if not STORE_TABLES.issubset(tables):
         if where.stat().st_size == 0:
             raise StoreError(f"{shown}: {where} is an empty file, not a sapis store ({CREATED_BY})")
         raise StoreError(f"{shown}: {where} is a SQLite database without sapis's tables, not a sapis store; left as is")
+
+
+def refuse_foreign_sqlite(path: Path, url: Any) -> None:
+    """StoreError (one line) if the existing SQLite file ``path`` is another program's database: one with tables
+    and no ``alembic_version``, which every sapis store has. A command that creates a store (pool submit, db
+    upgrade) must not add sapis's tables to it and switch it to WAL mode; a missing or empty file becomes a store.
+    """
+    where = Path(os.path.abspath(path))
+    if not where.is_file() or where.stat().st_size == 0:
+        return
+    tables = _sqlite_tables(where, url)
+    if tables and "alembic_version" not in tables:
+        some = ", ".join(sorted(tables)[:3]) + (", ..." if len(tables) > 3 else "")
+        raise StoreError(
+            f"{_display(url)}: {where} is a SQLite database of another program (tables {some}), not a sapis store; "
+            "left as is: give a new file"
+        )
+
+
+def _sqlite_tables(where: Path, url: Any) -> set[str]:
+    """Names of the tables of the SQLite file ``where``, opened read-only; StoreError (one line) if it is no
+    database, unreadable or locked."""
+    try:
+        con = sqlite3.connect(f"{where.as_uri()}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+        try:
+            return {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:  # not a database, unreadable, locked
+        raise (store_error(exc, url) or StoreError(f"cannot use the store {_display(url)}: {exc}")) from None
 
 
 def _locked(exc: sqlite3.OperationalError) -> bool:

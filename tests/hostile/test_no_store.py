@@ -193,3 +193,28 @@ def test_deploy_campaign_check_needs_a_store(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no sapis store at"):
         check_campaign(1, f"sqlite:///{path}")
     assert not path.exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["pool", "submit", "XYZ", "--name", "water"], ["db", "upgrade"]],
+    ids=["pool submit", "db upgrade"],
+)
+def test_a_creating_command_leaves_another_programs_database_alone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """A creating command makes a store of a missing or empty file, never of another program's SQLite database:
+    sapis's tables are not added to it and it is not switched to WAL mode."""
+    xyz = write(tmp_path / "w.xyz", "3\n\nO 0 0 0\nH 0 0.76 0.59\nH 0 -0.76 0.59\n")
+    path = _foreign_db(tmp_path / "notes.db")
+    before = _snapshot(tmp_path)
+    argv = [str(xyz) if a == "XYZ" else a for a in argv]
+    msg = fails_cleanly(capsys, [*argv, "--database-url", f"sqlite:///{path}"])
+    assert msg == (
+        f"sqlite:///{path}: {path} is a SQLite database of another program (tables notes), not a sapis store; "
+        "left as is: give a new file"
+    )
+    assert _snapshot(tmp_path) == before
+    empty = write(tmp_path / "empty.db", "")
+    assert run([*argv, "--database-url", f"sqlite:///{empty}"]) == 0  # an empty file is a new database
+    assert run(["db", "current", "--database-url", f"sqlite:///{empty}"]) == 0
