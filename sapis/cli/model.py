@@ -45,10 +45,13 @@ def _check_labelled(atoms: Any, source: str, frame: int, forces: bool = True) ->
     from sapis.chem import charge_multiplicity
     from sapis.models.ensemble import label_problem
     from sapis.models.graph import reference_labels
+    from sapis.storage.structures import spin_problem
 
     if not np.all(np.isfinite(atoms.positions)):
         raise InputError(source, "positions contain NaN or inf", frame)
-    charge_multiplicity(atoms, source, frame)  # integers; multiplicity, spin_multiplicity and spin (2S+1) agree
+    charge, multiplicity = charge_multiplicity(atoms, source, frame)  # integers; the spin keys (2S+1) agree
+    if problem := spin_problem(atoms, charge, multiplicity):  # the store's rule: O2 at multiplicity 2 is no state
+        raise InputError(source, problem, frame)
     energy, f = reference_labels(atoms)
     if not forces:
         if energy is None:

@@ -339,3 +339,24 @@ def test_isolated_atoms_need_an_energy_not_forces(tmp_path: Path, capsys: pytest
         == 2
     )
     assert f"{e0s}, frame 0: no reference energy (REF_energy or energy)" in _one_line_error(capsys)
+
+
+@pytest.mark.parametrize(
+    ("info", "problem"),
+    [
+        ({"multiplicity": 2}, "multiplicity 2 is impossible with 16 electrons (charge 0)"),
+        ({"spin": 4}, "multiplicity 4 is impossible with 16 electrons (charge 0)"),
+        ({"charge": 20}, "charge 20 leaves a negative number of electrons (-4)"),
+    ],
+)
+def test_train_refuses_an_impossible_spin_state_as_the_store_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], info: dict[str, int], problem: str
+) -> None:
+    """O2 at multiplicity 2 (an even electron count needs an odd multiplicity) is no state a label could come
+    from: the store refuses it, and so does model train, naming the frame, before anything is written."""
+    path = tmp_path / "o2.extxyz"
+    write(path, [_o2(k, multiplicity=3) for k in range(3)] + [_o2(3, **info)])
+    out = tmp_path / "model"
+    assert run(["model", "train", "--train", str(path), "--out", str(out), *TINY]) == 2
+    assert f"{path}, frame 3: {problem}" in _one_line_error(capsys)
+    assert not out.exists()
