@@ -31,7 +31,7 @@ class SapisCalculator(Calculator):
     ``compile=True`` compiles the members with torch.compile at the first call, on that structure
     (``Ensemble.compile``): several times faster calls after tens of seconds of compiling, for MD.
 
-    >>> # calc = SapisCalculator.from_checkpoint("runs/model"); atoms.calc = calc; atoms.get_forces()
+    Use: ``atoms.calc = SapisCalculator.from_checkpoint("runs/model"); atoms.get_forces()``.
     """
 
     # A plain class attribute, as ASE's BaseCalculator declares it (a ClassVar would clash with that declaration).

@@ -115,6 +115,16 @@ class ModelConfig(BaseModel):
         """A validated copy with ``width`` times the channels, ``depth`` more layers and optionally another ``lmax``."""
         return _grown(self, width, depth, lmax=self.lmax if lmax is None else lmax)
 
+    def describe(self) -> str:
+        """The capacity as a person reads it in a log line.
+
+        >>> ModelConfig.size("S", baseline="gfn2-xtb").describe()
+        'sapis: 16 channels, 2 layers, lmax 2, 2 heads, Δ-GFN2-xTB'
+        """
+        return f"sapis: {self.channels} channels, {self.layers} layers, lmax {self.lmax}, {self.heads} heads" + _delta(
+            self.baseline
+        )
+
 
 # ModelConfig fields added after checkpoints were first written, each with the value that rebuilds the model
 # such a checkpoint holds (a checkpoint's config lacks the field; the default may have moved on since)
@@ -171,9 +181,25 @@ class MaceConfig(BaseModel):
         """A validated copy with ``width`` times the channels, ``depth`` more interactions, ``max_L = min(lmax, 2)``."""
         return _grown(self, width, depth, max_L=self.max_L if lmax is None else min(lmax, 2))
 
+    def describe(self) -> str:
+        """The capacity as a person reads it in a log line.
+
+        >>> MaceConfig(channels=8).describe()
+        'MACE: 8 channels, 2 interactions, max_L 1, correlation 3'
+        """
+        return (
+            f"MACE: {self.channels} channels, {self.layers} interactions, max_L {self.max_L}, correlation "
+            f"{self.correlation}" + _delta(self.baseline)
+        )
+
     def hidden_irreps(self) -> str:
         """e.g. '32x0e + 32x1o' for channels=32, max_L=1."""
         return " + ".join(f"{self.channels}x{ell}{'e' if ell % 2 == 0 else 'o'}" for ell in range(self.max_L + 1))
+
+
+def _delta(baseline: str) -> str:
+    """', Δ-GFN2-xTB' for a baseline, '' for none."""
+    return "" if baseline == "none" else f", Δ-{baseline.upper().replace('-XTB', '-xTB')}"
 
 
 _Capacity = TypeVar("_Capacity", ModelConfig, MaceConfig)
