@@ -11,6 +11,7 @@ import typer
 from sapis.errors import ConfigError, InputError, SapisError
 
 MAX_SENSIBLE_TEMPERATURE = 5000.0  # K; above it covalent bonds break within femtoseconds (a warning, not a limit)
+MAX_FRICTION = 10.0  # 1/fs; Langevin friction beyond it damps every motion within a tenth of a femtosecond
 
 
 def _finite(value: float) -> float:
@@ -53,7 +54,10 @@ def md(
         MDEnsemble, typer.Option(help="nvt (Langevin thermostat) or nve (velocity Verlet).")
     ] = MDEnsemble.nvt,
     friction: Annotated[
-        float, typer.Option(min=0.0, callback=_finite, help="Langevin friction in 1/fs (nvt only).")
+        float,
+        typer.Option(
+            min=0.0, callback=_finite, help="Langevin friction in 1/fs (nvt only; 0.001-0.1 is usual, at most 10)."
+        ),
     ] = 0.01,
     interval: Annotated[int, typer.Option(min=1, help="Write one frame every this many steps.")] = 10,
     frame: Annotated[int, typer.Option(help="Which frame of --structure to start from (0-based; -1 = last).")] = 0,
@@ -85,6 +89,10 @@ def md(
     """
     from sapis.runtime import set_threads
 
+    if friction > MAX_FRICTION:
+        raise ConfigError(f"--friction {friction:g} 1/fs is beyond {MAX_FRICTION:g} (0.001-0.1 is usual)")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be between 0 and {2**32 - 1} (numpy's range), got {seed}")
     set_threads(threads)
     if temperature > MAX_SENSIBLE_TEMPERATURE:
         typer.echo(

@@ -51,3 +51,13 @@ def test_absurd_temperature_is_warned(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "sapis: warning: 1e+06 K is far above 5000 K, where molecules fall apart" in err
     assert "Traceback" not in err
+
+
+def test_absurd_friction_is_a_usage_error_before_any_step(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--friction 1e300 (1/fs) overflowed numpy mid-run (warnings on stderr); it is refused before any step."""
+    src = write(tmp_path / "w.xyz", WATER.format(info=""))
+    out = tmp_path / "traj.xyz"
+    argv = ["md", "--calculator", "xtb", "-s", str(src), "-o", str(out), "--steps", "2", "--no-progress"]
+    msg = fails_cleanly(capsys, [*argv, "--friction", "1e300"])
+    assert msg == "--friction 1e+300 1/fs is beyond 10 (0.001-0.1 is usual)"
+    assert not out.exists()

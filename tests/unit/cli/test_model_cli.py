@@ -256,7 +256,7 @@ def test_eval_stops_on_the_frame_where_the_baseline_fails(tmp_path: Path, capsys
     """A Δ-xTB model cannot predict where its xTB baseline fails: exit 2 naming the frame, not NaN metrics."""
     ckpt = _checkpoint(tmp_path, config={**SPEC["config"], "baseline": "gfn2-xtb"}, baseline="gfn2-xtb")
     path = tmp_path / "oh.extxyz"
-    write(path, [_oh(0), _oh(1, charge=3, multiplicity=2)])  # 4 valence electrons cannot have one unpaired
+    write(path, [_oh(0), _oh(1, charge=8, multiplicity=2)])  # one electron, but xTB's valence count is -1
     assert run(["model", "eval", "--model", str(ckpt), "--data", str(path), "--json"]) == 2
     assert f"{path}, frame 1: GFN2-xTB baseline failed" in _one_line_error(capsys)
 
@@ -292,7 +292,7 @@ def test_train_refuses_an_element_only_in_validation(tmp_path: Path, capsys: pyt
     ("atoms", "message"),
     [
         ([Atoms("H"), Atoms("O"), Atoms("H")], "frame 2: a second H atom (first: frame 0)"),
-        ([Atoms("H", info={"charge": 1}), Atoms("O")], "frame 0: isolated H has charge 1"),
+        ([Atoms("O", info={"charge": 1}), Atoms("H")], "frame 0: isolated O has charge 1"),
     ],
 )
 def test_isolated_atoms_one_neutral_atom_per_element(
