@@ -356,6 +356,10 @@ class CampaignConfig(_Section):
             raise ConfigError(f"{path}: no such campaign file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not valid TOML (not UTF-8 text)") from None
+        except OSError as exc:  # a folder, no permission
+            raise ConfigError(f"{path}: cannot read the campaign file: {exc.strerror or exc}") from None
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.parse(data, source=str(path))
 

@@ -72,8 +72,10 @@ def create_campaign(session: Session, name: str, config: Mapping[str, Any]) -> i
 
 def _campaign(session: Session, id_or_name: int | str) -> Campaign:
     if isinstance(id_or_name, int):
+        if abs(id_or_name) > configs.MAX_ID:
+            raise NotFoundError(f"campaign {id_or_name!r} not found")
         cond = Campaign.id == id_or_name
-    elif str(id_or_name).isdigit():
+    elif str(id_or_name).isdecimal() and int(id_or_name) <= configs.MAX_ID:
         cond = (Campaign.id == int(id_or_name)) | (Campaign.name == str(id_or_name))
     else:
         cond = Campaign.name == str(id_or_name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from sapis.storage import structures as st
 from sapis.storage.orm import MAX_NAME, Configuration, LevelRow, Molecule
 
 CHUNK = 500  # ids per IN (...) clause
+MAX_ID = 2**63 - 1  # ids are 64-bit: a larger one overflows the SQLite driver, so it names no row
 PROVENANCE_COLUMNS = ("source", "explorer", "campaign_id", "round_index", "temperature", "step", "parent_id")
 
 
@@ -41,8 +43,9 @@ def upsert(session: Session, table: Any) -> Any:
 
 
 def check_name(what: str, value: str) -> str:
-    """``value`` stripped; InputError if it is empty or longer than :data:`MAX_NAME` characters (the same limit on
-    SQLite, which would store anything, and PostgreSQL, which would fail mid-transaction).
+    """``value`` stripped; InputError if it is empty, longer than :data:`MAX_NAME` characters (the same limit on
+    SQLite, which would store anything, and PostgreSQL, which would fail mid-transaction) or holds a control
+    character (a newline splits every line that names it; PostgreSQL refuses NUL).
 
     >>> check_name("pool name", " water ")
     'water'
@@ -52,6 +55,9 @@ def check_name(what: str, value: str) -> str:
         raise InputError(what, "must not be empty")
     if len(value) > MAX_NAME:
         raise InputError(what, f"{len(value)} characters is too long (at most {MAX_NAME})")
+    control = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        raise InputError(what, f"{value!r} holds the control character U+{ord(control):04X}")
     return value
 
 

@@ -231,9 +231,9 @@ def pool_id(session: Session, pool: str | int) -> int:
     found = None
     if isinstance(pool, str):
         found = session.execute(select(Pool.id).where(Pool.name == pool)).scalar_one_or_none()
-        if found is None and pool.strip().isdigit():
+        if found is None and pool.strip().isdecimal() and int(pool) <= configs.MAX_ID:
             found = session.execute(select(Pool.id).where(Pool.id == int(pool))).scalar_one_or_none()
-    else:
+    elif abs(pool) <= configs.MAX_ID:
         found = session.execute(select(Pool.id).where(Pool.id == int(pool))).scalar_one_or_none()
     if found is None:
         raise NotFoundError(f"pool {pool!r} not found")

@@ -139,9 +139,11 @@ class LevelOfTheory(BaseModel):
         from pyscf.dft import libxc
 
         try:
-            libxc.parse_xc(v)
+            (hybrid, *_), terms = libxc.parse_xc(v)
         except Exception as exc:
             raise ValueError(f"unknown method or functional {v!r} (PySCF/libxc cannot parse it)") from exc
+        if not hybrid and not any(weight for _, weight in terms):  # '' or ',': PySCF would run Hartree only
+            raise ValueError(f"method {v!r} has no exchange or correlation; give HF or a functional (PBE, B3LYP, ...)")
         return v
 
     @field_validator("basis")

@@ -21,12 +21,17 @@ def start(
     database_url: DbOpt = None,
 ) -> None:
     """Create a campaign from CONFIG and run it to its end (target error, budget, round limit or stop)."""
+    from sapis.errors import ConfigError
     from sapis.flows.campaign import campaign, check_campaign
     from sapis.flows.config import CampaignConfig
     from sapis.storage import Store
+    from sapis.storage.configs import check_name
 
     cfg = CampaignConfig.load(config)  # fail fast, before Prefect starts and before any row is written
+    name = check_name(f"{config}: name", cfg.name)
     store = Store(database_url)
+    if any(c.name == name for c in store.campaigns()):
+        raise ConfigError(f"{config}: name: campaign {name!r} already exists; choose another name")
     check_campaign(store, cfg, source=str(config))
     result = run_campaign(
         store,
@@ -165,10 +170,14 @@ def export(
     labels.extxyz holds REF_energy/REF_forces (eV, eV/Å) at the campaign's level of theory; each frame's
     ``held_out`` is True for the campaign's held-out test labels (never trained on), False for the rest.
     """
+    from sapis.cli.paths import check_output_dir
     from sapis.flows.campaign import export_campaign
     from sapis.storage import Store
 
-    res = export_campaign(Store(database_url, create=False), campaign_id, out)
+    store = Store(database_url, create=False)
+    store.campaign(campaign_id)  # NotFoundError before --out is made
+    check_output_dir(out)
+    res = export_campaign(store, campaign_id, out)
     if res["model"]:
         shutil.copytree(res["model"], out / "model", dirs_exist_ok=True)
         res["model"] = str(out / "model")

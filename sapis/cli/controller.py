@@ -14,7 +14,7 @@ app = typer.Typer(help="Scaling controller: data or capacity, decided from fitte
 
 
 def _campaign_ref(value: str) -> int | str:
-    return int(value) if value.isdigit() else value
+    return int(value) if value.isdecimal() else value
 
 
 def _row(index: int, d: dict[str, Any], stored: bool) -> dict[str, Any]:
@@ -82,8 +82,14 @@ def explain(
     from sapis.tasks.scaling_step import controller_config, history_from_store
 
     if plot is not None:
-        from sapis.cli.paths import check_output
+        from matplotlib.backend_bases import FigureCanvasBase
 
+        from sapis.cli.paths import check_output
+        from sapis.errors import InputError
+
+        formats = FigureCanvasBase.get_supported_filetypes()
+        if plot.suffix and plot.suffix[1:].lower() not in formats:
+            raise InputError(str(plot), f"cannot plot to a {plot.suffix} file; use one of .{', .'.join(formats)}")
         check_output(plot)
     store = Store(database_url, create=False)
     info = store.campaign(_campaign_ref(campaign))

@@ -30,12 +30,13 @@ def export(
     The file reads with `ase.io.read(OUT, ":")` and MACE's training tools (energy_key=REF_energy,
     forces_key=REF_forces). Mixing levels of theory is refused: give --fingerprint when there are several.
     """
-    from sapis.cli.paths import check_output
+    from sapis.cli.paths import check_not_store, check_output
     from sapis.errors import NotFoundError
     from sapis.storage import Store
 
     store = Store(database_url, create=False)  # a URL that names no store: refused before --out is made
     try:
+        check_not_store(out, store)
         check_output(out)
         if campaign is not None:
             store.campaign(campaign)

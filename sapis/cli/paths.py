@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 
 def check_output(out: Path, inputs: tuple[Path, ...] = ()) -> None:
@@ -27,3 +28,37 @@ def check_output(out: Path, inputs: tuple[Path, ...] = ()) -> None:
         probe.unlink()
     except OSError as exc:
         raise InputError(str(out), f"cannot write the output: {exc.strerror or exc}") from None
+
+
+def check_output_dir(out: Path) -> None:
+    """InputError unless ``out`` is a directory that can be made (if absent) and written: checked before an export
+    writes anything into it."""
+    from sapis.errors import InputError
+
+    if out.exists() and not out.is_dir():
+        raise InputError(str(out), "--out is a file; give a directory")
+    for parent in out.resolve().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(str(out), f"cannot create the output directory: {parent} is a file, not a directory")
+            break
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".sapis.probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise InputError(str(out), f"cannot write the output directory: {exc.strerror or exc}") from None
+
+
+def check_not_store(out: Path, store: Any) -> None:
+    """InputError if ``out`` is a file of the SQLite ``store`` (database, journal, WAL, shared memory): writing
+    it would destroy the store."""
+    from sapis.errors import InputError
+
+    url = store.engine.url
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    db = Path(url.database).resolve()
+    if out.resolve() in (db, *(db.with_name(db.name + s) for s in ("-journal", "-wal", "-shm"))):
+        raise InputError(str(out), f"--out is a file of the store ({db}); give another name")
