@@ -3,6 +3,7 @@ weights, early stopping on validation, gradient clipping, per-epoch metrics and 
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -99,7 +100,7 @@ def train_member(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     model = build_model(spec).to(device=device, dtype=dtype)
-    ema = build_model(spec).to(device=device, dtype=dtype)
+    ema = copy.deepcopy(model)  # its weights are the model's below; a deep copy skips e3nn's code generation
     warm_loaded = _warm_start(model, Path(cfg.warm_start), cfg.warm_start_readout) if cfg.warm_start else 0
     ema.load_state_dict(model.state_dict())
     ema.eval()

@@ -350,3 +350,25 @@ def test_force_deviation_bias_forces_are_its_gradient(ens_dir: Path, frames: dic
     _assert_bias_forces_are_its_gradient(biased, plain, atoms)
     with pytest.raises(CalculatorError, match="bias_on"):
         SapisCalculator(ens, bias_strength=1.0, bias_on="dipole")
+
+
+def test_members_loaded_from_one_template_are_independent_and_exact(ens_dir: Path, frames: dict) -> None:
+    """Checkpoints of one spec are loaded as copies of one built model (e3nn's code generation runs once): each
+    member still predicts exactly what a freshly built model with its weights predicts, and changing one loaded
+    model's weights changes no other."""
+    from sapis.models.checkpoint import build_model, load_checkpoint, model_from_checkpoint
+
+    path0, path1 = ens_dir / "member_0.pt", ens_dir / "member_1.pt"
+    a, b, a_again = (model_from_checkpoint(p) for p in (path0, path1, path0))
+    fresh = build_model(load_checkpoint(path0)["spec"])
+    fresh.load_state_dict(load_checkpoint(path0)["ema_state_dict"])
+    for name, t in fresh.state_dict().items():
+        assert torch.equal(a.state_dict()[name], t), name
+    assert any(not torch.equal(a.state_dict()[n], b.state_dict()[n]) for n in a.state_dict())
+    with torch.no_grad():
+        next(a.parameters()).add_(1.0)
+    assert not torch.equal(next(a.parameters()), next(a_again.parameters()))
+    assert torch.equal(next(a_again.parameters()), next(fresh.parameters()))
+    ens = load_ensemble(ens_dir)
+    one = [load_ensemble(p).predict(frames["test"])["energy"] for p in (path0, path1)]
+    assert np.allclose(ens.predict(frames["test"])["energy"], np.mean(one, axis=0), atol=1e-6)
