@@ -50,7 +50,12 @@ def scaling_controller(
     log = get_run_logger()
     probes = probe_task(database_url, campaign_id, round_index)
     if probes:
-        log.info("learning-curve probes: %d points, %.3g s", len(probes["points"]), probes["train_s"])
+        log.info(
+            "learning-curve probes: %d points, %.3g s of training in %.3g s",
+            len(probes["points"]),
+            probes["train_s"],
+            probes.get("wall_s", probes["train_s"]),
+        )
     out = decide_task(database_url, campaign_id, round_index)
     d = out["decision"]
     index = d.evidence["round_index"]

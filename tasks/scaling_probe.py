@@ -60,22 +60,22 @@ def run_probes(
     e0s: Mapping[int, float] | None = None,
     reuse: Mapping[str, Any] | None = None,
     seed: int = 0,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Train the probes of :func:`probe_grid` and return ``{"points", "train_s", "flops", "n_valid"}``.
+    """Train the probes of :func:`probe_grid` and return ``{"points", "train_s", "flops", "n_valid", "wall_s"}``
+    (``train_s``: the probes' own seconds, summed; ``wall_s``: how long they took, side by side).
 
     Each point: fraction, width, n_train, n_params, channels, error (best validation force MAE, meV/Å),
     train_s, flops. ``reuse`` (n_params, error, train_s, flops of a fresh member trained on all of ``train`` at
     ``capacity`` with the same settings) replaces the fraction-1, width-1 probe and costs nothing here.
     ``train_config`` is a ``sapis.models.TrainConfig``; its ``max_minutes`` is scaled down with each probe's
-    share of the data and width².
+    share of the data and width². ``workers`` > 1 trains that many probes at once, in separate processes.
     """
-    from sapis.models import train_ensemble
-
     if len(train) < 2 or not valid:
         raise ValueError(f"probes need at least 2 training and 1 validation frame (got {len(train)}, {len(valid)})")
-    points: list[dict[str, Any]] = []
-    total_s = total_flops = 0.0
     channels = int(capacity.get("channels") or 1)
+    points: list[dict[str, Any] | None] = []
+    jobs: list[tuple[int, tuple[Any, ...]]] = []  # (index in points, arguments of _probe_job)
     for i, (frac, width, cap) in enumerate(probe_grid(capacity, cfg)):
         subset = nested_subset(train, frac, seed)
         if reuse is not None and width == 1.0 and len(subset) == len(train):
@@ -102,35 +102,73 @@ def run_probes(
                 "seed": seed,
             }
         )
-        t0 = time.perf_counter()
-        res = train_ensemble(
-            subset,
-            valid,
-            Path(out_dir) / f"probe-{i:02d}",
-            members=1,
-            model=cap,
-            train=tc,
-            architecture=architecture,
-            e0s=e0s,
-            progress=False,
+        jobs.append(
+            (len(points), (frac, width, cap, subset, valid, tc, Path(out_dir) / f"probe-{i:02d}", architecture, e0s))
         )
-        wall = time.perf_counter() - t0
-        m = res.members[0]
-        total_s += wall
-        total_flops += float(m.train_flops)
-        points.append(
-            {
-                "fraction": frac,
-                "width": width,
-                "n_train": len(subset),
-                "channels": int(cap["channels"]),
-                "n_params": int(m.n_params),
-                "error": m.best.get("valid_f_mae"),
-                "train_s": wall,
-                "flops": float(m.train_flops),
-            }
-        )
-    return {"points": points, "train_s": total_s, "flops": total_flops, "n_valid": len(valid)}
+        points.append(None)
+    t0 = time.perf_counter()
+    for k, point in zip([k for k, _ in jobs], _run_jobs([args for _, args in jobs], workers), strict=True):
+        points[k] = point
+    done = [p for p in points if p is not None]
+    total_s = sum(float(p["train_s"]) for p in done)
+    total_flops = sum(float(p["flops"]) for p in done)
+    wall = time.perf_counter() - t0
+    return {"points": done, "train_s": total_s, "flops": total_flops, "n_valid": len(valid), "wall_s": wall}
+
+
+def _run_jobs(jobs: list[tuple[Any, ...]], workers: int) -> list[dict[str, Any]]:
+    """:func:`_probe_job` of every job, in order: ``workers`` at a time in separate processes (each with one
+    thread), or here one after another."""
+    if workers <= 1 or len(jobs) <= 1:
+        return [_probe_job(job) for job in jobs]
+    import multiprocessing as mp
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sapis.models.ensemble import _member_process, _stop_members
+
+    with ProcessPoolExecutor(
+        min(workers, len(jobs)),
+        mp_context=mp.get_context("spawn"),
+        initializer=_member_process,
+        initargs=(os.getpid(),),
+    ) as pool:
+        try:
+            return list(pool.map(_probe_in_child, jobs))
+        except BaseException:  # Ctrl-C, SIGTERM, a failed probe: stop the others now
+            _stop_members(pool)
+            raise
+
+
+def _probe_in_child(job: tuple[Any, ...]) -> dict[str, Any]:
+    """Entry point of a probe process (spawn): the probe's torch threads, then :func:`_probe_job`."""
+    from sapis.runtime import set_threads
+
+    set_threads(job[5].threads)
+    return _probe_job(job)
+
+
+def _probe_job(job: tuple[Any, ...]) -> dict[str, Any]:
+    """Train one probe (a one-member ensemble from scratch) and return its point; ``train_s`` is its own wall
+    time, so a probe's seconds mean the same run alone or beside others."""
+    from sapis.models import train_ensemble
+
+    frac, width, cap, subset, valid, tc, out, architecture, e0s = job
+    t0 = time.perf_counter()
+    res = train_ensemble(
+        subset, valid, out, members=1, model=cap, train=tc, architecture=architecture, e0s=e0s, progress=False
+    )
+    m = res.members[0]
+    return {
+        "fraction": frac,
+        "width": width,
+        "n_train": len(subset),
+        "channels": int(cap["channels"]),
+        "n_params": int(m.n_params),
+        "error": m.best.get("valid_f_mae"),
+        "train_s": time.perf_counter() - t0,
+        "flops": float(m.train_flops),
+    }
 
 
 def probe_round(store: Any, campaign_id: int, index: int, cfg: Any) -> dict[str, Any] | None:
@@ -168,6 +206,7 @@ def probe_round(store: Any, campaign_id: int, index: int, cfg: Any) -> dict[str,
         tc,
         round_dir(store, campaign_id, index) / "probes",
         seed=cfg.seed + index,
+        workers=cfg.train.workers,
     )
     store.update_round(row.id, metrics={"probes": out})
     return out
