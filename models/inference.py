@@ -4,13 +4,32 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from ase import Atoms
+
+
+def element_problem(numbers: Iterable[int], known: Iterable[int]) -> str | None:
+    """Why a structure of atomic ``numbers`` cannot go through a model trained on ``known`` elements (None if it
+    can), in element symbols.
+
+    >>> element_problem([8, 1, 1], [1, 6])
+    'element O is unknown to the model (trained on H, C)'
+    """
+    from ase.data import chemical_symbols
+
+    trained = sorted({int(z) for z in known})
+    unknown = sorted({int(z) for z in numbers} - set(trained))
+    if not unknown:
+        return None
+    names = ", ".join(chemical_symbols[z] for z in unknown)
+    which = "element" if len(unknown) == 1 else "elements"
+    verb = "is" if len(unknown) == 1 else "are"
+    return f"{which} {names} {verb} unknown to the model (trained on {', '.join(chemical_symbols[z] for z in trained)})"
 
 
 class Ensemble:
@@ -56,9 +75,8 @@ class Ensemble:
         known = set(self.elements)
         out = []
         for k, atoms in enumerate(atoms_list):
-            unknown = sorted(set(int(z) for z in atoms.numbers) - known)
-            if unknown:
-                raise InputError("structures", f"elements {unknown} are unknown to the model ({sorted(known)})", k)
+            if problem := element_problem(atoms.numbers, known):
+                raise InputError("structures", problem, k)
             if not np.all(np.isfinite(atoms.positions)):
                 raise InputError("structures", "positions contain NaN or inf", k)
             out.append(to_graph(atoms, self.cutoff, labels=False))

@@ -322,10 +322,11 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def _check_elements(ens: Any, frames: list[Any], path: Path) -> None:
-    unknown_frames = ((k, sorted({int(z) for z in a.numbers} - set(ens.elements))) for k, a in enumerate(frames))
-    for k, unknown in unknown_frames:
-        if unknown:
-            raise InputError(str(path), f"elements {unknown} are unknown to the model ({ens.elements})", k)
+    from sapis.models.inference import element_problem
+
+    for k, atoms in enumerate(frames):
+        if problem := element_problem(atoms.numbers, ens.elements):
+            raise InputError(str(path), problem, k)
 
 
 def _all_finite(value: Any) -> bool:
@@ -371,8 +372,9 @@ def attention_cmd(
     import numpy as np
     from ase.io import read
 
+    from sapis.cli.paths import check_output_dir
     from sapis.models.attention import attention_weights, plot_attention
-    from sapis.models.inference import load_ensemble
+    from sapis.models.inference import element_problem, load_ensemble
 
     if not model.exists():
         raise NotFoundError(f"{model}: model not found")
@@ -388,11 +390,10 @@ def attention_cmd(
     if not np.all(np.isfinite(atoms.positions)):
         raise InputError(str(structure), "positions contain NaN or inf", frame)
     ens = load_ensemble(model)
-    unknown = sorted(set(int(z) for z in atoms.numbers) - set(ens.elements))
-    if unknown:
-        raise InputError(str(structure), f"elements {unknown} are unknown to the model", frame)
+    if problem := element_problem(atoms.numbers, ens.elements):
+        raise InputError(str(structure), problem, frame)
+    check_output_dir(out)  # before the work: --out may be a file or unwritable
     result = attention_weights(ens.models[0], atoms)
-    out.mkdir(parents=True, exist_ok=True)
     # both files or neither: written under temporary names, renamed once both exist
     tmp_json, tmp_png = out / ".attention.json.tmp", out / ".attention.tmp.png"
     try:

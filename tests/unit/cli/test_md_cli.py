@@ -166,7 +166,7 @@ def test_bad_structure_and_unknown_element(tiny_model: Path, tmp_path: Path, cap
     rc = run(["md", "--model", str(tiny_model), "-s", str(nh3), "-o", str(out), "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 2
-    assert err == f"sapis: error: {nh3}: elements [7] are unknown to the model ([1, 6, 8])\n"
+    assert err == f"sapis: error: {nh3}: element N is unknown to the model (trained on H, C, O)\n"
     assert not out.exists() or out.read_text() == ""
 
 

@@ -249,7 +249,7 @@ def test_eval_names_the_file_of_an_unknown_element(tmp_path: Path, capsys: pytes
     path = tmp_path / "h2s.extxyz"
     write(path, [_oh(0), h2s])
     assert run(["model", "eval", "--model", str(_checkpoint(tmp_path)), "--data", str(path)]) == 2
-    assert f"{path}, frame 1: elements [16] are unknown to the model" in _one_line_error(capsys)
+    assert f"{path}, frame 1: element S is unknown to the model (trained on H, O)" in _one_line_error(capsys)
 
 
 def test_eval_stops_on_the_frame_where_the_baseline_fails(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -59,6 +59,14 @@ def test_cli_writes_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[
     rc = run(["model", "attention", "--model", str(ckpt), "--structure", str(xyz), "--out", str(out), "--frame", "3"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "has no frame 3" in err and len(err.splitlines()) == 1
+    for bad_out, problem in ((xyz, "--out is a file; give a directory"), (xyz / "att", "is a file, not a directory")):
+        rc = run(["model", "attention", "--model", str(ckpt), "--structure", str(xyz), "--out", str(bad_out)])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and problem in err and len(err.splitlines()) == 1, err
+    write(xyz, molecule("CH3SH"))
+    rc = run(["model", "attention", "--model", str(ckpt), "--structure", str(xyz), "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.endswith("element S is unknown to the model (trained on H, C, O)"), err
 
 
 def test_a_model_without_attention_has_no_keys_and_no_weights_to_export() -> None:
