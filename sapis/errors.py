@@ -43,10 +43,12 @@ class NotFoundError(SapisError):
 def config_error(source: str, exc: ValidationError, drop: tuple[str, ...] = ()) -> ConfigError:
     """One-line :class:`ConfigError` from a pydantic ``ValidationError``: ``source: field.path: problem; ...``.
 
-    ``drop`` names location parts left out of the field path (e.g. a discriminated union's tag).
+    ``drop`` names location parts left out of the field path (e.g. a discriminated union's tag). Pydantic's
+    "Value error, " in front of a validator's own message is left out.
     """
     problems = "; ".join(
-        f"{'.'.join(str(p) for p in err['loc'] if str(p) not in drop) or 'config'}: {err['msg']}"
+        f"{'.'.join(str(p) for p in err['loc'] if str(p) not in drop) or 'config'}: "
+        f"{str(err['msg']).removeprefix('Value error, ')}"
         for err in exc.errors()
     )
     return ConfigError(f"{source}: {problems}")
