@@ -70,3 +70,36 @@ def test_split_rewrites_inputs_and_leaves_output_buffers_alone() -> None:
         torch.testing.assert_close(u, v, rtol=0, atol=0)
     (g,) = torch.autograd.grad(sum(u.sum() for u in got), y)
     torch.testing.assert_close(g, torch.ones_like(y))
+
+
+def test_generated_code_is_reused_across_models_and_stays_independent() -> None:
+    """e3nn's code generation and its TorchScript run once per distinct graph in a process: a second model of the
+    same spec is built from copies and computes exactly what the first does; changing one model's dtype leaves
+    the other's generated code alone, and a different spec gets its own code."""
+    import e3nn.o3._linear
+
+    assert getattr(e3nn.o3._linear._codegen_linear, "__wrapped_by_sapis__", False)
+    spec = {
+        "architecture": "sapis",
+        "config": ModelConfig.size("XS", lmax=2).model_dump(),
+        "elements": [1, 6, 8],
+        "e0s": {1: -13.6, 6: -1030.0, 8: -2040.0},
+    }
+    first, second = build_model(spec), build_model(spec)
+    second.load_state_dict(first.state_dict())
+    scripted = [
+        getattr(m, n) for model in (first, second) for m in model.modules() for n in getattr(m, "__codegen__", [])
+    ]
+    half = len(scripted) // 2
+    assert half > 0 and all(a is not b for a, b in zip(scripted[:half], scripted[half:], strict=True))
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=2)
+    graph = collate([to_graph(atoms, 5.0)])
+    for a, b in zip(_energy_forces_grads(first, graph), _energy_forces_grads(second, graph), strict=True):
+        assert torch.equal(a, b)
+    second.double()
+    forces64 = _energy_forces_grads(second, collate([to_graph(atoms, 5.0)], dtype=torch.float64))[1]
+    assert forces64.dtype == torch.float64
+    assert _energy_forces_grads(first, graph)[1].dtype == torch.float32  # the first model is still float32
+    wider = build_model({**spec, "config": ModelConfig.size("XS", lmax=2, channels=12).model_dump()})
+    assert sum(p.numel() for p in wider.parameters()) > sum(p.numel() for p in first.parameters())
