@@ -6,8 +6,6 @@ pickled, so a checkpoint survives refactors of the model code.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any, cast
 
@@ -97,33 +95,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-_TEMPLATES: OrderedDict[str, torch.nn.Module] = OrderedDict()
-_TEMPLATES_LOCK = threading.Lock()
-_MAX_TEMPLATES = 4  # specs kept per process: an ensemble's members share one, a campaign round adds one
-
-
-def _built(spec: dict[str, Any]) -> torch.nn.Module:
-    """A new model of ``spec`` whose weights the caller overwrites (loads a state dict into).
-
-    Building runs e3nn's code generation (TorchScript, einsum optimisation): ~1.5-3 s per model on one CPU
-    thread, against ~0.1 s for a deep copy. The first model of a spec in this process is built and kept as a
-    template; the next ones are copies of it, so a 4-member ensemble builds one model, not four. Only for
-    callers that load weights: a copy carries the template's initial weights, not a fresh random draw.
-    """
-    import copy
-    import json
-
-    key = json.dumps(spec, sort_keys=True, default=str)
-    with _TEMPLATES_LOCK:  # Prefect's task runner may load checkpoints from several threads
-        template = _TEMPLATES.get(key)
-        if template is None:
-            template = _TEMPLATES[key] = build_model(spec)
-            while len(_TEMPLATES) > _MAX_TEMPLATES:
-                _TEMPLATES.popitem(last=False)
-        _TEMPLATES.move_to_end(key)
-        return copy.deepcopy(template)
-
-
 def model_from_checkpoint(
     path: Path, device: str = "cpu", dtype: torch.dtype | None = None, ema: bool = True
 ) -> torch.nn.Module:
@@ -132,7 +103,7 @@ def model_from_checkpoint(
 
     ckpt = load_checkpoint(path)
     try:
-        model = _built(ckpt["spec"])
+        model = build_model(ckpt["spec"])
     except SapisError:
         raise
     except Exception as exc:  # unknown or invalid config keys (a newer or edited checkpoint)

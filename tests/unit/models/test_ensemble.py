@@ -352,10 +352,9 @@ def test_force_deviation_bias_forces_are_its_gradient(ens_dir: Path, frames: dic
         SapisCalculator(ens, bias_strength=1.0, bias_on="dipole")
 
 
-def test_members_loaded_from_one_template_are_independent_and_exact(ens_dir: Path, frames: dict) -> None:
-    """Checkpoints of one spec are loaded as copies of one built model (e3nn's code generation runs once): each
-    member still predicts exactly what a freshly built model with its weights predicts, and changing one loaded
-    model's weights changes no other."""
+def test_members_loaded_with_reused_generated_code_are_independent_and_exact(ens_dir: Path, frames: dict) -> None:
+    """Checkpoints of one spec reuse e3nn's generated code (``models/_e3nn.py``): each member still holds exactly
+    the weights a freshly built model loads, and changing one loaded model's weights changes no other."""
     from sapis.models.checkpoint import build_model, load_checkpoint, model_from_checkpoint
 
     path0, path1 = ens_dir / "member_0.pt", ens_dir / "member_1.pt"
