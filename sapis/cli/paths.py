@@ -16,18 +16,7 @@ def check_output(out: Path, inputs: tuple[Path, ...] = ()) -> None:
             raise InputError(str(out), "--out must differ from the input file")
     if out.is_dir():
         raise InputError(str(out), "--out is a directory; give a file name")
-    for parent in out.resolve().parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(str(out), f"cannot create the output: {parent} is a file, not a directory")
-            break
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.with_name(f".{out.name}.probe")
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise InputError(str(out), f"cannot write the output: {exc.strerror or exc}") from None
+    _check_writable(out, out.parent, out.with_name(f".{out.name}.probe"), "output")
 
 
 def check_output_dir(out: Path) -> None:
@@ -37,18 +26,25 @@ def check_output_dir(out: Path) -> None:
 
     if out.exists() and not out.is_dir():
         raise InputError(str(out), "--out is a file; give a directory")
+    _check_writable(out, out, out / ".sapis.probe", "output directory")
+
+
+def _check_writable(out: Path, folder: Path, probe: Path, what: str) -> None:
+    """InputError unless every existing parent of ``out`` is a directory and ``folder`` can be made and written
+    (a ``probe`` file is created there and removed)."""
+    from sapis.errors import InputError
+
     for parent in out.resolve().parents:
         if parent.exists():
             if not parent.is_dir():
-                raise InputError(str(out), f"cannot create the output directory: {parent} is a file, not a directory")
+                raise InputError(str(out), f"cannot create the {what}: {parent} is a file, not a directory")
             break
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".sapis.probe"
+        folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise InputError(str(out), f"cannot write the output directory: {exc.strerror or exc}") from None
+        raise InputError(str(out), f"cannot write the {what}: {exc.strerror or exc}") from None
 
 
 def check_not_store(out: Path, store: Any) -> None:
