@@ -312,6 +312,19 @@ class CampaignConfig(_Section):
             return {**data, "model": {**model, "baseline": "none"}}
         return data
 
+    @field_validator("name")
+    @classmethod
+    def _name_storable(cls, v: str) -> str:
+        """The store's rule for names (empty, too long, a control character), before any row is written."""
+        from sapis.errors import InputError
+        from sapis.storage.configs import check_name
+
+        try:
+            check_name("name", v)
+        except InputError as exc:
+            raise ValueError(exc.problem) from None
+        return v
+
     @field_validator("model", mode="before")
     @classmethod
     def _preset(cls, v: Any) -> Any:

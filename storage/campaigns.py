@@ -54,14 +54,21 @@ class RoundInfo:
     finished_at: datetime | None
 
 
-def create_campaign(session: Session, name: str, config: Mapping[str, Any]) -> int:
-    """Create a campaign; ConfigError if the name is empty or taken."""
+def check_new_name(session: Session, name: str, what: str = "campaign name") -> str:
+    """``name`` stripped, for a new campaign: ConfigError if it is empty or taken, InputError if
+    :func:`configs.check_name` refuses it (``what`` names it in the message)."""
     name = (name or "").strip()
     if not name:
         raise ConfigError("campaign name must not be empty")
-    configs.check_name("campaign name", name)
+    configs.check_name(what, name)
     if session.execute(select(Campaign.id).where(Campaign.name == name)).scalar_one_or_none() is not None:
-        raise ConfigError(f"campaign {name!r} already exists")
+        raise ConfigError(f"{what}: campaign {name!r} already exists; choose another name")
+    return name
+
+
+def create_campaign(session: Session, name: str, config: Mapping[str, Any]) -> int:
+    """Create a campaign; ConfigError if the name is empty or taken (:func:`check_new_name`)."""
+    name = check_new_name(session, name)
     row = Campaign(
         name=name, config=configs.jsonable(config), status="created", created_at=utcnow(), updated_at=utcnow()
     )

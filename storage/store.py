@@ -230,6 +230,11 @@ class Store:
         with self.session() as s:
             return camp.create_campaign(s, name, config)
 
+    def check_new_campaign_name(self, name: str, what: str = "campaign name") -> str:
+        """``name`` stripped if a new campaign may take it; ConfigError or InputError (naming ``what``) if not."""
+        with self.session() as s:
+            return camp.check_new_name(s, name, what)
+
     def campaign(self, id_or_name: int | str) -> CampaignInfo:
         """A campaign by id or name."""
         with self.session() as s:

@@ -21,17 +21,13 @@ def start(
     database_url: DbOpt = None,
 ) -> None:
     """Create a campaign from CONFIG and run it to its end (target error, budget, round limit or stop)."""
-    from sapis.errors import ConfigError
     from sapis.flows.campaign import campaign, check_campaign
     from sapis.flows.config import CampaignConfig
     from sapis.storage import Store
-    from sapis.storage.configs import check_name
 
     cfg = CampaignConfig.load(config)  # fail fast, before Prefect starts and before any row is written
-    name = check_name(f"{config}: name", cfg.name)
     store = Store(database_url)
-    if any(c.name == name for c in store.campaigns()):
-        raise ConfigError(f"{config}: name: campaign {name!r} already exists; choose another name")
+    store.check_new_campaign_name(cfg.name, f"{config}: name")  # the rule create_campaign applies in the flow
     check_campaign(store, cfg, source=str(config))
     result = run_campaign(
         store,
