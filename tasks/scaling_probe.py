@@ -74,12 +74,11 @@ def run_probes(
     if len(train) < 2 or not valid:
         raise ValueError(f"probes need at least 2 training and 1 validation frame (got {len(train)}, {len(valid)})")
     channels = int(capacity.get("channels") or 1)
-    points: list[dict[str, Any] | None] = []
-    jobs: list[tuple[int, tuple[Any, ...]]] = []  # (index in points, arguments of _probe_job)
+    entries: list[dict[str, Any] | tuple[Any, ...]] = []  # a reused point, or the arguments of _probe_job
     for i, (frac, width, cap) in enumerate(probe_grid(capacity, cfg)):
         subset = nested_subset(train, frac, seed)
         if reuse is not None and width == 1.0 and len(subset) == len(train):
-            points.append(
+            entries.append(
                 {
                     "fraction": 1.0,
                     "width": 1.0,
@@ -102,18 +101,14 @@ def run_probes(
                 "seed": seed,
             }
         )
-        jobs.append(
-            (len(points), (frac, width, cap, subset, valid, tc, Path(out_dir) / f"probe-{i:02d}", architecture, e0s))
-        )
-        points.append(None)
+        entries.append((frac, width, cap, subset, valid, tc, Path(out_dir) / f"probe-{i:02d}", architecture, e0s))
     t0 = time.perf_counter()
-    for k, point in zip([k for k, _ in jobs], _run_jobs([args for _, args in jobs], workers), strict=True):
-        points[k] = point
-    done = [p for p in points if p is not None]
-    total_s = sum(float(p["train_s"]) for p in done)
-    total_flops = sum(float(p["flops"]) for p in done)
+    trained = iter(_run_jobs([e for e in entries if isinstance(e, tuple)], workers))
+    points = [e if isinstance(e, dict) else next(trained) for e in entries]
     wall = time.perf_counter() - t0
-    return {"points": done, "train_s": total_s, "flops": total_flops, "n_valid": len(valid), "wall_s": wall}
+    total_s = sum(float(p["train_s"]) for p in points)
+    total_flops = sum(float(p["flops"]) for p in points)
+    return {"points": points, "train_s": total_s, "flops": total_flops, "n_valid": len(valid), "wall_s": wall}
 
 
 def _run_jobs(jobs: list[tuple[Any, ...]], workers: int) -> list[dict[str, Any]]:
