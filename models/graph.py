@@ -42,9 +42,11 @@ def neighbour_list(atoms: Atoms, cutoff: float) -> tuple[np.ndarray, np.ndarray]
         return np.stack([j, i]).astype(np.int64), np.zeros((len(i), 3), dtype=np.int64)
     from vesin import NeighborList
 
-    box = np.asarray(atoms.cell.array, dtype=np.float64) if periodic else np.zeros((3, 3))
+    # A partly periodic structure (a slab, a wire) may have zero cell vectors along its open axes: complete
+    # them (any vector will do, no shift is taken along them) so that vesin's box is invertible.
+    box = np.asarray(atoms.cell.complete(), dtype=np.float64) if periodic else np.zeros((3, 3))
     i, j, s = NeighborList(cutoff=cutoff, full_list=True).compute(
-        points=pos, box=box, periodic=periodic, quantities="ijS"
+        points=pos, box=box, periodic=[bool(p) for p in atoms.pbc], quantities="ijS"
     )
     # vesin: vector = pos[j] - pos[i] + S @ box; ours: pos[recv] - pos[send] + shift, so recv=j, send=i.
     return np.stack([i, j]).astype(np.int64), np.asarray(s, dtype=np.int64).reshape(-1, 3)

@@ -22,12 +22,30 @@ CACHE_SIZE = 32  # tblite calculators kept per thread (one per composition, char
 _local = threading.local()  # one cache per thread: a tblite calculator must not be updated by two threads at once
 
 
+def periodicity_problem(atoms: Atoms) -> str | None:
+    """Why tblite cannot compute ``atoms`` as given, or None: it treats any periodic structure as a 3D crystal,
+    so a slab or a wire (periodic along some cell vectors only) would silently get another system's energy.
+
+    >>> from ase import Atoms
+    >>> periodicity_problem(Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]], cell=[3, 0, 0], pbc=[1, 0, 0]))
+    'xTB (tblite) computes molecules and 3D-periodic cells only; this structure is periodic along x only'
+    """
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if not pbc.any() or pbc.all():
+        return None
+    axes = ", ".join(a for a, p in zip("xyz", pbc, strict=True) if p)
+    return f"xTB (tblite) computes molecules and 3D-periodic cells only; this structure is periodic along {axes} only"
+
+
 def xtb_calculator(atoms: Atoms, method: str = "GFN2-xTB") -> Calculator:
     """An xTB calculator (GFN2 by default; GFN1-xTB, IPEA1-xTB) for ``atoms``, with the charge and multiplicity
     of ``atoms.info`` read as the store reads them (:func:`sapis.chem.charge_multiplicity`: fairchem's ``spin``
     too; no multiplicity: tblite's default), silent."""
     from tblite.ase import TBLite
 
+    problem = periodicity_problem(atoms)
+    if problem is not None:
+        raise ValueError(problem)
     charge, mult = charge_multiplicity(atoms)
     return TBLite(method=method, charge=charge, multiplicity=mult, verbosity=0)
 
@@ -61,6 +79,9 @@ def xtb_energy_forces(atoms: Atoms, method: str = "GFN2-xTB", reuse: bool = True
     calculation itself for a small molecule. Each call still starts from a fresh guess, so the result is the
     same as with a new calculator (``reuse=False``, tblite's ASE calculator). tblite's errors propagate.
     """
+    problem = periodicity_problem(atoms)
+    if problem is not None:
+        raise ValueError(problem)
     if not reuse:
         a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=dict(atoms.info))
         a.calc = xtb_calculator(a, method)

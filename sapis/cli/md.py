@@ -208,7 +208,10 @@ def run_md(
 
     if ensemble not in ("nvt", "nve"):
         raise ConfigError(f"unknown ensemble {ensemble!r}; use nvt or nve")
-    md_calc = xtb_calculator(atoms) if calc == "xtb" else calc
+    try:
+        md_calc = xtb_calculator(atoms) if calc == "xtb" else calc
+    except ValueError as exc:  # a structure xTB cannot compute as given (a slab, a wire)
+        raise InputError(source, str(exc)) from None
     work, dyn = start_md(
         atoms,
         md_calc,

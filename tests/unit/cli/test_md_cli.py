@@ -351,3 +351,18 @@ def test_multiplicity_option_replaces_the_files_spin(tiny_model: Path, tmp_path:
     assert "warning" not in err and "error" not in err, err
     frames = ase.io.read(out, ":")
     assert [(f.info.get("multiplicity"), f.info.get("spin")) for f in frames] == [(1, None)] * len(frames)
+
+
+def test_xtb_md_of_a_slab_is_refused_in_one_line(tmp_path: Path, capsys) -> None:
+    """tblite treats every periodic structure as a 3D crystal: a slab would get another system's forces."""
+    src = tmp_path / "slab.extxyz"
+    water = molecule("H2O")
+    water.cell = [[3.0, 0, 0], [0, 3.0, 0], [0, 0, 0]]
+    water.pbc = [True, True, False]
+    ase.io.write(src, water)
+    out = tmp_path / "slab_md.extxyz"
+    rc, err = _md_err(["--calculator", "xtb", "-s", str(src), "-o", str(out), "--steps", "5"], capsys)
+    assert rc == 2
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "periodic along x, y only" in err and str(src) in err
+    assert not out.exists()

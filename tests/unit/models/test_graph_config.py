@@ -36,6 +36,30 @@ def test_periodic_edges_have_the_right_lengths() -> None:
     assert np.allclose(lengths, 5.43 * np.sqrt(3) / 4)
 
 
+@pytest.mark.parametrize(
+    ("pbc", "cell"),
+    [
+        ((True, True, False), [[3.1, 0, 0], [1.2, 2.9, 0], [0, 0, 0]]),  # a slab whose open axis has no vector
+        ((True, True, False), [[3.1, 0, 0], [1.2, 2.9, 0], [0, 0, 5.0]]),
+        ((True, False, False), [[2.6, 0, 0], [0, 0, 0], [0, 0, 0]]),  # a wire
+        ((False, True, True), [[5, 0, 0], [0, 3.3, 0], [0, 0.4, 2.8]]),
+    ],
+)
+def test_partly_periodic_neighbours_equal_ase(pbc: tuple[bool, bool, bool], cell: list[list[float]]) -> None:
+    """Slabs and wires get their images along the periodic vectors only (vesin once saw them as 3D crystals,
+    or refused a zero cell vector)."""
+    from ase.neighborlist import neighbor_list
+
+    rng = np.random.default_rng(3)
+    atoms = Atoms("CH3OH", positions=rng.uniform(-1.5, 1.5, size=(6, 3)) + np.array([0, 0, -7.0]), cell=cell, pbc=pbc)
+    i, j, shifts = neighbor_list("ijS", atoms, 4.0)
+    expected = sorted(zip(i.tolist(), j.tolist(), map(tuple, shifts.tolist()), strict=True))
+    ei, us = neighbour_list(atoms, 4.0)
+    got = sorted(zip(ei[0].tolist(), ei[1].tolist(), map(tuple, us.tolist()), strict=True))
+    assert got == expected and len(got) > 0
+    assert not us[:, ~np.asarray(pbc)].any()
+
+
 def test_batch_offsets_edges() -> None:
     a = Atoms("H2", positions=[[0, 0, 0], [0.74, 0, 0]])
     b = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])

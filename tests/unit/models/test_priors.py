@@ -109,6 +109,16 @@ def test_baseline_failure_names_the_frame(tmp_path: Path) -> None:
         baseline_energy_forces([bad], "gfn2-xtb")
 
 
+@pytest.mark.parametrize("reuse", [True, False])
+def test_baseline_refuses_a_slab_tblite_would_treat_as_a_crystal(reuse: bool) -> None:
+    slab = Atoms("H2O", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]], cell=[4, 4, 12], pbc=[1, 1, 0])
+    with pytest.raises(InputError, match=r"frame 0: GFN2-xTB baseline failed: .* periodic along x, y only"):
+        baseline_energy_forces([slab], "gfn2-xtb", reuse=reuse)
+    crystal = slab.copy()
+    crystal.pbc = True  # the same cell, periodic in 3D: computed
+    assert np.isfinite(baseline_energy_forces([crystal], "gfn2-xtb", reuse=reuse)[0][0])
+
+
 def test_baseline_reads_spin_as_the_multiplicity_as_the_store_does() -> None:
     """fairchem's ``spin`` (2S+1) and pymatgen's ``spin_multiplicity`` give the baseline's multiplicity as the store
     reads them: O2 at spin=3 is xTB's triplet, not its singlet. Keys that disagree are the input's fault, named by
