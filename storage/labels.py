@@ -303,6 +303,29 @@ def label_counts(
     return counts
 
 
+def check_level(session: Session, fingerprint: str) -> None:
+    """NotFoundError unless ``fingerprint`` names a level of theory in the store; the message lists the known
+    levels (method/basis, pending labels) so a mistyped fingerprint is fixed at once, not waited on."""
+    if session.get(LevelRow, fingerprint) is not None:
+        return
+    pending = dict(
+        session.execute(
+            select(Label.fingerprint, func.count())
+            .where(Label.status == literal_column("'pending'"))
+            .group_by(Label.fingerprint)
+        ).all()
+    )
+    known = [
+        f"{fp} ({spec.get('method', '?')}/{spec.get('basis', '?')}, {int(pending.get(fp, 0))} pending)"
+        for fp, spec in session.execute(select(LevelRow.fingerprint, LevelRow.spec).order_by(LevelRow.fingerprint))
+    ]
+    listed = "; ".join(known[:8]) + (f"; and {len(known) - 8} more" if len(known) > 8 else "")
+    raise NotFoundError(
+        f"no level of theory with fingerprint {fingerprint!r} in this store"
+        + (f"; known: {listed}" if known else "; it holds no levels yet (sapis label queue adds one)")
+    )
+
+
 def pending_labels(
     session: Session, fingerprint: str, config_ids: Sequence[int] | None = None
 ) -> list[tuple[int, int]]:

@@ -193,6 +193,11 @@ class Store:
         with self.session() as s:
             return labels.label_counts(s, fingerprint, config_ids)
 
+    def check_level(self, fingerprint: str) -> None:
+        """NotFoundError, listing the known levels, unless ``fingerprint`` names a level in the store."""
+        with self.read_session() as s:
+            labels.check_level(s, fingerprint)
+
     def labelled(
         self,
         fingerprint: str | None,

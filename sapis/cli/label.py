@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 
 from sapis.cli.options import DbOpt
 from sapis.cli.paths import check_output
+from sapis.errors import NotFoundError
 
 if TYPE_CHECKING:  # typer vendors click; its classes are what TyperGroup's methods take
     from typer._click.core import Command, Context
@@ -244,6 +245,12 @@ def work(
 
     settings = get_settings()
     store = Store(database_url, create=False)
+    if fingerprint is not None:
+        try:
+            store.check_level(fingerprint)
+        except NotFoundError:
+            store.dispose()
+            raise
     rep = run_worker(
         store, worker_id=worker_id, max_labels=max_labels, max_minutes=max_minutes, fingerprint=fingerprint,
         threads=threads or settings.dft_threads, max_memory_mb=max_memory_mb or settings.dft_max_memory_mb,

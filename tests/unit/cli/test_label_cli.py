@@ -110,6 +110,30 @@ def test_label_work_runs_the_store_queue(tmp_path: Path, capsys: pytest.CaptureF
     store.dispose()
 
 
+def test_label_work_names_the_known_levels_for_an_unknown_fingerprint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sapis.storage import Store
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    assert run(["label", "work", "--fingerprint", "nope", "--database-url", url]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "sapis: error: no level of theory with fingerprint 'nope' in this store; "
+        "it holds no levels yet (sapis label queue adds one)"
+    )
+    ids = store.add_configurations([molecule("H2O")], {"source": "submitted"})
+    store.enqueue_labels(ids, HF.fingerprint, HF.spec)
+    assert run(["label", "work", "--fingerprint", HF.fingerprint[:-1], "--database-url", url]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert f"known: {HF.fingerprint} (HF/sto-3g, 1 pending)" in err
+    assert store.label_counts(HF.fingerprint)["pending"] == 1  # nothing claimed
+    assert run(["label", "work", "--fingerprint", HF.fingerprint, "--database-url", url, "--worker-id", "w"]) == 0
+    assert "worker w: 1 done" in capsys.readouterr().out
+    store.dispose()
+
+
 def test_help_lists_both_forms(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(["label", "--help"]) == 0
     text = capsys.readouterr().out

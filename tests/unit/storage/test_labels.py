@@ -127,6 +127,19 @@ def test_claim_filters_by_fingerprint(store: Store) -> None:
     assert (c.fingerprint, c.config_id) == ("b", ids[1])
 
 
+def test_check_level_lists_the_known_levels(store: Store) -> None:
+    ids = _configs(store, 3)
+    store.enqueue_labels(ids, FP, SPEC)
+    store.enqueue_labels(ids[:1], "b", {"method": "PBE", "basis": "def2-svp"})
+    store.check_level(FP)  # known: nothing raised
+    with pytest.raises(NotFoundError) as err:
+        store.check_level("hf-sto3g")
+    assert str(err.value) == (
+        "no level of theory with fingerprint 'hf-sto3g' in this store; known: b (PBE/def2-svp, 1 pending); "
+        f"{FP} (HF/sto-3g, 3 pending)"
+    )
+
+
 def test_bad_results_rejected(store: Store) -> None:
     ids = _configs(store, 1)
     store.enqueue_labels(ids, FP, SPEC)
