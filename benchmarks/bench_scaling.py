@@ -158,6 +158,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
     """Rounds until the budget is spent (a round that would overrun it is not started) or the round cap."""
     from sapis.models import ModelConfig
     from sapis.tasks.scaling import ControllerConfig, RoundEvidence, decide
+    from sapis.tasks.scaling_fit import MAX_TRAIN_FACTOR
 
     base = ModelConfig.size(args.size).model_dump(mode="json")
     prior = controller_prior(name, args)
@@ -171,22 +172,27 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
     rounds: list[dict[str, Any]] = []
     history: list[RoundEvidence] = []
     probe_factor = 1.0
+    train_factor = 1.0  # as tasks/plan.py: each 'undertrained' verdict doubles the training, up to its cap
     while len(rounds) < args.max_rounds and n <= len(runner.pool):
         new = max(0, n - labelled)
         est = new * dft_s
+        epochs = round(args.epochs * train_factor)
         if rounds:
             prev = rounds[-1]
-            est += prev["train_wall_s"] * n / prev["n_train"] * _width_cost(capacity, prev["capacity"]) * probe_factor
+            est += (
+                prev["train_wall_s"] * n / prev["n_train"] * _width_cost(capacity, prev["capacity"]) * probe_factor
+            ) * (epochs / prev["epochs"])
         if rounds and spent + est > args.budget_s:
             break
-        m = runner.train(n, capacity, args.epochs)
+        m = runner.train(n, capacity, epochs)
         m["dft_cpu_s"] = new * dft_s
         m["n_labels_added"] = new
+        m["train_factor"] = train_factor
         spent += m["dft_cpu_s"] + m["train_wall_s"]
         flops += m["train_flops"]
         action = None
         if prior is not None:
-            pr = runner.probes(n, capacity, args.epochs, m, cfg)
+            pr = runner.probes(n, capacity, epochs, m, cfg)
             m["probes"] = pr
             spent += pr["train_s"]
             flops += pr["flops"]
@@ -219,6 +225,8 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
                 n_add = math.ceil(n_add * args.k_N)
             if action in ("grow_capacity", "both"):
                 capacity = wider
+            if m["rule"] == "undertrained":
+                train_factor = min(MAX_TRAIN_FACTOR, 2.0 * train_factor)
             n += n_add
     final = rounds[-1]
     return {
@@ -319,7 +327,8 @@ def _controller_ratios(
     c: dict[str, Any], data: dict[str, Any] | None, time_s: float | None, best_naive_s: float
 ) -> dict[str, Any]:
     """One controller run against the best naive time and the doubling-data strategy."""
-    acts = [r["index"] for r in c["rounds"] if r.get("decision") not in (None, "continue")]
+    acted = [r.get("decision") not in (None, "continue") or r.get("rule") == "undertrained" for r in c["rounds"]]
+    acts = [r["index"] for r, a in zip(c["rounds"], acted, strict=True) if a]  # 'undertrained' doubles the training
     rules = [(r["index"], str(r.get("rule") or "")) for r in c["rounds"]]
     evid = [i for i, rule in rules if rule and not rule.startswith("prior_") and rule not in NO_EVIDENCE_RULES]
     out: dict[str, Any] = {

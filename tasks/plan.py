@@ -19,13 +19,13 @@ from sapis.storage.checkpoints import materialise_ensemble
 from sapis.tasks.calibration import Calibration
 from sapis.tasks.dft import LevelOfTheory
 from sapis.tasks.round_metrics import RoundMetrics
+from sapis.tasks.scaling_fit import MAX_TRAIN_FACTOR
 
 if TYPE_CHECKING:
     from sapis.flows.config import CampaignConfig
 
 GROW_DATA = ("grow_data", "both")
 GROW_CAPACITY = ("grow_capacity", "both")
-MAX_TRAIN_FACTOR = 8.0
 
 
 @dataclass

@@ -236,11 +236,15 @@ def fit_trend(t: np.ndarray | list[float], y: np.ndarray | list[float]) -> Linea
     )
 
 
+MAX_TRAIN_FACTOR = 8.0  # 'undertrained' verdicts double a campaign's training budget up to this factor
+
+
 @dataclass
 class RoundEvidence:
     """What one round measured (SPEC "Round metrics"); None where not measured."""
 
     index: int
+    train_factor: float = 1.0  # the round's training budget multiplier (doubled by 'undertrained' verdicts)
     n_train: int | None = None
     n_params: int | None = None
     capacity: dict[str, Any] | None = None
@@ -306,6 +310,7 @@ class RoundEvidence:
             curves=[c for c in m.get("curves") or [] if isinstance(c, dict)],
             decision=decision,
         )
+        ev.train_factor = num("train_factor") or 1.0
         raw = m.get("probes")
         pr: dict[str, Any] = raw if isinstance(raw, dict) else {}
         ev.probes = [p for p in pr.get("points") or [] if isinstance(p, dict)]

@@ -372,6 +372,29 @@ def test_prior_acts_when_evidence_is_thin() -> None:
     assert decide(hist, ControllerConfig(prior="continue")).action == "continue"
 
 
+def test_undertrained_round_trains_longer_before_the_prior_acts() -> None:
+    """One round, no learning curves across N or P, but its own training curve still falls steeply: doubling the
+    training is measured to pay and costs less than a round's DFT, so it comes before the prior's growth."""
+    hist = synthetic_history(1.0, 400.0, 0.5, rounds=1, converged=False)
+    d = decide(hist, ControllerConfig())
+    assert (d.action, d.rule) == ("continue", "undertrained"), d.reason
+    assert "evidence too thin" in d.reason and "under-trained" in d.reason
+    tl = d.evidence["train_longer"]
+    assert tl["ok"] and tl["rel_gain"] >= 0.02
+    # a converged curve, a budget at its cap, or training dearer than a round's DFT: the prior acts
+    assert decide(synthetic_history(1.0, 400.0, 0.5, rounds=1), ControllerConfig()).rule == "prior_tandem"
+    hist[-1].train_factor = 8.0
+    assert decide(hist, ControllerConfig()).rule == "prior_tandem"
+    cheap_dft = synthetic_history(1.0, 400.0, 0.5, rounds=1, converged=False, dft_s_per_label=0.001)
+    assert decide(cheap_dft, ControllerConfig()).rule == "prior_tandem"
+    assert decide(cheap_dft, ControllerConfig(prior="continue")).action == "continue"
+
+
+def test_round_evidence_reads_the_train_factor() -> None:
+    assert RoundEvidence.from_store(0, {"train_factor": 4.0}).train_factor == 4.0
+    assert RoundEvidence.from_store(0, {}).train_factor == 1.0
+
+
 def test_prior_acts_when_joint_fit_is_too_uncertain() -> None:
     hist = probe_history((5.0, 800.0, 0.5, 3e4, 0.7), rounds=1, noise=0.4, seed=1)
     d = decide(hist, ControllerConfig())
