@@ -17,6 +17,7 @@ from sapis.flows.artifacts import publish_campaign
 from sapis.flows.config import CampaignConfig
 from sapis.flows.round import active_learning_round, store_for
 from sapis.storage import Store
+from sapis.tasks.label_step import periodic_pool_problem
 
 if TYPE_CHECKING:
     from ase import Atoms
@@ -49,12 +50,11 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
     elements: dict[str, set[str]] = {}
     kinds: dict[tuple[object, ...], tuple[str, int, Atoms]] = {}  # one structure per formula, charge and spin
     for pool in cfg.pools:
-        for i, atoms in enumerate(store.pool_atoms(pool)):
-            if atoms.pbc.any():
-                raise ConfigError(
-                    f"{source}: pools: pool {pool!r} structure {i} is periodic (pbc={atoms.pbc.tolist()}); "
-                    "campaigns label molecules with PySCF: submit non-periodic structures"
-                )
+        members = store.pool_atoms(pool)
+        problem = periodic_pool_problem(pool, members)
+        if problem is not None:
+            raise ConfigError(f"{source}: pools: {problem}")
+        for i, atoms in enumerate(members):
             for symbol in set(atoms.get_chemical_symbols()):
                 elements.setdefault(symbol, set()).add(pool)
             key = (atoms.get_chemical_formula(), atoms.info.get("charge", 0), atoms.info.get("multiplicity"))

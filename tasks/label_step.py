@@ -11,9 +11,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from ase import Atoms
 
 from sapis.errors import ConfigError
 from sapis.storage import Store
@@ -55,6 +57,18 @@ class QueuedPool:
     level: dict[str, Any]
 
 
+def periodic_pool_problem(pool: str | int, atoms: Sequence[Atoms]) -> str | None:
+    """The first periodic structure of a pool, in words, or None: the labeller computes isolated molecules
+    only, so a label of such a structure could never be computed (queueing and campaigns refuse the pool)."""
+    for i, a in enumerate(atoms):
+        if a.pbc.any():
+            return (
+                f"pool {pool!r} structure {i} is periodic (pbc={a.pbc.tolist()}); labels are molecular "
+                "calculations: submit non-periodic structures"
+            )
+    return None
+
+
 def enqueue_pool(store: Store, pool: str | int, level: dict[str, Any]) -> QueuedPool:
     """Queue labels at ``level`` for every structure of a submitted pool (idempotent), outside any campaign.
 
@@ -65,12 +79,9 @@ def enqueue_pool(store: Store, pool: str | int, level: dict[str, Any]) -> Queued
     """
     lot = LevelOfTheory.from_spec(level)
     atoms = store.pool_atoms(pool)
-    for i, a in enumerate(atoms):
-        if a.pbc.any():  # the labeller computes isolated molecules only: such a label could never be computed
-            raise ConfigError(
-                f"pool {pool!r} structure {i} is periodic (pbc={a.pbc.tolist()}); labels are molecular "
-                "calculations: submit non-periodic structures (nothing queued)"
-            )
+    problem = periodic_pool_problem(pool, atoms)
+    if problem is not None:
+        raise ConfigError(f"{problem} (nothing queued)")
     lot.check_elements({s for a in atoms for s in a.get_chemical_symbols()})
     ids = [int(a.info["config_id"]) for a in atoms]
     n_new = store.enqueue_labels(ids, lot.fingerprint, lot.spec) if ids else 0
