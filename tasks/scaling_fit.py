@@ -343,6 +343,39 @@ def _curve_from_history(history: Any) -> dict[str, list[float]]:
     return out
 
 
+def last_doubling(r: RoundEvidence) -> tuple[float, float] | None:
+    """(validation force MAE at half the round's training compute, at its end), members averaged; None when a
+    curve is too short to tell.
+
+    Each member's curve is read as its best error so far (the kept checkpoint), so noise never shows a gain.
+    What the last doubling of compute bought bounds what the next one buys on any power law E_inf + A C^-alpha
+    (the next gain is 2^-alpha of it): a measured, not extrapolated, sign of an under-trained model.
+
+    >>> r = RoundEvidence(0, curves=[{"flops": [1, 2, 3, 4], "valid_f_mae": [9.0, 6.0, 7.0, 4.0]}])
+    >>> last_doubling(r)
+    (6.0, 4.0)
+    """
+    half, end = [], []
+    for c in r.curves:
+        pts = [
+            (float(x), float(y))
+            for x, y in zip(c.get("flops") or [], c.get("valid_f_mae") or [], strict=False)
+            if x is not None and y is not None and math.isfinite(x) and math.isfinite(y) and y > 0
+        ]
+        if len(pts) < 4:
+            continue
+        best = np.minimum.accumulate([y for _, y in pts])
+        c_end = pts[-1][0]
+        at_half = [k for k, (x, _) in enumerate(pts) if x <= 0.5 * c_end * (1 + 1e-9)]
+        if not at_half:
+            continue
+        half.append(float(best[at_half[-1]]))
+        end.append(float(best[-1]))
+    if not end:
+        return None
+    return float(np.mean(half)), float(np.mean(end))
+
+
 def same_capacity(a: RoundEvidence, b: RoundEvidence, rtol: float) -> bool:
     """Whether two rounds trained models of comparable size (parameter count, else capacity knobs)."""
     if a.n_params and b.n_params:

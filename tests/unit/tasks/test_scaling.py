@@ -15,6 +15,7 @@ from sapis.tasks.scaling_fit import (
     fit_joint_law,
     fit_power_law,
     fit_trend,
+    last_doubling,
     probe_points,
     spent_so_far,
 )
@@ -379,8 +380,8 @@ def test_undertrained_round_trains_longer_before_the_prior_acts() -> None:
     d = decide(hist, ControllerConfig())
     assert (d.action, d.rule) == ("continue", "undertrained"), d.reason
     assert "evidence too thin" in d.reason and "under-trained" in d.reason
-    tl = d.evidence["train_longer"]
-    assert tl["ok"] and tl["rel_gain"] >= 0.02
+    seen = d.evidence["train_longer_seen"]
+    assert seen["valid_f_mae_at_half"] > seen["valid_f_mae_at_end"] and seen["rel_gain"] >= 0.02
     # a converged curve, a budget at its cap, or training dearer than a round's DFT: the prior acts
     assert decide(synthetic_history(1.0, 400.0, 0.5, rounds=1), ControllerConfig()).rule == "prior_tandem"
     hist[-1].train_factor = 8.0
@@ -388,6 +389,14 @@ def test_undertrained_round_trains_longer_before_the_prior_acts() -> None:
     cheap_dft = synthetic_history(1.0, 400.0, 0.5, rounds=1, converged=False, dft_s_per_label=0.001)
     assert decide(cheap_dft, ControllerConfig()).rule == "prior_tandem"
     assert decide(cheap_dft, ControllerConfig(prior="continue")).action == "continue"
+
+
+def test_last_doubling_reads_best_so_far_errors_of_all_members() -> None:
+    noisy = {"flops": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "valid_f_mae": [10.0, 5.0, 8.0, 9.0, 7.0, 6.0]}
+    steady = {"flops": [1.0, 2.0, 3.0, 4.0], "valid_f_mae": [8.0, 6.0, 5.0, 4.0]}
+    assert last_doubling(RoundEvidence(0, curves=[noisy])) == (5.0, 5.0)  # a noisy rise is no gain
+    assert last_doubling(RoundEvidence(0, curves=[noisy, steady])) == (5.5, 4.5)
+    assert last_doubling(RoundEvidence(0, curves=[{"flops": [1.0, 2.0], "valid_f_mae": [3.0, 2.0]}])) is None
 
 
 def test_round_evidence_reads_the_train_factor() -> None:
