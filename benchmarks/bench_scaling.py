@@ -1,6 +1,6 @@
 """Benchmark: the scaling controller against naive scaling, on several molecules and seeds.
 
-Four strategies spend the same budget (seconds: DFT seconds per label × labels + training seconds):
+Five strategies spend the same budget (seconds: DFT seconds per label × labels + training seconds):
 
 - ``controller``: start at N0 labels and the base model, add ``n_add`` labels per round; after each round train
   the in-round learning-curve probes (``sapis.tasks.scaling_probe.run_probes``: nested ¼, ½, all of the labels
@@ -9,7 +9,9 @@ Four strategies spend the same budget (seconds: DFT seconds per label × labels 
   are not yet reliable. Probe seconds and FLOPs are charged to the controller.
 - ``data``: fixed capacity, data doubling each round;
 - ``capacity``: fixed data (``--fixed-n`` labels), width × k_W each round;
-- ``tandem``: data doubling and width × k_W each round.
+- ``tandem``: data doubling and width × k_W each round;
+- ``data_long``: as ``data``, every round trained ``--long-factor`` times as many epochs (the naive answer to
+  under-training, so that a controller which trains longer is measured against it, not only against 12 epochs).
 
 Named controller variants run the same controller with a fixed prior, so priors can be compared in one run
 (add them to ``--strategies``): ``controller_tandem``, ``controller_gap``, ``controller_continue``.
@@ -47,7 +49,7 @@ from typing import Any
 from _machine import machine  # benchmarks/ is on sys.path when a script runs
 
 RESULTS = Path(__file__).resolve().parent / "results"
-STRATEGIES = ("controller", "data", "capacity", "tandem")
+STRATEGIES = ("controller", "data", "capacity", "tandem", "data_long")
 PRIORS = ("tandem", "gap", "continue")
 CONTROLLER_VARIANTS = {f"controller_{p}": p for p in PRIORS}  # the controller with a fixed prior
 # rules that decide without a usable fit (with prior = "continue" the thin-evidence rules answer themselves)
@@ -176,7 +178,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
     while len(rounds) < args.max_rounds and n <= len(runner.pool):
         new = max(0, n - labelled)
         est = new * dft_s
-        epochs = round(args.epochs * train_factor)
+        epochs = round(args.epochs * (args.long_factor if name == "data_long" else train_factor))
         if rounds:
             prev = rounds[-1]
             est += (
@@ -212,7 +214,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
             flush=True,
         )
         wider = {**capacity, "channels": ModelConfig(**capacity).scaled(width=args.k_W).channels}
-        if name == "data":
+        if name in ("data", "data_long"):
             n *= 2
         elif name == "capacity":
             capacity = wider
@@ -383,7 +385,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
 
     mols = doc["molecules"]
     fig, axes = plt.subplots(1, len(mols), figsize=(5 * len(mols), 3.8), dpi=100, squeeze=False)
-    colours = dict(zip(STRATEGIES, ("tab:red", "tab:blue", "tab:green", "tab:purple"), strict=True))
+    colours = dict(zip(STRATEGIES, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:cyan"), strict=True))
     colours.update(zip(CONTROLLER_VARIANTS, ("tab:orange", "tab:brown", "tab:pink"), strict=True))
     for ax, (mol, m) in zip(axes[0], mols.items(), strict=True):
         for i, s in enumerate(m["seeds"].values()):
@@ -440,6 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k-W", dest="k_W", type=float, default=1.5, help="width growth factor")
     p.add_argument("--epsilon", type=float, default=0.02, help="controller marginal gain threshold")
     p.add_argument("--epochs", type=int, default=20, help="epochs per training run (from scratch)")
+    p.add_argument("--long-factor", type=float, default=4.0, help="epochs factor of the data_long strategy")
     p.add_argument("--flops-per-s", type=float, default=None, help="training FLOPs per second (default: calibrated)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
