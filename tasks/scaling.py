@@ -26,7 +26,11 @@ While no fit is reliable (``too_short``, ``too_uncertain``) a stated prior acts 
 round's error by its generalisation gap into a data-limited part (validation − training force MAE, shrinking as
 N^-alpha, alpha = ``prior_data_exponent`` = 0.5 unless measured) and a capacity-limited part (training force MAE,
 shrinking as P^-gamma) and grows whichever promises more error reduction per measured second, or both (rule
-``prior_gap``, ``sapis.tasks.scaling_gap``); ``continue`` repeats the round unchanged.
+``prior_gap``, ``sapis.tasks.scaling_gap``); ``continue`` repeats the round unchanged. Before either prior
+acts, the round's own validation curves are read: when the last doubling of its training compute still bought
+enough that the next one should gain ``epsilon`` (half of what the last bought), for fewer training seconds than
+the DFT of a round's new labels, the verdict is ``undertrained`` (``continue`` with the next round's training
+doubled, up to ``MAX_TRAIN_FACTOR``).
 
 Rules, in order (the one that fired is ``Decision.evidence["rule"]``): ``no_error_measured``,
 ``target_met``, ``budget_spent``, ``too_short``, ``too_uncertain`` (or ``prior_tandem`` / ``prior_gap``),
