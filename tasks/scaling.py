@@ -449,8 +449,10 @@ def _rank(pred: dict[str, dict[str, Any]], can_grow: bool, ev: dict[str, Any], c
 def _train_longer(
     fit_c: PowerLawFit | None, last: RoundEvidence, e_now: float, cfg: ControllerConfig, ev: dict[str, Any]
 ) -> None:
-    """What doubling the training compute at this size would gain, from E(C) (evidence for ``undertrained``)."""
-    if fit_c is not None and fit_c.x and last.train_wall_s:
+    """What doubling the training compute at this size would gain, from E(C) (evidence for ``undertrained``);
+    nothing once the training budget is at its cap (the plan could not double it: 'undertrained' would repeat
+    the round unchanged)."""
+    if fit_c is not None and fit_c.x and last.train_wall_s and last.train_factor < MAX_TRAIN_FACTOR:
         c_now = max(fit_c.x)
         g2 = float(fit_c.predict(c_now) - fit_c.predict(2 * c_now))
         ev["train_longer"] = {

@@ -213,6 +213,9 @@ def test_undertrained_continues() -> None:
     hist = synthetic_history(1.0, 400.0, 0.5, converged=False)
     d = decide(hist, ControllerConfig())
     assert (d.action, d.rule) == ("continue", "undertrained"), d.reason
+    hist[-1].train_factor = 8.0  # the training budget is at its cap: growing is the only way on
+    d = decide(hist, ControllerConfig())
+    assert d.rule != "undertrained" and d.action != "continue", d.reason
 
 
 def test_capacity_ceiling_respected() -> None:
