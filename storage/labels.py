@@ -308,13 +308,14 @@ def check_level(session: Session, fingerprint: str) -> None:
     levels (method/basis, pending labels) so a mistyped fingerprint is fixed at once, not waited on."""
     if session.get(LevelRow, fingerprint) is not None:
         return
-    pending = dict(
-        session.execute(
+    pending: dict[str, int] = {
+        str(fp): int(n)
+        for fp, n in session.execute(
             select(Label.fingerprint, func.count())
             .where(Label.status == literal_column("'pending'"))
             .group_by(Label.fingerprint)
         ).all()
-    )
+    }
     known = [
         f"{fp} ({spec.get('method', '?')}/{spec.get('basis', '?')}, {int(pending.get(fp, 0))} pending)"
         for fp, spec in session.execute(select(LevelRow.fingerprint, LevelRow.spec).order_by(LevelRow.fingerprint))
