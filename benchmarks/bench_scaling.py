@@ -329,8 +329,11 @@ def _controller_ratios(
     c: dict[str, Any], data: dict[str, Any] | None, time_s: float | None, best_naive_s: float
 ) -> dict[str, Any]:
     """One controller run against the best naive time and the doubling-data strategy."""
-    acted = [r.get("decision") not in (None, "continue") or r.get("rule") == "undertrained" for r in c["rounds"]]
-    acts = [r["index"] for r, a in zip(c["rounds"], acted, strict=True) if a]  # 'undertrained' doubles the training
+    acts = [  # 'undertrained' is an action too: it doubles the next round's training
+        r["index"]
+        for r in c["rounds"]
+        if r.get("decision") not in (None, "continue") or r.get("rule") == "undertrained"
+    ]
     rules = [(r["index"], str(r.get("rule") or "")) for r in c["rounds"]]
     evid = [i for i, rule in rules if rule and not rule.startswith("prior_") and rule not in NO_EVIDENCE_RULES]
     out: dict[str, Any] = {

@@ -79,13 +79,13 @@ def xtb_energy_forces(atoms: Atoms, method: str = "GFN2-xTB", reuse: bool = True
     calculation itself for a small molecule. Each call still starts from a fresh guess, so the result is the
     same as with a new calculator (``reuse=False``, tblite's ASE calculator). tblite's errors propagate.
     """
-    problem = periodicity_problem(atoms)
-    if problem is not None:
-        raise ValueError(problem)
-    if not reuse:
+    if not reuse:  # xtb_calculator refuses what tblite cannot compute as given
         a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=dict(atoms.info))
         a.calc = xtb_calculator(a, method)
         return float(a.get_potential_energy()), np.asarray(a.get_forces(), dtype=np.float64)
+    problem = periodicity_problem(atoms)
+    if problem is not None:
+        raise ValueError(problem)
     charge, mult = charge_multiplicity(atoms)
     uhf = 0 if mult is None else mult - 1  # as tblite.ase for structures without initial magnetic moments
     numbers = np.ascontiguousarray(atoms.numbers, dtype=np.int32)

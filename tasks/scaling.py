@@ -472,8 +472,8 @@ def _undertrained_first(
 
     The round's own validation curves are measured evidence even when the learning curves across N and P are
     not: what the last doubling of training compute bought (:func:`last_doubling`), halved (the next doubling
-    buys 2^-alpha of it; alpha = 1 is steeper than the 0.2-0.6 seen here, so this errs low), is the predicted
-    gain. When it reaches ``epsilon`` and the training costs fewer seconds than the DFT of one round's new
+    buys 2^-alpha of it; alpha = 1 is steeper than the 0.2-0.4 fitted to such curves, so this errs low), is the
+    predicted gain. When it reaches ``epsilon`` and the training costs fewer seconds than the DFT of one round's new
     labels, more training is the cheapest gain (DFT-dominated campaigns of small models are usually here).
     Not once the training budget is at its cap (``MAX_TRAIN_FACTOR``)."""
     seen = last_doubling(last)

@@ -244,7 +244,6 @@ class RoundEvidence:
     """What one round measured (SPEC "Round metrics"); None where not measured."""
 
     index: int
-    train_factor: float = 1.0  # the round's training budget multiplier (doubled by 'undertrained' verdicts)
     n_train: int | None = None
     n_params: int | None = None
     capacity: dict[str, Any] | None = None
@@ -263,6 +262,7 @@ class RoundEvidence:
     probes: list[dict[str, Any]] = field(default_factory=list)  # in-round learning curve: n_train, n_params, error
     probe_train_s: float = 0.0  # seconds spent training the probes (counted as training cost)
     probe_flops: float = 0.0
+    train_factor: float = 1.0  # the round's training budget multiplier (doubled by 'undertrained' verdicts)
 
     def error(self, metric: str) -> tuple[float | None, str]:
         """The round's error in ``metric``, else the other force MAE; with the key actually used."""
@@ -309,8 +309,8 @@ class RoundEvidence:
             test_e_mae=num("test_e_mae"),
             curves=[c for c in m.get("curves") or [] if isinstance(c, dict)],
             decision=decision,
+            train_factor=num("train_factor") or 1.0,
         )
-        ev.train_factor = num("train_factor") or 1.0
         raw = m.get("probes")
         pr: dict[str, Any] = raw if isinstance(raw, dict) else {}
         ev.probes = [p for p in pr.get("points") or [] if isinstance(p, dict)]
