@@ -174,7 +174,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
     rounds: list[dict[str, Any]] = []
     history: list[RoundEvidence] = []
     probe_factor = 1.0
-    train_factor = 1.0  # as tasks/plan.py: each 'undertrained' verdict doubles the training, up to its cap
+    train_factor = 1.0  # as tasks/plan.py: each 'undertrained' verdict multiplies the training by k_T, up to its cap
     while len(rounds) < args.max_rounds and n <= len(runner.pool):
         new = max(0, n - labelled)
         est = new * dft_s
@@ -228,7 +228,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
             if action in ("grow_capacity", "both"):
                 capacity = wider
             if m["rule"] == "undertrained":
-                train_factor = min(MAX_TRAIN_FACTOR, 2.0 * train_factor)
+                train_factor = min(MAX_TRAIN_FACTOR, d.factors.get("k_T", 2.0) * train_factor)
             n += n_add
     final = rounds[-1]
     return {
@@ -329,7 +329,7 @@ def _controller_ratios(
     c: dict[str, Any], data: dict[str, Any] | None, time_s: float | None, best_naive_s: float
 ) -> dict[str, Any]:
     """One controller run against the best naive time and the doubling-data strategy."""
-    acts = [  # 'undertrained' is an action too: it doubles the next round's training
+    acts = [  # 'undertrained' is an action too: it multiplies the next round's training
         r["index"]
         for r in c["rounds"]
         if r.get("decision") not in (None, "continue") or r.get("rule") == "undertrained"

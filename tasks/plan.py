@@ -45,7 +45,7 @@ class RoundPlan:
     promoted: bool  # the previous ensemble passed its NVE gate, so it may drive committee MD
     out_dir: Path  # this round's artifacts
     calibration: Calibration | None = None  # fitted on the previous round's labels
-    train_factor: float = 1.0  # training budget multiplier: doubled by each 'undertrained' verdict (max 8)
+    train_factor: float = 1.0  # training budget multiplier: multiplied by each 'undertrained' verdict's k_T (max 8)
     earlier: list[RoundMetrics] = field(default_factory=list)  # metrics of the rounds before this one
 
     @property
@@ -91,7 +91,7 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) 
                 lmax=factors.get("lmax"),
             )
         if (r.evidence or {}).get("rule") == "undertrained":
-            train_factor = min(MAX_TRAIN_FACTOR, 2.0 * train_factor)
+            train_factor = min(MAX_TRAIN_FACTOR, float(factors.get("k_T", 2.0)) * train_factor)
         changed = r.decision in GROW_CAPACITY and r is earlier[-1]
     for m in earlier_metrics:
         if m.calibration:

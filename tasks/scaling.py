@@ -196,6 +196,8 @@ def _decision(action: Action, rule: str, reason: str, ev: dict[str, Any], cfg: C
         factors["k_N"] = cfg.k_N
     if action in ("grow_capacity", "both"):
         factors["k_W"], factors["k_D"] = cfg.k_W, cfg.k_D
+    if rule == "undertrained":  # the next round's training budget multiplier (2 from E(C), up to 8 seen)
+        factors["k_T"] = float((ev.get("train_longer_seen") or {}).get("k_T") or 2.0)
     ev["rule"] = rule
     ev["action"], ev["factors"], ev["reason"] = action, factors, reason  # the next round's plan reads these
     return Decision(action=action, factors=factors, reason=reason, evidence=_jsonable(ev))
@@ -468,36 +470,46 @@ def _train_longer(
 def _undertrained_first(
     last: RoundEvidence, s_label: float | None, cfg: ControllerConfig, ev: dict[str, Any]
 ) -> str | None:
-    """Why doubling the training comes before the prior's growth, or None.
+    """Why more training comes before the prior's growth, or None; ``ev["train_longer_seen"]["k_T"]`` says how
+    many times more (a power of two).
 
     The round's own validation curves are measured evidence even when the learning curves across N and P are
     not: what the last doubling of training compute bought (:func:`last_doubling`), halved (the next doubling
     buys 2^-alpha of it; alpha = 1 is steeper than the 0.2-0.4 fitted to such curves, so this errs low), is the
-    predicted gain. When it reaches ``epsilon`` and the training costs fewer seconds than the DFT of one round's new
-    labels, more training is the cheapest gain (DFT-dominated campaigns of small models are usually here).
-    Not once the training budget is at its cap (``MAX_TRAIN_FACTOR``)."""
+    predicted gain of the next doubling, and halved again that of the one after. Each further doubling is taken
+    while its predicted gain reaches ``epsilon`` and its extra training seconds are fewer than the DFT seconds
+    of one round's new labels (DFT-dominated campaigns of small models are usually here): a steep curve jumps
+    to 4x or 8x at once instead of ramping one doubling per round. Never past ``MAX_TRAIN_FACTOR``."""
     seen = last_doubling(last)
     if seen is None or last.train_factor >= MAX_TRAIN_FACTOR or not last.train_wall_s:
         return None
     e_half, e_end = seen
-    rel_gain = 0.5 * (e_half - e_end) / e_end
-    cost_s = last.train_wall_s + last.probe_train_s  # the probes train again at the doubled budget too
+    cost_s = last.train_wall_s + last.probe_train_s  # the probes train again at the longer budget too
     dft_s = (s_label or 0.0) * (last.n_labels_added or 0)
+    gain, e_next, k_t, gains = 0.5 * (e_half - e_end), e_end, 1.0, []
+    while last.train_factor * k_t < MAX_TRAIN_FACTOR and gain / e_next >= cfg.epsilon and cost_s * k_t < dft_s:
+        gains.append(gain / e_next)
+        e_next, k_t, gain = e_next - gain, 2.0 * k_t, 0.5 * gain
+    rel_gain = 0.5 * (e_half - e_end) / e_end
     ev["train_longer_seen"] = {
         "valid_f_mae_at_half": e_half,
         "valid_f_mae_at_end": e_end,
         "rel_gain": rel_gain,
+        "rel_gain_per_doubling": gains,
+        "predicted_valid_f_mae": e_next,
+        "k_T": k_t,
         "cost_s": cost_s,
         "dft_s_of_a_round": dft_s,
         "train_factor": last.train_factor,
     }
-    if rel_gain < cfg.epsilon or cost_s >= dft_s:
+    if k_t == 1.0:
         return None
     return (
         f"under-trained: the last doubling of this round's training took the validation force MAE from "
-        f"{e_half:.3g} to {e_end:.3g} meV/Å, so doubling it again should gain about {100 * rel_gain:.2g}% for "
-        f"{cost_s:.3g} s of training, less than the {dft_s:.3g} DFT seconds of a round's {last.n_labels_added} "
-        "new labels"
+        f"{e_half:.3g} to {e_end:.3g} meV/Å, so training {k_t:.0f}× as long should reach about {e_next:.3g} "
+        f"meV/Å ({100 * (e_end - e_next) / e_end:.2g}% less) for {cost_s * (k_t - 1):.3g} more s of training "
+        f"a round, each doubling gaining at least {100 * cfg.epsilon:.2g}% for less than the {dft_s:.3g} DFT "
+        f"seconds of a round's {last.n_labels_added} new labels"
     )
 
 

@@ -118,6 +118,8 @@ def _next_round(d: Decision) -> str:
         parts.append(f"width (channels) × {f['k_W']:.3g}")
     if f.get("k_D"):
         parts.append(f"{int(f['k_D'])} more layer(s)")
+    if f.get("k_T", 1.0) != 1.0:
+        parts.append(f"training compute × {f['k_T']:.3g}")
     if d.action == "stop":
         return "no next round."
     return ", ".join(parts) + "." if parts else "same labels per round and the same model."

@@ -38,7 +38,11 @@ def test_plan_replays_decisions(tmp_path: Path) -> None:
     assert p2.model.layers == p0.model.layers + 1
     store.update_round(p2.round_id, status="done", decision="continue", evidence={"rule": "undertrained"})
     p3 = plan_round(store, cid, 3, cfg)
-    assert (p2.train_factor, p3.train_factor) == (1.0, 2.0)
+    assert (p2.train_factor, p3.train_factor) == (1.0, 2.0)  # a verdict without k_T doubles (older rows)
+    store.update_round(
+        p3.round_id, status="done", decision="continue", evidence={"rule": "undertrained", "factors": {"k_T": 8.0}}
+    )
+    assert plan_round(store, cid, 4, cfg).train_factor == 8.0  # 2 x 8, capped at 8
     assert not p3.capacity_changed
     capped = cfg.model_copy(update={"targets": cfg.targets.model_copy(update={"max_labels": 5})})
     assert plan_round(store, cid, 3, capped).k == 5  # no labels yet: K is capped by the budget

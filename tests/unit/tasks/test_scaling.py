@@ -385,6 +385,7 @@ def test_undertrained_round_trains_longer_before_the_prior_acts() -> None:
     assert "evidence too thin" in d.reason and "under-trained" in d.reason
     seen = d.evidence["train_longer_seen"]
     assert seen["valid_f_mae_at_half"] > seen["valid_f_mae_at_end"] and seen["rel_gain"] >= 0.02
+    assert d.factors["k_T"] == seen["k_T"] >= 2.0
     # a converged curve, a budget at its cap, or training dearer than a round's DFT: the prior acts
     assert decide(synthetic_history(1.0, 400.0, 0.5, rounds=1), ControllerConfig()).rule == "prior_tandem"
     hist[-1].train_factor = 8.0
@@ -392,6 +393,26 @@ def test_undertrained_round_trains_longer_before_the_prior_acts() -> None:
     cheap_dft = synthetic_history(1.0, 400.0, 0.5, rounds=1, converged=False, dft_s_per_label=0.001)
     assert decide(cheap_dft, ControllerConfig()).rule == "prior_tandem"
     assert decide(cheap_dft, ControllerConfig(prior="continue")).action == "continue"
+
+
+def test_a_steep_training_curve_jumps_several_doublings_at_once() -> None:
+    """Each further doubling is taken while its predicted gain (half the one before) reaches epsilon and its extra
+    seconds stay under a round's DFT seconds, never past the 8x cap: a larger epsilon, dearer DFT-free training or
+    a budget near its cap each take fewer doublings."""
+    hist = synthetic_history(1.0, 400.0, 0.5, rounds=1, converged=False)
+    k = decide(hist, ControllerConfig()).factors["k_T"]
+    assert k == 8.0  # 0.7 of the error still falls with compute: three doublings pass 2 %
+    seen = decide(hist, ControllerConfig()).evidence["train_longer_seen"]
+    gains = seen["rel_gain_per_doubling"]
+    assert len(gains) == 3 and all(g >= 0.02 for g in gains) and gains == sorted(gains, reverse=True)
+    assert seen["predicted_valid_f_mae"] < seen["valid_f_mae_at_end"]
+    strict = ControllerConfig(epsilon=0.99 * gains[1])  # only the first two doublings promise this much
+    assert decide(hist, strict).factors["k_T"] == 4.0
+    hist[-1].train_factor = 4.0  # already at 4x: one doubling to the cap
+    assert decide(hist, ControllerConfig()).factors["k_T"] == 2.0
+    hist[-1].train_factor = 1.0
+    hist[-1].train_wall_s = 0.3 * hist[-1].dft_cpu_s  # 0.3, 0.6 of the DFT seconds pass; 1.2 does not
+    assert decide(hist, ControllerConfig()).factors["k_T"] == 4.0
 
 
 def test_last_doubling_reads_best_so_far_errors_of_all_members() -> None:
