@@ -1,8 +1,9 @@
 """The ``sapis`` command line.
 
 Each command group lives in its own module and keeps heavy imports (torch, PySCF, Prefect) inside the command
-functions, so ``sapis --help`` is instant. User errors (:class:`sapis.errors.SapisError`) print one line and
-exit non-zero; other exceptions are bugs and keep their traceback.
+functions, so ``sapis --help`` is instant. Usage errors and user errors (:class:`sapis.errors.SapisError`) print
+one line and exit non-zero (2 unless a SapisError says otherwise); other exceptions are bugs and keep their
+traceback.
 """
 
 from __future__ import annotations
@@ -45,20 +46,32 @@ def _register() -> None:
 
 _register()
 
+# typer >= 0.26 vendors click (typer._click); older typer uses click itself: find its ClickException either way
+_ClickException: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on ``argv`` and return the exit status (what :func:`main` exits with).
 
-    Usage errors are formatted by typer (standalone mode); a :class:`SapisError` becomes one line on stderr.
+    A usage error (unknown option, bad value, missing argument) and a :class:`SapisError` each become one line
+    on stderr and exit 2 (a SapisError may carry another code): no boxed panel, no traceback.
     """
     # Prefect's local server phones home unless told not to; many HPC nodes have no internet.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     command = typer.main.get_command(app)
     previous = _interrupt_on_sigterm()
     try:
-        command.main(args=list(argv) if argv is not None else None, prog_name="sapis", standalone_mode=True)
+        rc = command.main(args=list(argv) if argv is not None else None, prog_name="sapis", standalone_mode=False)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except _ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare group: its help (already printed) is the answer
+            return 2
+        typer.echo(f"sapis: error: {usage_line(exc)}", err=True)
+        return 2
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        return 1
     except SapisError as exc:
         typer.echo(f"sapis: error: {exc}", err=True)
         return exc.exit_code
@@ -68,7 +81,22 @@ def run(argv: Sequence[str] | None = None) -> int:
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    return 0
+    # a command that returns normally exits 0; typer.Exit(code) comes back as its code
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
+
+
+def usage_line(exc: Exception) -> str:
+    """A usage error (typer's click exceptions) as one line that names the command and where its options are
+    explained.
+
+    >>> usage_line(typer.BadParameter("must be  positive"))
+    'Invalid value: must be positive'
+    """
+    message = " ".join(getattr(exc, "format_message", exc.__str__)().split())
+    ctx = getattr(exc, "ctx", None)
+    if ctx is None:
+        return message
+    return f"{ctx.command_path}: {message} (see '{ctx.command_path} --help')"
 
 
 def _interrupt_on_sigterm() -> Any:

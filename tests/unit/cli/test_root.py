@@ -47,3 +47,27 @@ def test_help_does_not_import_heavy_packages() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["model", "train", "--max-epochs", "many"], "Invalid value for '--max-epochs'"),
+        (["model", "train", "--epochs", "3"], "No such option: --epochs"),
+        (["pool", "submit"], "Missing argument"),
+    ],
+)
+def test_usage_error_is_one_line(argv: list[str], says: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped option, a bad value or a missing argument: one line naming the command, the option and the
+    problem, exit 2; no boxed panel, no usage block."""
+    assert run(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"sapis: error: sapis {' '.join(argv[:2])}") and says in lines[0], lines[0]
+    assert "--help" in lines[0] and "╭" not in err
+
+
+def test_bare_group_prints_its_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["model"]) == 2
+    assert "train" in capsys.readouterr().out
