@@ -49,10 +49,10 @@ def plot_decision(evidence: dict[str, Any], path: Path, title: str = "Scaling co
     for ax in all_axes:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
-    from sapis.tasks.scaling_step import ACTION_WORDS
+    from sapis.tasks.scaling_step import action_words
 
-    action = str(evidence.get("action", "?"))
-    fig.suptitle(f"{title}: {ACTION_WORDS.get(action, action)} ({evidence.get('rule', '')})", fontsize=10)
+    action, rule = str(evidence.get("action", "?")), str(evidence.get("rule", ""))
+    fig.suptitle(f"{title}: {action_words(action, rule)} ({rule})", fontsize=10)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

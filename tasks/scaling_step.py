@@ -93,6 +93,17 @@ ACTION_WORDS = {
 }
 
 
+def action_words(action: str, rule: str | None = None) -> str:
+    """The decision in words; an ``undertrained`` verdict is 'continue' with a longer training budget.
+
+    >>> action_words("continue", "undertrained")
+    'train longer (same labels per round and model)'
+    """
+    if action == "continue" and rule == "undertrained":
+        return "train longer (same labels per round and model)"
+    return ACTION_WORDS.get(action, action)
+
+
 def sig(v: float | None, unit: str = "") -> str:
     """Three significant figures with a unit, or "–" when unmeasured."""
     if v is None or not isinstance(v, int | float) or v != v:
@@ -134,8 +145,7 @@ def decision_markdown(campaign: str, index: int, d: Decision) -> str:
     lines = [
         f"# Scaling controller: {campaign}, after round {index}",
         "",
-        f"**Decision: {ACTION_WORDS.get(d.action, d.action)}** (rule `{d.rule}`). "
-        f"{d.reason[:1].upper()}{d.reason[1:]}.",
+        f"**Decision: {action_words(d.action, d.rule)}** (rule `{d.rule}`). {d.reason[:1].upper()}{d.reason[1:]}.",
         "",
         f"Next round: {_next_round(d)}",
         "",
@@ -176,6 +186,7 @@ def decision_markdown(campaign: str, index: int, d: Decision) -> str:
                 f"({sig(p.get('gain_lo'))} to {sig(p.get('gain_hi'))}) | {sig(p.get('cost_s'))} "
                 f"| {sig(p.get('gain_per_s'))} |"
             )
+    lines += _undertrained_lines(ev.get("train_longer_seen") or {})
     lines += _gap_lines(ev.get("gap_prior") or {})
     unit = ev.get("unit_costs") or {}
     cur = ev.get("current") or {}
@@ -197,6 +208,30 @@ def decision_markdown(campaign: str, index: int, d: Decision) -> str:
             f"{sig(1.0 / (err * spent['seconds']))} (error in meV/Å).",
         ]
     return "\n".join(lines)
+
+
+def _undertrained_lines(seen: dict[str, Any]) -> list[str]:
+    """The under-trained check from the round's own validation curves as markdown (none when it did not run):
+    what the last doubling of training bought, and each further doubling's predicted gain."""
+    if not seen:
+        return []
+    gains = seen.get("rel_gain_per_doubling") or []
+    k_t = seen.get("k_T") or 1.0
+    lines = [
+        "",
+        f"Under-trained check (the round's own validation curves): the last doubling of training compute took the "
+        f"validation force MAE from {sig(seen.get('valid_f_mae_at_half'))} to "
+        f"{sig(seen.get('valid_f_mae_at_end'), 'meV/Å')}; a round's training (members and probes) cost "
+        f"{sig(seen.get('cost_s'), 's')} against {sig(seen.get('dft_s_of_a_round'), 's')} of DFT for its new labels "
+        f"(training budget now {sig(seen.get('train_factor'))}×, at most 8×).",
+    ]
+    if not gains:
+        return [*lines, "", "No further doubling passes (gain below epsilon, or dearer than a round's DFT)."]
+    lines += ["", "| doubling | predicted gain (%) |", "| --- | --- |"]
+    lines += [f"| {2 ** (i + 1)}× | {sig(100 * g)} |" for i, g in enumerate(gains)]
+    predicted = sig(seen.get("predicted_valid_f_mae"), "meV/Å")
+    lines += ["", f"Next round trains {sig(k_t)}× as long: predicted validation force MAE {predicted}."]
+    return lines
 
 
 def _gap_lines(gp: dict[str, Any]) -> list[str]:

@@ -121,7 +121,7 @@ def explain(
     if as_json:
         typer.echo(json.dumps(rows, indent=1))
         return
-    from sapis.tasks.scaling_step import ACTION_WORDS, with_se
+    from sapis.tasks.scaling_step import action_words, with_se
 
     table = Table(title=f"campaign {info.name}: scaling-controller decisions")
     for col in (
@@ -142,7 +142,7 @@ def explain(
             str(row["round"]),
             _fmt(row["n_train"]),
             _fmt(row["error"]),
-            f"{action}: {ACTION_WORDS.get(action, action)}" + ("" if row["stored"] else " (recomputed)"),
+            f"{action}: {action_words(action, str(row['rule']))}" + ("" if row["stored"] else " (recomputed)"),
             str(row["rule"]),
             with_se(row["alpha_N"], row["alpha_N_se"]),
             with_se(row["beta_P"], row["beta_P_se"]),

@@ -406,6 +406,11 @@ def test_a_steep_training_curve_jumps_several_doublings_at_once() -> None:
     gains = seen["rel_gain_per_doubling"]
     assert len(gains) == 3 and all(g >= 0.02 for g in gains) and gains == sorted(gains, reverse=True)
     assert seen["predicted_valid_f_mae"] < seen["valid_f_mae_at_end"]
+    from sapis.tasks.scaling_step import decision_markdown
+
+    md = decision_markdown("demo", 0, decide(hist, ControllerConfig()))
+    assert "**Decision: train longer" in md and "Next round: training compute × 8." in md
+    assert "| 8× |" in md and "Next round trains 8× as long" in md
     strict = ControllerConfig(epsilon=0.99 * gains[1])  # only the first two doublings promise this much
     assert decide(hist, strict).factors["k_T"] == 4.0
     hist[-1].train_factor = 4.0  # already at 4x: one doubling to the cap
