@@ -172,7 +172,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
     """Rounds until the budget is spent (a round that would overrun it is not started) or the round cap."""
     from sapis.models import ModelConfig
     from sapis.tasks.scaling import ControllerConfig, RoundEvidence, decide
-    from sapis.tasks.scaling_fit import MAX_TRAIN_FACTOR
+    from sapis.tasks.scaling_fit import next_train_factor
 
     base = ModelConfig.size(args.size).model_dump(mode="json")
     prior = controller_prior(name, args)
@@ -239,8 +239,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
                 n_add = math.ceil(n_add * args.k_N)
             if action in ("grow_capacity", "both"):
                 capacity = wider
-            if m["rule"] == "undertrained":
-                train_factor = min(MAX_TRAIN_FACTOR, d.factors.get("k_T", 2.0) * train_factor)
+            train_factor = next_train_factor(train_factor, d.evidence)
             n += n_add
     final = rounds[-1]
     return {

@@ -19,7 +19,7 @@ from sapis.storage.checkpoints import materialise_ensemble
 from sapis.tasks.calibration import Calibration
 from sapis.tasks.dft import LevelOfTheory
 from sapis.tasks.round_metrics import RoundMetrics
-from sapis.tasks.scaling_fit import MAX_TRAIN_FACTOR
+from sapis.tasks.scaling_fit import next_train_factor
 
 if TYPE_CHECKING:
     from sapis.flows.config import CampaignConfig
@@ -90,8 +90,7 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) 
                 depth=int(factors.get("k_D", 0)),
                 lmax=factors.get("lmax"),
             )
-        if (r.evidence or {}).get("rule") == "undertrained":
-            train_factor = min(MAX_TRAIN_FACTOR, float(factors.get("k_T", 2.0)) * train_factor)
+        train_factor = next_train_factor(train_factor, r.evidence)
         changed = r.decision in GROW_CAPACITY and r is earlier[-1]
     for m in earlier_metrics:
         if m.calibration:

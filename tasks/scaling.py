@@ -190,14 +190,16 @@ class Decision:
 _NO_GROWTH: dict[str, float] = {"k_N": 1.0, "k_W": 1.0, "k_D": 0}
 
 
-def _decision(action: Action, rule: str, reason: str, ev: dict[str, Any], cfg: ControllerConfig) -> Decision:
+def _decision(
+    action: Action, rule: str, reason: str, ev: dict[str, Any], cfg: ControllerConfig, k_t: float = 2.0
+) -> Decision:
     factors = dict(_NO_GROWTH)
     if action in ("grow_data", "both"):
         factors["k_N"] = cfg.k_N
     if action in ("grow_capacity", "both"):
         factors["k_W"], factors["k_D"] = cfg.k_W, cfg.k_D
     if rule == "undertrained":  # the next round's training budget multiplier (2 from E(C), up to 8 seen)
-        factors["k_T"] = float((ev.get("train_longer_seen") or {}).get("k_T") or 2.0)
+        factors["k_T"] = k_t
     ev["rule"] = rule
     ev["action"], ev["factors"], ev["reason"] = action, factors, reason  # the next round's plan reads these
     return Decision(action=action, factors=factors, reason=reason, evidence=_jsonable(ev))
@@ -469,9 +471,9 @@ def _train_longer(
 
 def _undertrained_first(
     last: RoundEvidence, s_label: float | None, cfg: ControllerConfig, ev: dict[str, Any]
-) -> str | None:
-    """Why more training comes before the prior's growth, or None; ``ev["train_longer_seen"]["k_T"]`` says how
-    many times more (a power of two).
+) -> tuple[str, float] | None:
+    """Why more training comes before the prior's growth and how many times more (``k_T``, a power of two), or
+    None.
 
     The round's own validation curves are measured evidence even when the learning curves across N and P are
     not: what the last doubling of training compute bought (:func:`last_doubling`), halved (the next doubling
@@ -487,10 +489,10 @@ def _undertrained_first(
     cost_s = last.train_wall_s + last.probe_train_s  # the probes train again at the longer budget too
     dft_s = (s_label or 0.0) * (last.n_labels_added or 0)
     gain, e_next, k_t, gains = 0.5 * (e_half - e_end), e_end, 1.0, []
+    rel_gain = gain / e_end
     while last.train_factor * k_t < MAX_TRAIN_FACTOR and gain / e_next >= cfg.epsilon and cost_s * k_t < dft_s:
         gains.append(gain / e_next)
         e_next, k_t, gain = e_next - gain, 2.0 * k_t, 0.5 * gain
-    rel_gain = 0.5 * (e_half - e_end) / e_end
     ev["train_longer_seen"] = {
         "valid_f_mae_at_half": e_half,
         "valid_f_mae_at_end": e_end,
@@ -504,13 +506,14 @@ def _undertrained_first(
     }
     if k_t == 1.0:
         return None
-    return (
+    why = (
         f"under-trained: the last doubling of this round's training took the validation force MAE from "
         f"{e_half:.3g} to {e_end:.3g} meV/Å, so training {k_t:.0f}× as long should reach about {e_next:.3g} "
         f"meV/Å ({100 * (e_end - e_next) / e_end:.2g}% less) for {cost_s * (k_t - 1):.3g} more s of training "
         f"a round, each doubling gaining at least {100 * cfg.epsilon:.2g}% for less than the {dft_s:.3g} DFT "
         f"seconds of a round's {last.n_labels_added} new labels"
     )
+    return why, k_t
 
 
 def _why_thin(joint: JointFit | None, n_points: int, cfg: ControllerConfig) -> str:
@@ -547,7 +550,8 @@ def _prior_or(
     thin_words = f"evidence too thin ({thin}; {why})"
     longer = _undertrained_first(last, gap_in["s_label"], cfg, ev)
     if longer is not None:
-        return _decision("continue", "undertrained", f"{thin_words}; {longer}", ev, cfg)
+        why, k_t = longer
+        return _decision("continue", "undertrained", f"{thin_words}; {why}", ev, cfg, k_t)
     if cfg.prior == "gap":
         unusable = gap_unusable(last, gap_in["s_label"], cfg.irreducible_f_mae)
         if unusable is None:

@@ -236,7 +236,20 @@ def fit_trend(t: np.ndarray | list[float], y: np.ndarray | list[float]) -> Linea
     )
 
 
-MAX_TRAIN_FACTOR = 8.0  # 'undertrained' verdicts double a campaign's training budget up to this factor
+MAX_TRAIN_FACTOR = 8.0  # 'undertrained' verdicts multiply a campaign's training budget up to this factor
+
+
+def next_train_factor(train_factor: float, evidence: dict[str, Any] | None) -> float:
+    """The training budget multiplier after one decision: an ``undertrained`` verdict multiplies it by its
+    ``factors.k_T`` (2 where a row predates k_T), never past ``MAX_TRAIN_FACTOR``; any other leaves it.
+
+    >>> next_train_factor(2.0, {"rule": "undertrained", "factors": {"k_T": 8.0}})
+    8.0
+    """
+    ev = evidence or {}
+    if ev.get("rule") != "undertrained":
+        return train_factor
+    return min(MAX_TRAIN_FACTOR, float((ev.get("factors") or {}).get("k_T", 2.0)) * train_factor)
 
 
 @dataclass

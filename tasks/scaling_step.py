@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from sapis.errors import NotFoundError, config_error
 from sapis.storage import Store
 from sapis.tasks.scaling import ControllerConfig, Decision, RoundEvidence, decide
+from sapis.tasks.scaling_fit import MAX_TRAIN_FACTOR
 
 
 def controller_config(campaign_config: dict[str, Any] | None) -> ControllerConfig:
@@ -223,7 +224,7 @@ def _undertrained_lines(seen: dict[str, Any]) -> list[str]:
         f"validation force MAE from {sig(seen.get('valid_f_mae_at_half'))} to "
         f"{sig(seen.get('valid_f_mae_at_end'), 'meV/Å')}; a round's training (members and probes) cost "
         f"{sig(seen.get('cost_s'), 's')} against {sig(seen.get('dft_s_of_a_round'), 's')} of DFT for its new labels "
-        f"(training budget now {sig(seen.get('train_factor'))}×, at most 8×).",
+        f"(training budget now {sig(seen.get('train_factor'))}×, at most {sig(MAX_TRAIN_FACTOR)}×).",
     ]
     if not gains:
         return [*lines, "", "No further doubling passes (gain below epsilon, or dearer than a round's DFT)."]

@@ -400,15 +400,15 @@ def test_a_steep_training_curve_jumps_several_doublings_at_once() -> None:
     seconds stay under a round's DFT seconds, never past the 8x cap: a larger epsilon, dearer DFT-free training or
     a budget near its cap each take fewer doublings."""
     hist = synthetic_history(1.0, 400.0, 0.5, rounds=1, converged=False)
-    k = decide(hist, ControllerConfig()).factors["k_T"]
-    assert k == 8.0  # 0.7 of the error still falls with compute: three doublings pass 2 %
-    seen = decide(hist, ControllerConfig()).evidence["train_longer_seen"]
+    d = decide(hist, ControllerConfig())
+    assert d.factors["k_T"] == 8.0  # 0.7 of the error still falls with compute: three doublings pass 2 %
+    seen = d.evidence["train_longer_seen"]
     gains = seen["rel_gain_per_doubling"]
     assert len(gains) == 3 and all(g >= 0.02 for g in gains) and gains == sorted(gains, reverse=True)
     assert seen["predicted_valid_f_mae"] < seen["valid_f_mae_at_end"]
     from sapis.tasks.scaling_step import decision_markdown
 
-    md = decision_markdown("demo", 0, decide(hist, ControllerConfig()))
+    md = decision_markdown("demo", 0, d)
     assert "**Decision: train longer" in md and "Next round: training compute × 8." in md
     assert "| 8× |" in md and "Next round trains 8× as long" in md
     strict = ControllerConfig(epsilon=0.99 * gains[1])  # only the first two doublings promise this much
