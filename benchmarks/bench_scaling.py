@@ -6,7 +6,8 @@ Five strategies spend the same budget (seconds: DFT seconds per label × labels 
   the in-round learning-curve probes (``sapis.tasks.scaling_probe.run_probes``: nested ¼, ½, all of the labels
   × three widths), then let ``sapis.tasks.scaling.decide`` grow data (labels per round × k_N), capacity
   (width × k_W) or both; its prior (``--prior``: tandem by default, or gap, or continue) acts while the fits
-  are not yet reliable. Probe seconds and FLOPs are charged to the controller.
+  are not yet reliable. Probe seconds and FLOPs are charged to the controller; a round skips its probes where
+  the product does (``sapis.tasks.scaling.skip_probes``: still under-trained, target met or budget spent).
 - ``data``: fixed capacity, data doubling each round;
 - ``capacity``: fixed data (``--fixed-n`` labels), width × k_W each round;
 - ``tandem``: data doubling and width × k_W each round;
@@ -26,7 +27,8 @@ epochs (cost ∝ N × P).
 
 Reported per molecule (mean over seeds): ``time_to_target_ratio`` (controller seconds to reach the target test
 force MAE / the best naive strategy's; the target is the worst final error among the naive strategies of that
-seed, so every naive strategy reaches it), ``accuracy_per_flop_ratio`` (1 / (final MAE × training FLOPs),
+seed, so every naive strategy reaches it; seconds up to the end of the training of the round that reached it,
+not the probes trained after it), ``accuracy_per_flop_ratio`` (1 / (final MAE × training FLOPs),
 controller / doubling data, probes included), ``final_f_mae_ratio`` and ``first_action_round`` (first round
 whose decision is not ``continue``; the latest over seeds, None when a seed never acted), and
 ``first_evidence_round`` (first decided by evidence rather than a prior). The same figures for each controller
@@ -171,7 +173,7 @@ class Runner:
 def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: float) -> dict[str, Any]:
     """Rounds until the budget is spent (a round that would overrun it is not started) or the round cap."""
     from sapis.models import ModelConfig
-    from sapis.tasks.scaling import ControllerConfig, RoundEvidence, decide
+    from sapis.tasks.scaling import ControllerConfig, RoundEvidence, decide, skip_probes
     from sapis.tasks.scaling_fit import next_train_factor
 
     base = ModelConfig.size(args.size).model_dump(mode="json")
@@ -204,15 +206,21 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
         m["train_factor"] = train_factor
         spent += m["dft_cpu_s"] + m["train_wall_s"]
         flops += m["train_flops"]
+        labelled = max(labelled, n)
+        # the round's model exists here: the time to a target counts up to this point, not the probes after it
+        m.update(index=len(rounds), spent_s_model=spent, dft_cpu_s_cum=labelled * dft_s)
         action = None
         if prior is not None:
-            pr = runner.probes(n, capacity, epochs, m, cfg)
+            why = skip_probes([*history, RoundEvidence.from_store(m["index"], {**m, "train_flops_cum": flops})], cfg)
+            if why is None:
+                pr = runner.probes(n, capacity, epochs, m, cfg)
+                spent += pr["train_s"]
+                flops += pr["flops"]
+                probe_factor = 1.0 + pr["train_s"] / m["train_wall_s"]
+            else:
+                pr = {"skipped": why, "points": [], "train_s": 0.0, "flops": 0.0}
             m["probes"] = pr
-            spent += pr["train_s"]
-            flops += pr["flops"]
-            probe_factor = 1.0 + pr["train_s"] / m["train_wall_s"]
-        labelled = max(labelled, n)
-        m.update(index=len(rounds), spent_s=spent, train_flops_cum=flops, dft_cpu_s_cum=labelled * dft_s)
+        m.update(spent_s=spent, train_flops_cum=flops)
         if prior is not None:
             history.append(RoundEvidence.from_store(m["index"], m))
             d = decide(history, cfg)
@@ -262,8 +270,16 @@ def _width_cost(new: dict[str, Any], old: dict[str, Any]) -> float:
 
 
 def time_to(rounds: list[dict[str, Any]], target: float) -> float | None:
-    """Seconds spent when the test force MAE first reached ``target`` (None: never)."""
-    return next((r["spent_s"] for r in rounds if r["test_f_mae"] <= target), None)
+    """Seconds spent when the test force MAE first reached ``target`` (None: never): up to the end of that
+    round's training, without the learning-curve probes trained after it (a campaign given the target stops
+    there and skips them: ``sapis.tasks.scaling.skip_probes``). Rounds saved before ``spent_s_model`` existed
+    are read the same way, as ``spent_s`` less the round's probe seconds."""
+    for r in rounds:
+        if r["test_f_mae"] <= target:
+            if "spent_s_model" in r:
+                return float(r["spent_s_model"])
+            return float(r["spent_s"] - ((r.get("probes") or {}).get("train_s") or 0.0))
+    return None
 
 
 def measure_dft_seconds(data: Path, frames: int) -> dict[str, Any]:

@@ -49,7 +49,9 @@ def scaling_controller(
 
     log = get_run_logger()
     probes = probe_task(database_url, campaign_id, round_index)
-    if probes:
+    if probes and probes.get("skipped"):
+        log.info("learning-curve probes skipped: %s", probes["skipped"])
+    elif probes:
         log.info(
             "learning-curve probes: %d points, %.3g s of training in %.3g s",
             len(probes["points"]),

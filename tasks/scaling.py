@@ -65,7 +65,7 @@ from sapis.tasks.scaling_fit import (
 )
 from sapis.tasks.scaling_gap import exponents, gap_choice, gap_unusable
 
-__all__ = ["ControllerConfig", "Decision", "RoundEvidence", "decide"]
+__all__ = ["ControllerConfig", "Decision", "RoundEvidence", "decide", "skip_probes"]
 
 Action = Literal["grow_data", "grow_capacity", "both", "continue", "stop"]
 
@@ -245,6 +245,40 @@ def _budget_spent(spent: dict[str, float], cfg: ControllerConfig) -> str | None:
     return None
 
 
+def skip_probes(history: list[RoundEvidence], cfg: ControllerConfig) -> str | None:
+    """Why the latest round's learning-curve probes would buy nothing, or None when they should run.
+
+    Probes cost more than the round's own training (they train again at the round's budget), so they run only
+    where the next decision can use them: not when probes are off, not when the round meets the target or spends
+    the budget (the controller stops whatever they show), and not while the round's own validation curve says
+    training longer comes first (:func:`_undertrained_first`, which acts before any prior): points trained at a
+    budget that is still too short measure the budget, not data or capacity. Decided on the round as trained,
+    before its probes, from the same rules :func:`decide` applies after them; a skipped round decides the same
+    way, since its probe seconds stay zero.
+    """
+    if not cfg.probes:
+        return "probes are off (controller.probes = false)"
+    rounds = [r for r in history if r.error(cfg.metric)[0] is not None]
+    if not rounds:
+        return "no round has a measured force error yet"
+    last = rounds[-1]
+    e_now, metric = last.error(cfg.metric)
+    assert e_now is not None
+    if cfg.target_f_mae is not None and e_now <= cfg.target_f_mae:
+        return f"{metric} {e_now:.3g} meV/Å meets the target {cfg.target_f_mae:.3g}: the controller stops"
+    why = _budget_spent(spent_so_far(history), cfg)
+    if why:
+        return f"{why}: the controller stops"
+    if cfg.prior != "continue":
+        longer = _undertrained_first(last, unit_costs(history)["dft_s_per_label"], cfg, {})
+        if longer is not None:
+            return (
+                f"still under-trained (training {longer[1]:.0f}× as long comes first): learning curves at this "
+                "training budget would measure the budget, not data or capacity"
+            )
+    return None
+
+
 def decide(history: list[RoundEvidence], cfg: ControllerConfig | None = None) -> Decision:
     """Decide the next round's action from the rounds so far (oldest first); see the module docstring."""
     cfg = cfg or ControllerConfig()
@@ -264,6 +298,8 @@ def decide(history: list[RoundEvidence], cfg: ControllerConfig | None = None) ->
         "n_params": last.n_params,
         "spent": spent,
     }
+    if last.probes_skipped:
+        ev["probes_skipped"] = last.probes_skipped
     if cfg.target_f_mae is not None and e_now <= cfg.target_f_mae:
         return _decision(
             "stop",

@@ -275,6 +275,7 @@ class RoundEvidence:
     probes: list[dict[str, Any]] = field(default_factory=list)  # in-round learning curve: n_train, n_params, error
     probe_train_s: float = 0.0  # seconds spent training the probes (counted as training cost)
     probe_flops: float = 0.0
+    probes_skipped: str | None = None  # why the round's probes were not trained (sapis.tasks.scaling.skip_probes)
     train_factor: float = 1.0  # the round's training budget multiplier (doubled by 'undertrained' verdicts)
 
     def error(self, metric: str) -> tuple[float | None, str]:
@@ -327,6 +328,7 @@ class RoundEvidence:
         raw = m.get("probes")
         pr: dict[str, Any] = raw if isinstance(raw, dict) else {}
         ev.probes = [p for p in pr.get("points") or [] if isinstance(p, dict)]
+        ev.probes_skipped = str(pr["skipped"]) if pr.get("skipped") else None
         for key in ("train_s", "flops"):
             v = pr.get(key)
             if isinstance(v, int | float) and math.isfinite(v) and v >= 0:

@@ -170,9 +170,13 @@ def probe_round(store: Any, campaign_id: int, index: int, cfg: Any) -> dict[str,
     """Measure a finished round's in-round learning curves and merge them into its metrics as ``probes``.
 
     ``cfg`` is the campaign's ``CampaignConfig``. Already measured (resume): the stored result. None (and
-    nothing written) when probes are off or the round has no validation labels to score them on.
+    nothing written) when probes are off or the round has no validation labels to score them on. When they
+    would buy nothing (``sapis.tasks.scaling.skip_probes``: the round meets the target, spends the budget, or is
+    still under-trained) nothing is trained and ``{"skipped": why, "points": [], "train_s": 0, ...}`` is stored.
     """
     from sapis.tasks.plan import campaign_label_ids, round_dir, split_train_valid
+    from sapis.tasks.scaling import skip_probes
+    from sapis.tasks.scaling_step import controller_config, history_from_store
 
     ctl: ControllerConfig = cfg.controller
     if not ctl.probes:
@@ -186,6 +190,13 @@ def probe_round(store: Any, campaign_id: int, index: int, cfg: Any) -> dict[str,
     capacity = metrics.get("capacity")
     if not isinstance(capacity, dict):
         return None
+    why = skip_probes(
+        history_from_store(store, campaign_id, upto=index), controller_config(store.campaign(campaign_id).config)
+    )
+    if why is not None:
+        skipped: dict[str, Any] = {"skipped": why, "points": [], "train_s": 0.0, "flops": 0.0, "wall_s": 0.0}
+        store.update_round(row.id, metrics={"probes": skipped})
+        return skipped
     ids = campaign_label_ids(store, campaign_id)
     labelled = store.labelled(cfg.level.fingerprint, config_ids=ids["train"])
     train, valid = split_train_valid(labelled, cfg.train.valid_fraction)

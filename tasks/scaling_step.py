@@ -188,6 +188,8 @@ def decision_markdown(campaign: str, index: int, d: Decision) -> str:
                 f"| {sig(p.get('gain_per_s'))} |"
             )
     lines += _undertrained_lines(ev.get("train_longer_seen") or {})
+    if ev.get("probes_skipped"):
+        lines += ["", f"Learning-curve probes: not trained this round ({ev['probes_skipped']})."]
     lines += _gap_lines(ev.get("gap_prior") or {})
     unit = ev.get("unit_costs") or {}
     cur = ev.get("current") or {}

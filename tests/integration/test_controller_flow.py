@@ -150,3 +150,30 @@ def test_decisions_replay_identically_on_resume(tmp_path: Path, prior: str) -> N
     again = [decide_round(Store(url), cid, i).to_dict() for i in range(3)]  # a resumed process, same rows
     assert again == first
     assert [(r.decision, r.evidence) for r in Store(url).rounds(cid)] == stored
+
+
+def test_an_under_trained_round_skips_its_probes_and_trains_longer(tmp_path: Path) -> None:
+    """A round whose own validation curve still falls steeply, with training far cheaper than its DFT: the probe
+    step stores why it trained nothing (no labels are read, none exist here), a second call returns the stored
+    record, and the decision trains longer and says the probes were skipped."""
+    from sapis.flows.config import CampaignConfig
+    from sapis.tasks.scaling_probe import probe_round
+    from sapis.tasks.scaling_step import decide_round
+
+    url = f"sqlite:///{tmp_path / 'skip.db'}"
+    store = Store(url)
+    config = {"name": "skip", "pools": ["water"], "controller": {"epsilon": 0.02}}
+    cid = store.create_campaign("skip", config)
+    m = _round_metrics(0, 1.0, 400.0, 0.5)
+    c = np.asarray(m["curves"][0]["flops"])
+    steep = m["test_f_mae"] * (1 + 3.0 * (c / c[0]) ** -0.5)  # the last doubling still cuts it by ~12 %
+    m["curves"] = [{"flops": c.tolist(), "valid_f_mae": steep.tolist(), "train_f_mae": (0.6 * steep).tolist()}]
+    rid = store.start_round(cid, 0)
+    store.update_round(rid, status="done", metrics=m)
+    cfg = CampaignConfig.parse(config, source="test")
+    out = probe_round(store, cid, 0, cfg)
+    assert out is not None and "under-trained" in out["skipped"] and out["train_s"] == out["flops"] == 0.0
+    assert Store(url).rounds(cid)[0].metrics["probes"] == out
+    assert probe_round(store, cid, 0, cfg) == out  # resume: the stored record, nothing recomputed
+    d = decide_round(store, cid, 0, plot=False)
+    assert d.rule == "undertrained" and d.evidence["probes_skipped"] == out["skipped"]

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from sapis.tasks.scaling import ControllerConfig, Decision, RoundEvidence, decide, param_factor
+from sapis.tasks.scaling import ControllerConfig, Decision, RoundEvidence, decide, param_factor, skip_probes
 from sapis.tasks.scaling_fit import (
     fit_data_curve,
     fit_joint_law,
@@ -418,6 +418,31 @@ def test_a_steep_training_curve_jumps_several_doublings_at_once() -> None:
     hist[-1].train_factor = 1.0
     hist[-1].train_wall_s = 0.3 * hist[-1].dft_cpu_s  # 0.3, 0.6 of the DFT seconds pass; 1.2 does not
     assert decide(hist, ControllerConfig()).factors["k_T"] == 4.0
+
+
+def test_probes_are_skipped_where_the_next_decision_cannot_use_them() -> None:
+    """A round that is still under-trained, meets the target or spends the budget skips its probes; a round whose
+    probes can inform the decision, or a controller without the under-trained check, trains them. A skipped
+    round decides as the check said, and the report says why the probes were not trained."""
+    steep = synthetic_history(1.0, 400.0, 0.5, rounds=1, converged=False)
+    why = skip_probes(steep, ControllerConfig())
+    assert why is not None and "under-trained" in why and "8×" in why
+    steep[-1].probes_skipped = why
+    d = decide(steep, ControllerConfig())
+    assert d.rule == "undertrained" and d.evidence["probes_skipped"] == why
+    from sapis.tasks.scaling_step import decision_markdown
+
+    assert f"Learning-curve probes: not trained this round ({why})." in decision_markdown("demo", 0, d)
+    converged = synthetic_history(1.0, 400.0, 0.5, rounds=1)
+    assert skip_probes(converged, ControllerConfig()) is None
+    assert skip_probes(steep, ControllerConfig(prior="continue")) is None  # no under-trained check to come first
+    e_now = converged[-1].test_f_mae
+    assert e_now is not None
+    assert "meets the target" in (skip_probes(converged, ControllerConfig(target_f_mae=1.01 * e_now)) or "")
+    assert skip_probes(converged, ControllerConfig(target_f_mae=0.99 * e_now)) is None
+    assert "budget spent" in (skip_probes(converged, ControllerConfig(budget_labels=1)) or "")
+    assert "probes are off" in (skip_probes(converged, ControllerConfig(probes=False)) or "")
+    assert RoundEvidence.from_store(0, {"probes": {"skipped": why, "points": []}}).probes_skipped == why
 
 
 def test_last_doubling_reads_best_so_far_errors_of_all_members() -> None:
