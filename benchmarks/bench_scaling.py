@@ -15,7 +15,8 @@ Five strategies spend the same budget (seconds: DFT seconds per label × labels 
   under-training, so that a controller which trains longer is measured against it, not only against 12 epochs).
 
 Named controller variants run the same controller with a fixed prior, so priors can be compared in one run
-(add them to ``--strategies``): ``controller_tandem``, ``controller_gap``, ``controller_continue``.
+(add them to ``--strategies``): ``controller_tandem``, ``controller_gap``, ``controller_continue``; and
+``controller_noprobes``, the controller with ``--prior`` and no in-round probes (do the probes pay for themselves?).
 
 Labels are an oracle (frames of the molecule's train.xyz in a fixed random order per seed): rMD17 ethanol
 (PBE/def2-SVP) and GFN2-xTB labels of another molecule (``benchmarks/make_xtb_data.py``). Their DFT cost is
@@ -54,6 +55,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 STRATEGIES = ("controller", "data", "capacity", "tandem", "data_long")
 PRIORS = ("tandem", "gap", "continue")
 CONTROLLER_VARIANTS = {f"controller_{p}": p for p in PRIORS}  # the controller with a fixed prior
+NO_PROBES = "controller_noprobes"  # the controller (--prior) without in-round probes: do they pay for themselves?
 # rules that decide without a usable fit (with prior = "continue" the thin-evidence rules answer themselves)
 NO_EVIDENCE_RULES = ("no_error_measured", "too_short", "too_uncertain", "cost_unknown")
 ISSUE_NAIVE = ("data", "capacity", "tandem")  # the naive strategies issue 12 names (data_long came later)
@@ -72,11 +74,11 @@ SUMMARY_KEYS = (
 
 def controller_prior(name: str, args: argparse.Namespace) -> str | None:
     """The prior a controller strategy runs with (``controller``: ``--prior``); None for a naive strategy."""
-    return args.prior if name == "controller" else CONTROLLER_VARIANTS.get(name)
+    return args.prior if name in ("controller", NO_PROBES) else CONTROLLER_VARIANTS.get(name)
 
 
 def is_controller(name: str) -> bool:
-    return name == "controller" or name in CONTROLLER_VARIANTS
+    return name in ("controller", NO_PROBES) or name in CONTROLLER_VARIANTS
 
 
 class Runner:
@@ -179,7 +181,13 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
     base = ModelConfig.size(args.size).model_dump(mode="json")
     prior = controller_prior(name, args)
     cfg = ControllerConfig(
-        k_N=args.k_N, k_W=args.k_W, k_D=0, budget_seconds=args.budget_s, epsilon=args.epsilon, prior=prior or "tandem"
+        k_N=args.k_N,
+        k_W=args.k_W,
+        k_D=0,
+        budget_seconds=args.budget_s,
+        epsilon=args.epsilon,
+        prior=prior or "tandem",
+        probes=name != NO_PROBES,
     )
     n = args.fixed_n if name == "capacity" else args.n0
     n_add = args.n_add
@@ -449,6 +457,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(mols), figsize=(5 * len(mols), 3.8), dpi=100, squeeze=False)
     colours = dict(zip(STRATEGIES, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:cyan"), strict=True))
     colours.update(zip(CONTROLLER_VARIANTS, ("tab:orange", "tab:brown", "tab:pink"), strict=True))
+    colours[NO_PROBES] = "tab:olive"
     for ax, (mol, m) in zip(axes[0], mols.items(), strict=True):
         for i, s in enumerate(m["seeds"].values()):
             for name, r in s["results"].items():
@@ -493,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--strategies",
         default=",".join(STRATEGIES),
-        help=f"comma-separated, from {', '.join(STRATEGIES + tuple(CONTROLLER_VARIANTS))}",
+        help=f"comma-separated, from {', '.join((*STRATEGIES, *CONTROLLER_VARIANTS, NO_PROBES))}",
     )
     p.add_argument("--prior", choices=PRIORS, default="tandem", help="the controller strategy's prior")
     p.add_argument("--size", default="XS", help="base model size preset (XS, S, M, L)")
@@ -534,9 +543,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give at least one --molecule NAME=DIR")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.strategies = args.strategies.split(",")
-    unknown = [s for s in args.strategies if s not in STRATEGIES and s not in CONTROLLER_VARIANTS]
+    unknown = [s for s in args.strategies if s not in (*STRATEGIES, *CONTROLLER_VARIANTS, NO_PROBES)]
     if unknown:
-        p.error(f"unknown strategies {unknown}; choose from {STRATEGIES + tuple(CONTROLLER_VARIANTS)}")
+        p.error(f"unknown strategies {unknown}; choose from {(*STRATEGIES, *CONTROLLER_VARIANTS, NO_PROBES)}")
     mols = dict(m.split("=", 1) for m in args.molecule)
     t0 = time.perf_counter()
     start = machine(processes=args.processes, threads_per_process=1)

@@ -103,7 +103,8 @@ class RoundMetrics(_Record):
     curves: list[TrainingCurve] | None = None
     probes: dict[str, Any] | None = Field(
         default=None,
-        description="in-round learning-curve probes: points (N, P, error), train_s, flops (tasks/scaling_probe)",
+        description="in-round learning-curve probes: points (N, P, error), train_s, flops (tasks/scaling_probe); "
+        "skipped: why none were trained (tasks/scaling.skip_probes)",
     )
     # re-rank the pending queue
     queue: QueueRerank | None = None
