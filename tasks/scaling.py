@@ -145,9 +145,11 @@ class ControllerConfig(BaseModel):
         "learning theory); a data exponent measured to max_rel_se replaces it.",
     )
     probes: bool = Field(
-        default=True,
+        default=False,
         description="Measure learning curves inside each round: train one small member per (data fraction, "
-        "width factor) below and fit E(N, P) = E_inf + A N^-alpha + B P^-beta to them.",
+        "width factor) below and fit E(N, P) = E_inf + A N^-alpha + B P^-beta to them. Off by default: in "
+        "benchmarks/bench_scaling.py they cost 2-4x a round's own training and, within a 5-round campaign, the "
+        "same controller without them reached the target as soon and ended at 0.7-0.9x the error.",
     )
     probe_fractions: tuple[float, ...] = Field(
         default=(0.25, 0.5, 1.0), description="Nested fractions of the round's training labels the probes use."

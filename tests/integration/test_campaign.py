@@ -65,6 +65,7 @@ timeout_minutes = 10
 
 [controller]
 prior = "continue"  # the label counts below assume unchanged rounds; the tandem prior is tested elsewhere
+probes = true  # off by default; on here to test them in a campaign
 probe_fractions = [0.5, 1.0]  # a cheap in-round learning curve: 3 probes per round
 probe_widths = [1.0, 0.5]
 

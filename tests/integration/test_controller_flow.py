@@ -153,16 +153,17 @@ def test_decisions_replay_identically_on_resume(tmp_path: Path, prior: str) -> N
 
 
 def test_an_under_trained_round_skips_its_probes_and_trains_longer(tmp_path: Path) -> None:
-    """A round whose own validation curve still falls steeply, with training far cheaper than its DFT: the probe
-    step stores why it trained nothing (no labels are read, none exist here), a second call returns the stored
-    record, and the decision trains longer and says the probes were skipped."""
+    """Probes are off by default (nothing stored). With them on, a round whose own validation curve still falls
+    steeply, with training far cheaper than its DFT: the probe step stores why it trained nothing (no labels
+    are read, none exist here), a second call returns the stored record, and the decision trains longer and
+    says the probes were skipped."""
     from sapis.flows.config import CampaignConfig
     from sapis.tasks.scaling_probe import probe_round
     from sapis.tasks.scaling_step import decide_round
 
     url = f"sqlite:///{tmp_path / 'skip.db'}"
     store = Store(url)
-    config = {"name": "skip", "pools": ["water"], "controller": {"epsilon": 0.02}}
+    config = {"name": "skip", "pools": ["water"], "controller": {"epsilon": 0.02, "probes": True}}
     cid = store.create_campaign("skip", config)
     m = _round_metrics(0, 1.0, 400.0, 0.5)
     c = np.asarray(m["curves"][0]["flops"])
@@ -170,6 +171,7 @@ def test_an_under_trained_round_skips_its_probes_and_trains_longer(tmp_path: Pat
     m["curves"] = [{"flops": c.tolist(), "valid_f_mae": steep.tolist(), "train_f_mae": (0.6 * steep).tolist()}]
     rid = store.start_round(cid, 0)
     store.update_round(rid, status="done", metrics=m)
+    assert probe_round(store, cid, 0, CampaignConfig.parse({**config, "controller": {}}, source="test")) is None
     cfg = CampaignConfig.parse(config, source="test")
     out = probe_round(store, cid, 0, cfg)
     assert out is not None and "under-trained" in out["skipped"] and out["train_s"] == out["flops"] == 0.0

@@ -425,7 +425,7 @@ def test_probes_are_skipped_where_the_next_decision_cannot_use_them() -> None:
     probes can inform the decision, or a controller without the under-trained check, trains them. A skipped
     round decides as the check said, and the report says why the probes were not trained."""
     steep = synthetic_history(1.0, 400.0, 0.5, rounds=1, converged=False)
-    why = skip_probes(steep, ControllerConfig())
+    why = skip_probes(steep, ControllerConfig(probes=True))
     assert why is not None and "under-trained" in why and "8×" in why
     steep[-1].probes_skipped = why
     d = decide(steep, ControllerConfig())
@@ -434,14 +434,18 @@ def test_probes_are_skipped_where_the_next_decision_cannot_use_them() -> None:
 
     assert f"Learning-curve probes: not trained this round ({why})." in decision_markdown("demo", 0, d)
     converged = synthetic_history(1.0, 400.0, 0.5, rounds=1)
-    assert skip_probes(converged, ControllerConfig()) is None
-    assert skip_probes(steep, ControllerConfig(prior="continue")) is None  # no under-trained check to come first
+    assert skip_probes(converged, ControllerConfig(probes=True)) is None
+    assert (
+        skip_probes(steep, ControllerConfig(probes=True, prior="continue")) is None
+    )  # no under-trained check to come first
     e_now = converged[-1].test_f_mae
     assert e_now is not None
-    assert "meets the target" in (skip_probes(converged, ControllerConfig(target_f_mae=1.01 * e_now)) or "")
-    assert skip_probes(converged, ControllerConfig(target_f_mae=0.99 * e_now)) is None
-    assert "budget spent" in (skip_probes(converged, ControllerConfig(budget_labels=1)) or "")
-    assert "probes are off" in (skip_probes(converged, ControllerConfig(probes=False)) or "")
+    assert "meets the target" in (
+        skip_probes(converged, ControllerConfig(probes=True, target_f_mae=1.01 * e_now)) or ""
+    )
+    assert skip_probes(converged, ControllerConfig(probes=True, target_f_mae=0.99 * e_now)) is None
+    assert "budget spent" in (skip_probes(converged, ControllerConfig(probes=True, budget_labels=1)) or "")
+    assert "probes are off" in (skip_probes(converged, ControllerConfig()) or "")  # off by default
     assert RoundEvidence.from_store(0, {"probes": {"skipped": why, "points": []}}).probes_skipped == why
 
 
