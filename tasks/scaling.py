@@ -148,7 +148,7 @@ class ControllerConfig(BaseModel):
         default=False,
         description="Measure learning curves inside each round: train one small member per (data fraction, "
         "width factor) below and fit E(N, P) = E_inf + A N^-alpha + B P^-beta to them. Off by default: in "
-        "benchmarks/bench_scaling.py they cost 2-4x a round's own training and, within a 5-round campaign, the "
+        "benchmarks/bench_scaling.py they cost 2.3-2.8x a round's own training and, within a 5-round campaign, the "
         "same controller without them reached the target as soon and ended at 0.7-0.9x the error.",
     )
     probe_fractions: tuple[float, ...] = Field(
