@@ -556,6 +556,8 @@ def _undertrained_first(
 
 def _why_thin(joint: JointFit | None, n_points: int, cfg: ControllerConfig) -> str:
     """Why the in-round joint fit cannot be used yet, in words."""
+    if joint is None and n_points == 0 and not cfg.probes:
+        return "no in-round learning curves (controller.probes = false)"
     if joint is None:
         return f"the in-round learning curves have {n_points} point(s); E(N, P) needs 7 with 3 data and 3 model sizes"
     return (

@@ -368,7 +368,8 @@ def test_prior_acts_when_evidence_is_thin() -> None:
     assert (d.action, d.rule) == ("both", "prior_tandem")
     assert d.factors == {"k_N": 2.0, "k_W": 1.5, "k_D": 0}
     assert "default policy" in d.reason
-    assert "7 with 3 data and 3 model sizes" in d.reason
+    assert "no in-round learning curves (controller.probes = false)" in d.reason  # off by default
+    assert "7 with 3 data and 3 model sizes" in decide(hist, ControllerConfig(probes=True)).reason
     # at the capacity ceiling the prior grows data only
     d2 = decide(hist, ControllerConfig(max_n_params=60_000))
     assert (d2.action, d2.rule) == ("grow_data", "prior_tandem")
