@@ -247,6 +247,14 @@ def _budget_spent(spent: dict[str, float], cfg: ControllerConfig) -> str | None:
     return None
 
 
+def _stop_rule(e_now: float, metric: str, spent: dict[str, float], cfg: ControllerConfig) -> tuple[str, str] | None:
+    """(rule, reason) when the campaign stops whatever the fits say: the target is met or a budget is spent."""
+    if cfg.target_f_mae is not None and e_now <= cfg.target_f_mae:
+        return "target_met", f"{metric} {e_now:.3g} meV/Å meets the target {cfg.target_f_mae:.3g}"
+    why = _budget_spent(spent, cfg)
+    return ("budget_spent", why) if why else None
+
+
 def skip_probes(history: list[RoundEvidence], cfg: ControllerConfig) -> str | None:
     """Why the latest round's learning-curve probes would buy nothing, or None when they should run.
 
@@ -266,11 +274,9 @@ def skip_probes(history: list[RoundEvidence], cfg: ControllerConfig) -> str | No
     last = rounds[-1]
     e_now, metric = last.error(cfg.metric)
     assert e_now is not None
-    if cfg.target_f_mae is not None and e_now <= cfg.target_f_mae:
-        return f"{metric} {e_now:.3g} meV/Å meets the target {cfg.target_f_mae:.3g}: the controller stops"
-    why = _budget_spent(spent_so_far(history), cfg)
-    if why:
-        return f"{why}: the controller stops"
+    stop = _stop_rule(e_now, metric, spent_so_far(history), cfg)
+    if stop:
+        return f"{stop[1]}: the controller stops"
     if cfg.prior != "continue":
         longer = _undertrained_first(last, unit_costs(history)["dft_s_per_label"], cfg, {})
         if longer is not None:
@@ -302,17 +308,9 @@ def decide(history: list[RoundEvidence], cfg: ControllerConfig | None = None) ->
     }
     if last.probes_skipped:
         ev["probes_skipped"] = last.probes_skipped
-    if cfg.target_f_mae is not None and e_now <= cfg.target_f_mae:
-        return _decision(
-            "stop",
-            "target_met",
-            f"{metric} {e_now:.3g} meV/Å meets the target {cfg.target_f_mae:.3g}",
-            ev,
-            cfg,
-        )
-    why = _budget_spent(spent, cfg)
-    if why:
-        return _decision("stop", "budget_spent", why, ev, cfg)
+    stop = _stop_rule(e_now, metric, spent, cfg)
+    if stop:
+        return _decision("stop", *stop, ev, cfg)
 
     groups = capacity_groups(rounds, cfg.capacity_rtol)
     group = next(g for g in groups if last in g)
