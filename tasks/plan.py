@@ -99,6 +99,7 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) 
     chosen = campaign_label_ids(store, campaign_id)
     already = len(chosen["train"]) + len(chosen["test"])
     k = max(0, min(k, cfg.targets.max_labels - already))  # never plan past the DFT label budget
+    k = min(k, labels_within_dft_budget(earlier_metrics, cfg.targets.max_cpu_hours))  # nor its CPU hours
 
     # the previous round's ensemble, rebuilt from the store when this machine has no (or a different) copy
     previous = (
@@ -134,6 +135,25 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) 
         train_factor=train_factor,
         earlier=earlier_metrics,
     )
+
+
+def labels_within_dft_budget(earlier: list[RoundMetrics], max_cpu_hours: float) -> int:
+    """How many more labels the DFT CPU budget pays for at the seconds per label measured so far.
+
+    The round that reaches the budget is planned to end on it (growth decisions would otherwise overshoot it
+    by a whole round's labels): at least one label while any budget is left, so that round trips the
+    controller's ``budget_spent`` rule; none once it is spent; no limit before any label has been timed.
+
+    >>> m = RoundMetrics(n_labels_added=10, dft_cpu_s=3600.0)
+    >>> labels_within_dft_budget([m], max_cpu_hours=2.0), labels_within_dft_budget([m], max_cpu_hours=1.0)
+    (10, 0)
+    """
+    timed = [(m.dft_cpu_s, m.n_labels_added) for m in earlier if m.dft_cpu_s and m.n_labels_added]
+    if not timed:
+        return 2**31 - 1
+    s_label = sum(s for s, _ in timed) / sum(n for _, n in timed)
+    left = 3600.0 * max_cpu_hours - sum(m.dft_cpu_s or 0.0 for m in earlier)
+    return 0 if left <= 0 else max(1, math.floor(left / s_label))
 
 
 def campaign_label_ids(store: Store, campaign_id: int) -> dict[str, list[int]]:

@@ -50,6 +50,37 @@ def test_plan_replays_decisions(tmp_path: Path) -> None:
     assert plan_round(store, cid, 2, cfg).round_id == p2.round_id
 
 
+def test_the_round_that_reaches_the_dft_cpu_budget_is_planned_to_end_on_it(tmp_path: Path) -> None:
+    store, cid, cfg = _store(tmp_path)
+    cfg = cfg.model_copy(
+        update={
+            "select": cfg.select.model_copy(update={"k": 8}),
+            "targets": cfg.targets.model_copy(update={"max_cpu_hours": 1.0}),
+        }
+    )
+    p0 = plan_round(store, cid, 0, cfg)
+    assert p0.k == 8  # nothing timed yet: no cap from CPU hours
+    # round 0 labelled 8 structures at 300 CPU s each: 2400 of the 3600 s budget spent
+    store.update_round(
+        p0.round_id,
+        status="done",
+        decision="grow_data",
+        evidence={"factors": {"k_N": 2.0}},
+        metrics={"n_labels_added": 8, "dft_cpu_s": 2400.0},
+    )
+    p1 = plan_round(store, cid, 1, cfg)
+    assert p1.k == 4  # growth asked for 16; the 1200 s left pay for 4
+    store.update_round(
+        p1.round_id, status="done", decision="continue", metrics={"n_labels_added": 4, "dft_cpu_s": 1100.0}
+    )
+    assert plan_round(store, cid, 2, cfg).k == 1  # 100 s left, less than a label: one, which spends the budget
+    p2 = plan_round(store, cid, 2, cfg)
+    store.update_round(
+        p2.round_id, status="done", decision="continue", metrics={"n_labels_added": 1, "dft_cpu_s": 290.0}
+    )
+    assert plan_round(store, cid, 3, cfg).k == 0  # spent
+
+
 def test_a_pretrained_model_starts_round_0_only_with_a_fresh_head(tmp_path: Path) -> None:
     store, cid, cfg = _store(tmp_path)
     pre = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"pretrained": tmp_path / "pre"})})
