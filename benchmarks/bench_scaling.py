@@ -2,12 +2,14 @@
 
 Five strategies spend the same budget (seconds: DFT seconds per label × labels + training seconds):
 
-- ``controller``: start at N0 labels and the base model, add ``n_add`` labels per round; after each round train
-  the in-round learning-curve probes (``sapis.tasks.scaling_probe.run_probes``: nested ¼, ½, all of the labels
-  × three widths), then let ``sapis.tasks.scaling.decide`` grow data (labels per round × k_N), capacity
-  (width × k_W) or both; its prior (``--prior``: tandem by default, or gap, or continue) acts while the fits
-  are not yet reliable. Probe seconds and FLOPs are charged to the controller; a round skips its probes where
-  the product does (``sapis.tasks.scaling.skip_probes``: still under-trained, target met or budget spent).
+- ``controller``: the product's controller as configured by default (``ControllerConfig()``; ``--prior`` and
+  ``--probes`` override): start at N0 labels and the base model, add ``n_add`` labels per round; after each
+  round, with probes on, train the in-round learning-curve probes (``sapis.tasks.scaling_probe.run_probes``:
+  nested ¼, ½, all of the labels × three widths), then let ``sapis.tasks.scaling.decide`` grow data (labels
+  per round × k_N), capacity (width × k_W) or both; its prior (``--prior``: tandem by default, or gap, or
+  continue) acts while the fits are not yet reliable. Probe seconds and FLOPs are charged to the controller; a
+  round skips its probes where the product does (``sapis.tasks.scaling.skip_probes``: still under-trained,
+  target met or budget spent).
 - ``data``: fixed capacity, data doubling each round;
 - ``capacity``: fixed data (``--fixed-n`` labels), width × k_W each round;
 - ``tandem``: data doubling and width × k_W each round;
@@ -16,7 +18,8 @@ Five strategies spend the same budget (seconds: DFT seconds per label × labels 
 
 Named controller variants run the same controller with a fixed prior, so priors can be compared in one run
 (add them to ``--strategies``): ``controller_tandem``, ``controller_gap``, ``controller_continue``; and
-``controller_noprobes``, the controller with ``--prior`` and no in-round probes (do the probes pay for themselves?).
+``controller_noprobes``, the controller with ``--prior`` and no in-round probes (do the probes pay for themselves?),
+and ``controller_tandem_noprobes`` etc., each prior without probes (the product's default, ``probes = false``).
 
 Labels are an oracle (frames of the molecule's train.xyz in a fixed random order per seed): rMD17 ethanol
 (PBE/def2-SVP) and GFN2-xTB labels of another molecule (``benchmarks/make_xtb_data.py``). Their DFT cost is
@@ -24,7 +27,9 @@ Labels are an oracle (frames of the molecule's train.xyz in a fixed random order
 one thread, CPU seconds) on ``--dft-frames`` frames of each molecule. Training cost is the model's counted
 FLOPs converted to seconds at a rate calibrated on the molecule's first training run, so the accounting does
 not depend on how busy the shared CPU was. Every round trains one model from scratch for a fixed number of
-epochs (cost ∝ N × P).
+epochs (cost ∝ N × P). A round whose growth would overrun the budget adds only the labels that still fit
+(``--fit-last-round``, the default, as ``sapis.tasks.plan.labels_within_dft_budget`` plans a campaign's last round);
+with ``--no-fit-last-round`` it is not run (results before that option existed).
 
 Reported per molecule (mean over seeds): ``time_to_target_ratio`` (controller seconds to reach the target test
 force MAE / the best naive strategy's; the target is the worst final error among the naive strategies of that
@@ -56,6 +61,9 @@ STRATEGIES = ("controller", "data", "capacity", "tandem", "data_long")
 PRIORS = ("tandem", "gap", "continue")
 CONTROLLER_VARIANTS = {f"controller_{p}": p for p in PRIORS}  # the controller with a fixed prior
 NO_PROBES = "controller_noprobes"  # the controller (--prior) without in-round probes: do they pay for themselves?
+# ... and each fixed prior without probes (the product's default since probes went off), e.g. controller_tandem_noprobes
+NO_PROBE_VARIANTS = {f"controller_{p}_noprobes": p for p in PRIORS}
+ALL_STRATEGIES = (*STRATEGIES, *CONTROLLER_VARIANTS, NO_PROBES, *NO_PROBE_VARIANTS)
 # rules that decide without a usable fit (with prior = "continue" the thin-evidence rules answer themselves)
 NO_EVIDENCE_RULES = ("no_error_measured", "too_short", "too_uncertain", "cost_unknown")
 ISSUE_NAIVE = ("data", "capacity", "tandem")  # the naive strategies issue 12 names (data_long came later)
@@ -74,11 +82,21 @@ SUMMARY_KEYS = (
 
 def controller_prior(name: str, args: argparse.Namespace) -> str | None:
     """The prior a controller strategy runs with (``controller``: ``--prior``); None for a naive strategy."""
-    return args.prior if name in ("controller", NO_PROBES) else CONTROLLER_VARIANTS.get(name)
+    if name in ("controller", NO_PROBES):
+        return str(args.prior)
+    return CONTROLLER_VARIANTS.get(name) or NO_PROBE_VARIANTS.get(name)
 
 
 def is_controller(name: str) -> bool:
-    return name in ("controller", NO_PROBES) or name in CONTROLLER_VARIANTS
+    return name in ("controller", NO_PROBES) or name in CONTROLLER_VARIANTS or name in NO_PROBE_VARIANTS
+
+
+def has_probes(name: str, args: argparse.Namespace) -> bool:
+    """Whether a controller strategy trains the in-round probes: ``controller`` as ``--probes`` says (the
+    product's default unless given), the ``*noprobes`` ones never, the fixed-prior variants always."""
+    if name == "controller":
+        return bool(args.probes)
+    return name != NO_PROBES and name not in NO_PROBE_VARIANTS
 
 
 class Runner:
@@ -187,7 +205,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
         budget_seconds=args.budget_s,
         epsilon=args.epsilon,
         prior=prior or "tandem",
-        probes=name != NO_PROBES,
+        probes=has_probes(name, args),
     )
     n = args.fixed_n if name == "capacity" else args.n0
     n_add = args.n_add
@@ -199,16 +217,23 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
     train_factor = 1.0  # as tasks/plan.py: each 'undertrained' verdict multiplies the training by k_T, up to its cap
     while len(rounds) < args.max_rounds and n <= len(runner.pool):
         new = max(0, n - labelled)
-        est = new * dft_s
         epochs = round(args.epochs * (args.long_factor if name == "data_long" else train_factor))
+        train_est = 0.0
         if rounds:
             prev = rounds[-1]
-            est += (
+            train_est = (
                 prev["train_wall_s"] * n / prev["n_train"] * _width_cost(capacity, prev["capacity"]) * probe_factor
             ) * (epochs / prev["epochs"])
-        if rounds and spent + est > args.budget_s:
-            break
+        trimmed = False
+        if rounds and spent + new * dft_s + train_est > args.budget_s:
+            # as the product plans it (tasks/plan.py: labels_within_dft_budget), the round that reaches the
+            # budget ends on it: fewer new labels rather than none, for every strategy; no round if none fit
+            fit = math.floor((args.budget_s - spent - train_est) / dft_s) if args.fit_last_round else 0
+            if fit < 1:
+                break
+            n, new, trimmed = labelled + fit, fit, True
         m = runner.train(n, capacity, epochs)
+        m["trimmed_to_budget"] = trimmed
         m["dft_cpu_s"] = new * dft_s
         m["n_labels_added"] = new
         m["train_factor"] = train_factor
@@ -391,8 +416,10 @@ def _controller_ratios(
 
 
 def aggregate(seeds: dict[str, Any]) -> dict[str, Any]:
-    """Means over seeds for ``controller`` and, under ``variants``, for each named controller variant."""
-    out = _means(seeds)
+    """Means over seeds for ``controller`` (where it ran) and, under ``variants``, for each named controller
+    variant."""
+    ran = any("controller" in (s.get("results") or {}) for s in seeds.values())
+    out = _means(seeds) if ran else {}
     names = sorted({v for s in seeds.values() for v in s.get("variants") or {}})
     if names:
         out["variants"] = {v: _means({k: s["variants"].get(v, {}) for k, s in seeds.items()}) for v in names}
@@ -425,7 +452,7 @@ def _means(seeds: dict[str, Any]) -> dict[str, Any]:
 def summary_table(results: dict[str, Any]) -> dict[str, Any]:
     """The per-molecule means a reader checks against the goals (``SUMMARY_KEYS``, and controller variants)."""
     return {
-        k: {kk: v.get(kk) for kk in SUMMARY_KEYS} | ({"variants": v["variants"]} if "variants" in v else {})
+        k: {kk: v[kk] for kk in SUMMARY_KEYS if kk in v} | ({"variants": v["variants"]} if "variants" in v else {})
         for k, v in results.items()
     }
 
@@ -458,6 +485,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     colours = dict(zip(STRATEGIES, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:cyan"), strict=True))
     colours.update(zip(CONTROLLER_VARIANTS, ("tab:orange", "tab:brown", "tab:pink"), strict=True))
     colours[NO_PROBES] = "tab:olive"
+    colours.update(zip(NO_PROBE_VARIANTS, ("gold", "tab:gray", "black"), strict=True))
     for ax, (mol, m) in zip(axes[0], mols.items(), strict=True):
         for i, s in enumerate(m["seeds"].values()):
             for name, r in s["results"].items():
@@ -502,9 +530,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--strategies",
         default=",".join(STRATEGIES),
-        help=f"comma-separated, from {', '.join((*STRATEGIES, *CONTROLLER_VARIANTS, NO_PROBES))}",
+        help=f"comma-separated, from {', '.join(ALL_STRATEGIES)}",
     )
     p.add_argument("--prior", choices=PRIORS, default="tandem", help="the controller strategy's prior")
+    p.add_argument(
+        "--probes",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="whether the controller strategy trains the in-round learning-curve probes (default: the product's "
+        "default, controller.probes)",
+    )
     p.add_argument("--size", default="XS", help="base model size preset (XS, S, M, L)")
     p.add_argument("--n0", type=int, default=10, help="labels in the first round (controller, data, tandem)")
     p.add_argument("--n-add", type=int, default=10, help="labels added per controller round before growth")
@@ -518,6 +553,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-2)
     p.add_argument("--max-rounds", type=int, default=8)
+    p.add_argument(
+        "--fit-last-round",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the round that would overrun the budget adds the labels that still fit (as a campaign plans its "
+        "last round against its DFT budget) instead of not being run; every strategy alike",
+    )
     p.add_argument("--test-frames", type=int, default=100)
     p.add_argument("--valid-frames", type=int, default=20)
     p.add_argument("--processes", type=int, default=2, help="molecules run side by side, one thread each")
@@ -543,9 +585,13 @@ def main(argv: list[str] | None = None) -> int:
         p.error("give at least one --molecule NAME=DIR")
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.strategies = args.strategies.split(",")
-    unknown = [s for s in args.strategies if s not in (*STRATEGIES, *CONTROLLER_VARIANTS, NO_PROBES)]
+    if args.probes is None:
+        from sapis.tasks.scaling import ControllerConfig
+
+        args.probes = ControllerConfig().probes
+    unknown = [s for s in args.strategies if s not in ALL_STRATEGIES]
     if unknown:
-        p.error(f"unknown strategies {unknown}; choose from {(*STRATEGIES, *CONTROLLER_VARIANTS, NO_PROBES)}")
+        p.error(f"unknown strategies {unknown}; choose from {ALL_STRATEGIES}")
     mols = dict(m.split("=", 1) for m in args.molecule)
     t0 = time.perf_counter()
     start = machine(processes=args.processes, threads_per_process=1)
