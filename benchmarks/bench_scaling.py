@@ -286,6 +286,7 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
     return {
         "strategy": name,
         "prior": prior,
+        "probes": cfg.probes if prior is not None else None,
         "rounds": rounds,
         "final_test_f_mae": final["test_f_mae"],
         "final_test_e_mae": final["test_e_mae"],
@@ -473,15 +474,26 @@ def resummarise(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _legend(name: str, r: dict[str, Any]) -> str:
+    """'controller (tandem prior, probes)': a strategy's name with its prior and whether it trained probes."""
+    if not r.get("prior"):
+        return name
+    probes = r.get("probes")
+    if probes is None:  # results saved before the flag: a round whose probes ran has no 'skipped'
+        probes = any(x.get("probes") and "skipped" not in x["probes"] for x in r["rounds"])
+    return f"{name} ({r['prior']} prior, {'probes' if probes else 'no probes'})"
+
+
 def plot(doc: dict[str, Any], path: Path) -> Path:
     """Test force MAE against seconds spent, one panel per molecule, one line per strategy and seed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     mols = doc["molecules"]
-    fig, axes = plt.subplots(1, len(mols), figsize=(5 * len(mols), 3.8), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, len(mols), figsize=(5.5 * len(mols), 4.6), dpi=100, squeeze=False)
     colours = dict(zip(STRATEGIES, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:cyan"), strict=True))
     colours.update(zip(CONTROLLER_VARIANTS, ("tab:orange", "tab:brown", "tab:pink"), strict=True))
     colours[NO_PROBES] = "tab:olive"
@@ -497,7 +509,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
                     ms=3,
                     alpha=0.8,
                     color=colours.get(name),
-                    label=(f"{name} ({r['prior']} prior)" if r.get("prior") else name) if i == 0 else None,
+                    label=_legend(name, r) if i == 0 else None,
                 )
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -505,9 +517,13 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         ax.set_ylabel("test force MAE (meV/Å)")
         ax.set_title(mol, fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.xaxis.set_major_formatter(ScalarFormatter())  # plain seconds: 60, 100, 200, ... not 2×10^2
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticks([t for t in (50, 100, 200, 400, 800, 1600, 3200) if t <= 1.2 * doc["budget"]["budget_s"]])
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     fig.suptitle("Scaling controller vs naive scaling (every seed)", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 4), 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
