@@ -169,7 +169,10 @@ def active_learning_round(
     plan = plan_round(store, campaign_id, index, cfg)
     done = {r.index: r for r in store.rounds(campaign_id)}.get(index)
     metrics = RoundMetrics.from_row(done.metrics if done else None)
-    log.info("campaign %s round %d: %d labels to pick; model %s", info.name, index, plan.k, plan.model.describe())
+    capped = f" (all that {plan.k_capped_by} leaves)" if plan.k_capped_by else ""
+    log.info(
+        "campaign %s round %d: %d labels to pick%s; model %s", info.name, index, plan.k, capped, plan.model.describe()
+    )
 
     def step(name: str, fn: Callable[[str | None, RoundPlan, CampaignConfig], RoundMetrics]) -> None:
         nonlocal metrics

@@ -47,6 +47,7 @@ class RoundPlan:
     calibration: Calibration | None = None  # fitted on the previous round's labels
     train_factor: float = 1.0  # training budget multiplier: multiplied by each 'undertrained' verdict's k_T (max 8)
     earlier: list[RoundMetrics] = field(default_factory=list)  # metrics of the rounds before this one
+    k_capped_by: str | None = None  # the budget that made k smaller than the decisions asked for, in words
 
     @property
     def fingerprint(self) -> str:
@@ -98,8 +99,11 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) 
 
     chosen = campaign_label_ids(store, campaign_id)
     already = len(chosen["train"]) + len(chosen["test"])
-    k = max(0, min(k, cfg.targets.max_labels - already))  # never plan past the DFT label budget
-    k = min(k, labels_within_dft_budget(earlier_metrics, cfg.targets.max_cpu_hours))  # nor its CPU hours
+    capped: str | None = None
+    if k > cfg.targets.max_labels - already:  # never plan past the DFT label budget
+        k, capped = max(0, cfg.targets.max_labels - already), f"the label budget ({cfg.targets.max_labels})"
+    if k > (fit := labels_within_dft_budget(earlier_metrics, cfg.targets.max_cpu_hours)):  # nor its CPU hours
+        k, capped = fit, f"the DFT budget ({cfg.targets.max_cpu_hours:g} CPU h)"
 
     # the previous round's ensemble, rebuilt from the store when this machine has no (or a different) copy
     previous = (
@@ -134,6 +138,7 @@ def plan_round(store: Store, campaign_id: int, index: int, cfg: CampaignConfig) 
         calibration=calibration,
         train_factor=train_factor,
         earlier=earlier_metrics,
+        k_capped_by=capped,
     )
 
 

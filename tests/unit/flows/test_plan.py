@@ -46,6 +46,7 @@ def test_plan_replays_decisions(tmp_path: Path) -> None:
     assert not p3.capacity_changed
     capped = cfg.model_copy(update={"targets": cfg.targets.model_copy(update={"max_labels": 5})})
     assert plan_round(store, cid, 3, capped).k == 5  # no labels yet: K is capped by the budget
+    assert plan_round(store, cid, 3, capped).k_capped_by == "the label budget (5)"
     # planning again is idempotent: same round row
     assert plan_round(store, cid, 2, cfg).round_id == p2.round_id
 
@@ -70,6 +71,7 @@ def test_the_round_that_reaches_the_dft_cpu_budget_is_planned_to_end_on_it(tmp_p
     )
     p1 = plan_round(store, cid, 1, cfg)
     assert p1.k == 4  # growth asked for 16; the 1200 s left pay for 4
+    assert p1.k_capped_by == "the DFT budget (1 CPU h)" and p0.k_capped_by is None
     store.update_round(
         p1.round_id, status="done", decision="continue", metrics={"n_labels_added": 4, "dft_cpu_s": 1100.0}
     )

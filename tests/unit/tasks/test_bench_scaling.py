@@ -31,13 +31,14 @@ class FakeRunner:
     def __init__(self) -> None:
         self.pool = list(range(1000))
         self.calls: list[tuple[int, int, int]] = []
+        self.curve = (1.5, 1.3, 1.1, 1.0)
 
     def train(self, n: int, capacity: dict[str, Any], epochs: int) -> dict[str, Any]:
         w = int(capacity["channels"])
         self.calls.append((n, w, epochs))
         err = 50.0 + 400.0 * n**-0.5 + 800.0 / w + 300.0 / epochs
         flops = 1e6 * n * epochs * w**2
-        steps = [flops * f for f in (0.25, 0.5, 1.0)]
+        steps = [flops * f for f in (0.125, 0.25, 0.5, 1.0)]
         return {
             "n_train": n,
             "epochs": epochs,
@@ -50,7 +51,8 @@ class FakeRunner:
             "valid_f_mae": err,
             "test_f_mae": err,
             "test_e_mae": err / 10,
-            "curves": [{"flops": steps, "valid_f_mae": [1.3 * err, 1.1 * err, err], "train_f_mae": [err] * 3}],
+            # still falling at the end unless told otherwise: the last doubling bought 1 - 1/1.1 of the error
+            "curves": [{"flops": steps, "valid_f_mae": [f * err for f in self.curve], "train_f_mae": [err] * 4}],
         }
 
 
@@ -92,12 +94,17 @@ def test_the_controller_strategy_is_the_products_decide_with_its_default_probes(
 
     monkeypatch.setattr(scaling, "decide", spy)
     runner = FakeRunner()
+    runner.curve = (1.0, 1.0, 1.0, 1.0)  # converged: the prior acts
     res = bench.run_strategy("controller", runner, _args(max_rounds=3), 10.0)
     assert len(seen) == len(res["rounds"]) >= 2
     assert all(c.prior == "tandem" and not c.probes for c in seen)
     assert res["rounds"][0]["decision"] == "both"  # the tandem prior: data and width grow
     assert runner.calls[1][1] > runner.calls[0][1]  # wider
     assert res["rounds"][-1]["trimmed_to_budget"]  # 30 labels would overrun: the controller's last round fits too
+    falling = FakeRunner()  # still falling: the product's under-trained rule lengthens the next round's training
+    res = bench.run_strategy("controller", falling, _args(max_rounds=2), 10.0)
+    assert res["rounds"][0]["rule"] == "undertrained"
+    assert falling.calls[1][2] > falling.calls[0][2] == 12
     assert res["probes"] is False and all(r["probes"]["skipped"] for r in res["rounds"])
     assert bench.has_probes("controller", _args(probes=True)) and not bench.has_probes("controller", _args())
     assert not bench.has_probes("controller_gap_noprobes", _args(probes=True))
