@@ -227,8 +227,10 @@ def run_strategy(name: str, runner: Runner, args: argparse.Namespace, dft_s: flo
         trimmed = False
         if rounds and spent + new * dft_s + train_est > args.budget_s:
             # as the product plans it (tasks/plan.py: labels_within_dft_budget), the round that reaches the
-            # budget ends on it: fewer new labels rather than none, for every strategy; no round if none fit
-            fit = math.floor((args.budget_s - spent - train_est) / dft_s) if args.fit_last_round else 0
+            # budget ends on it: fewer new labels rather than none, for every strategy; no round if none fit.
+            # Training scales with the labels trained on: new' DFT + train_est (labelled + new') / n <= left
+            left = args.budget_s - spent - train_est * labelled / n
+            fit = math.floor(left / (dft_s + train_est / n)) if args.fit_last_round else 0
             if fit < 1:
                 break
             n, new, trimmed = labelled + fit, fit, True

@@ -72,10 +72,11 @@ def test_the_round_that_would_overrun_the_budget_adds_the_labels_that_still_fit(
     last = rounds[-1]
     assert last["trimmed_to_budget"] and not any(r["trimmed_to_budget"] for r in rounds[:-1])
     assert 20 < last["n_train"] < 40 and fitted["spent_s"] <= 300.0
-    # as many labels as the seconds left pay for, after the training of the full round (an upper bound)
+    # as many labels as the seconds left pay for, with the round's training scaled to the labels it trains on
     prev = rounds[-2]
-    training = prev["train_wall_s"] * 40 / prev["n_train"]
-    assert last["n_train"] == 20 + math.floor((300.0 - prev["spent_s"] - training) / dft_s)
+    per_label = prev["train_wall_s"] / prev["n_train"]  # the same width and epochs: training ∝ N
+    assert last["n_train"] == 20 + math.floor((300.0 - prev["spent_s"] - 20 * per_label) / (dft_s + per_label))
+    assert last["n_train"] * per_label + (last["n_train"] - 20) * dft_s <= 300.0 - prev["spent_s"]
     plain = bench.run_strategy("data", FakeRunner(), _args(fit_last_round=False), dft_s)
     assert [r["n_train"] for r in plain["rounds"]] == [10, 20] and plain["spent_s"] < fitted["spent_s"]
 
