@@ -495,7 +495,7 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
     from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     mols = doc["molecules"]
-    fig, axes = plt.subplots(1, len(mols), figsize=(5.5 * len(mols), 4.6), dpi=100, squeeze=False)
+    fig, axes = plt.subplots(1, len(mols), figsize=(max(6.5, 5.5 * len(mols)), 4.8), dpi=100, squeeze=False)
     colours = dict(zip(STRATEGIES, ("tab:red", "tab:blue", "tab:green", "tab:purple", "tab:cyan"), strict=True))
     colours.update(zip(CONTROLLER_VARIANTS, ("tab:orange", "tab:brown", "tab:pink"), strict=True))
     colours[NO_PROBES] = "tab:olive"
@@ -523,9 +523,10 @@ def plot(doc: dict[str, Any], path: Path) -> Path:
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks([t for t in (50, 100, 200, 400, 800, 1600, 3200) if t <= 1.2 * doc["budget"]["budget_s"]])
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
+    ncol = max(1, min(4, len(labels), 2 * len(mols)))  # two columns fit under one panel
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle("Scaling controller vs naive scaling (every seed)", fontsize=10)
-    fig.tight_layout(rect=(0, 0.06 * (1 + (len(labels) - 1) // 4), 1, 1))
+    fig.tight_layout(rect=(0, 0.05 * (1 + (len(labels) - 1) // ncol), 1, 1))
     fig.savefig(path)
     plt.close(fig)
     return path
