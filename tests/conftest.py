@@ -9,10 +9,13 @@ and points ``search_path`` at it through the URL. Flows get the Prefect harness 
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -58,6 +61,26 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="session")
+def load_benchmark() -> Callable[[str], ModuleType]:
+    """Import a script of ``benchmarks/`` by name (``"bench_scaling"``): they are scripts, not a package, so their
+    folder goes on ``sys.path`` for their sibling imports (``_machine``); each is imported once per session."""
+    folder = REPO / "benchmarks"
+    loaded: dict[str, ModuleType] = {}
+
+    def load(name: str) -> ModuleType:
+        if name not in loaded:
+            if str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
+            spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+            assert spec is not None and spec.loader is not None
+            loaded[name] = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(loaded[name])
+        return loaded[name]
+
+    return load
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -12,17 +10,10 @@ from pydantic import ValidationError
 
 from sapis.models import ModelConfig, TrainConfig
 
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_model.py"
-
 
 @pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_model", BENCH)
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def bench(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("bench_model")
 
 
 def test_train_keys_go_to_the_arms_training_config(bench: ModuleType) -> None:

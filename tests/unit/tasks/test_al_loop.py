@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -23,16 +23,10 @@ from ase.build import molecule
 from sapis.errors import ConfigError
 from sapis.storage import Store
 
-BENCH = Path(__file__).resolve().parents[3] / "benchmarks" / "bench_active_learning.py"
 
-
-def _bench() -> Any:
-    sys.path.insert(0, str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_active_learning", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+@pytest.fixture(scope="module")
+def bench(load_benchmark: Callable[[str], ModuleType]) -> ModuleType:
+    return load_benchmark("bench_active_learning")
 
 
 def _tiny_args(bench: Any) -> argparse.Namespace:
@@ -52,11 +46,10 @@ SHARES: dict[str, dict[str, Any]] = {
 
 
 @pytest.fixture(scope="module")
-def loop(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def loop(tmp_path_factory: pytest.TempPathFactory, bench: ModuleType) -> dict[str, Any]:
     """Two campaigns (active, random) of two rounds each, through the benchmark's round runner."""
     import sapis.tasks.rank as rank
 
-    bench = _bench()
     a = _tiny_args(bench)
     store = Store(f"sqlite:///{tmp_path_factory.mktemp('al') / 'store.db'}")
     w = molecule("H2O")
@@ -261,9 +254,8 @@ def test_rerank_cancels_confident_pending_labels_only(loop: dict[str, Any]) -> N
     assert again is not None and again.cancelled == 0
 
 
-def test_benchmark_baseline_option_sets_the_campaigns_delta() -> None:
+def test_benchmark_baseline_option_sets_the_campaigns_delta(bench: ModuleType) -> None:
     """--baseline gfn1-xtb mirrors a campaign (a cheaper method than the labels); a Δ to the oracle is refused."""
-    bench = _bench()
     a = bench._args(["--molecules", "x.xyz", "--test", "t.xyz", "--baseline", "gfn1-xtb"])
     cfg = bench._config(a, "w", "water", 0, "active", 2)
     assert cfg.model.baseline == "gfn1-xtb" and cfg.level.method == "GFN2-xTB"
@@ -275,10 +267,9 @@ def test_benchmark_baseline_option_sets_the_campaigns_delta() -> None:
         bench._args(["--molecules", "x.xyz", "--test", "t.xyz", "--baseline", "gfn2-xtb"])
 
 
-def test_every_benchmark_arm_is_a_valid_campaign_and_has_its_random_baseline() -> None:
+def test_every_benchmark_arm_is_a_valid_campaign_and_has_its_random_baseline(bench: ModuleType) -> None:
     """Each arm builds a validated campaign config (its explorers and select section), and each rule is measured
     against a random arm that explores the same way (the committee arm: random over xTB MD, no committee)."""
-    bench = _bench()
     a = bench._args(["--molecules", "x.xyz", "--test", "t.xyz", "--baseline", "gfn1-xtb"])
     for arm, (select, explorers) in bench.ARMS.items():
         cfg = bench._config(a, "w", "water", 0, arm, 2)
@@ -295,7 +286,7 @@ def test_every_benchmark_arm_is_a_valid_campaign_and_has_its_random_baseline() -
     assert all(bench._config(a, "w", "water", 0, arm, 2).explore.bias_strength == 0 for arm in bench.BASELINES.values())
 
 
-def test_test_frames_labelled_at_another_level_are_relabelled_by_the_oracle(tmp_path: Path) -> None:
+def test_test_frames_labelled_at_another_level_are_relabelled_by_the_oracle(tmp_path: Path, bench: ModuleType) -> None:
     """Geometries from an xTB test set reused with a DFT oracle must not be scored against their xTB labels: a
     frame whose fingerprint names another level gets the oracle's label; one at the oracle's level keeps its own."""
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -303,7 +294,6 @@ def test_test_frames_labelled_at_another_level_are_relabelled_by_the_oracle(tmp_
 
     from sapis.tasks.dft import LevelOfTheory
 
-    bench = _bench()
     level = {"method": "GFN2-xTB"}
     frames = []
     for fp in ("some-other-level", LevelOfTheory.from_spec(level).fingerprint):
