@@ -19,7 +19,7 @@ from sapis.storage.checkpoints import materialise_ensemble
 from sapis.tasks.calibration import Calibration
 from sapis.tasks.dft import LevelOfTheory
 from sapis.tasks.round_metrics import RoundMetrics
-from sapis.tasks.scaling_fit import next_train_factor
+from sapis.tasks.scaling_fit import dft_s_per_label, next_train_factor
 
 if TYPE_CHECKING:
     from sapis.flows.config import CampaignConfig
@@ -153,10 +153,9 @@ def labels_within_dft_budget(earlier: list[RoundMetrics], max_cpu_hours: float) 
     >>> labels_within_dft_budget([m], max_cpu_hours=2.0), labels_within_dft_budget([m], max_cpu_hours=1.0)
     (10, 0)
     """
-    timed = [(m.dft_cpu_s, m.n_labels_added) for m in earlier if m.dft_cpu_s and m.n_labels_added]
-    if not timed:
+    s_label = dft_s_per_label([(m.dft_cpu_s, m.n_labels_added) for m in earlier])  # as the controller measures it
+    if s_label is None:
         return 2**31 - 1
-    s_label = sum(s for s, _ in timed) / sum(n for _, n in timed)
     left = 3600.0 * max_cpu_hours - sum(m.dft_cpu_s or 0.0 for m in earlier)
     return 0 if left <= 0 else max(1, math.floor(left / s_label))
 

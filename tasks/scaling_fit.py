@@ -457,13 +457,22 @@ def spent_so_far(history: list[RoundEvidence]) -> dict[str, float]:
     }
 
 
+def dft_s_per_label(rounds: Sequence[tuple[float | None, int | None]]) -> float | None:
+    """DFT CPU seconds per label over rounds given as (dft_cpu_s, n_labels_added); None before any was timed.
+
+    >>> dft_s_per_label([(600.0, 10), (None, None), (300.0, 2)])
+    75.0
+    """
+    timed = [(s, n) for s, n in rounds if s and n]
+    return sum(s for s, _ in timed) / sum(n for _, n in timed) if timed else None
+
+
 def unit_costs(history: list[RoundEvidence]) -> dict[str, float | None]:
     """Seconds per label (DFT) and seconds per training FLOP, measured over the whole campaign."""
-    dft = [(r.dft_cpu_s, r.n_labels_added) for r in history if r.dft_cpu_s and r.n_labels_added]
     trn = [(r.train_wall_s, r.train_flops) for r in history if r.train_wall_s and r.train_flops]
     trn += [(r.probe_train_s, r.probe_flops) for r in history if r.probe_train_s and r.probe_flops]
-    s_label = sum(d for d, _ in dft) / sum(n for _, n in dft) if dft else None
     s_flop = sum(w for w, _ in trn) / sum(f for _, f in trn) if trn else None
+    s_label = dft_s_per_label([(r.dft_cpu_s, r.n_labels_added) for r in history])
     return {"dft_s_per_label": s_label, "train_s_per_flop": s_flop}
 
 

@@ -45,8 +45,9 @@ def test_plan_replays_decisions(tmp_path: Path) -> None:
     assert plan_round(store, cid, 4, cfg).train_factor == 8.0  # 2 x 8, capped at 8
     assert not p3.capacity_changed
     capped = cfg.model_copy(update={"targets": cfg.targets.model_copy(update={"max_labels": 5})})
-    assert plan_round(store, cid, 3, capped).k == 5  # no labels yet: K is capped by the budget
-    assert plan_round(store, cid, 3, capped).k_capped_by == "the label budget (5)"
+    p3_capped = plan_round(store, cid, 3, capped)
+    assert p3_capped.k == 5  # no labels yet: K is capped by the budget
+    assert p3_capped.k_capped_by == "the label budget (5)"
     # planning again is idempotent: same round row
     assert plan_round(store, cid, 2, cfg).round_id == p2.round_id
 
@@ -75,8 +76,8 @@ def test_the_round_that_reaches_the_dft_cpu_budget_is_planned_to_end_on_it(tmp_p
     store.update_round(
         p1.round_id, status="done", decision="continue", metrics={"n_labels_added": 4, "dft_cpu_s": 1100.0}
     )
-    assert plan_round(store, cid, 2, cfg).k == 1  # 100 s left, less than a label: one, which spends the budget
     p2 = plan_round(store, cid, 2, cfg)
+    assert p2.k == 1  # 100 s left, less than a label: one, which spends the budget
     store.update_round(
         p2.round_id, status="done", decision="continue", metrics={"n_labels_added": 1, "dft_cpu_s": 290.0}
     )
