@@ -333,6 +333,27 @@ def measure_dft_seconds(data: Path, frames: int) -> dict[str, Any]:
     return {"level": level.spec, "cpu_s": cpu, "s_per_label": sum(cpu) / len(cpu)}
 
 
+def dft_seconds_by_molecule(values: list[str], molecules: list[str]) -> dict[str, float]:
+    """``--dft-s-per-label`` values (``SECONDS`` for all, or ``NAME=SECONDS``) as seconds per molecule name.
+
+    >>> dft_seconds_by_molecule(["6.5", "acetic_acid=7.25"], ["ethanol", "acetic_acid"])
+    {'ethanol': 6.5, 'acetic_acid': 7.25}
+    """
+    out: dict[str, float] = {}
+    for v in values:
+        name, _, sec = v.rpartition("=")
+        try:
+            seconds = float(sec)
+        except ValueError:
+            raise ValueError(f"--dft-s-per-label {v!r}: {sec!r} is not a number of seconds") from None
+        if not seconds > 0:
+            raise ValueError(f"--dft-s-per-label {v!r}: seconds must be positive")
+        if name and name not in molecules:
+            raise ValueError(f"--dft-s-per-label {v!r}: no --molecule named {name!r}")
+        out.update({name: seconds} if name else dict.fromkeys(molecules, seconds))
+    return out
+
+
 def run_molecule(job: tuple[str, str, argparse.Namespace]) -> dict[str, Any]:
     """Every strategy and seed for one molecule (one process, one thread)."""
     name, data_dir, args = job
@@ -341,9 +362,10 @@ def run_molecule(job: tuple[str, str, argparse.Namespace]) -> dict[str, Any]:
     set_threads(1)
     data = Path(data_dir)
     t0 = time.perf_counter()
+    fixed = args.dft_s_per_label.get(name)
     dft = (
-        {"s_per_label": args.dft_s_per_label, "measured": False}
-        if args.dft_s_per_label
+        {"s_per_label": fixed, "measured": False}
+        if fixed
         else {**measure_dft_seconds(data, args.dft_frames), "measured": True}
     )
     print(f"[{name}] DFT seconds per label: {dft['s_per_label']:.3g}", flush=True)
@@ -544,7 +566,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--seeds", default="0,1,2", help="comma-separated")
     p.add_argument("--budget-s", type=float, default=1500.0, help="per strategy: DFT seconds + training seconds")
-    p.add_argument("--dft-s-per-label", type=float, default=None, help="override the measured DFT seconds")
+    p.add_argument(
+        "--dft-s-per-label",
+        action="append",
+        default=[],
+        metavar="[NAME=]SECONDS",
+        help="DFT seconds per label instead of measuring them: one value for every molecule, or NAME=SECONDS per "
+        "molecule (repeat), so runs on differently loaded machines share one cost model",
+    )
     p.add_argument("--dft-frames", type=int, default=2, help="frames timed with compute_label per molecule")
     p.add_argument(
         "--strategies",
@@ -612,6 +641,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown strategies {unknown}; choose from {ALL_STRATEGIES}")
     mols = dict(m.split("=", 1) for m in args.molecule)
+    try:
+        args.dft_s_per_label = dft_seconds_by_molecule(args.dft_s_per_label, list(mols))
+    except ValueError as e:
+        p.error(str(e))
     t0 = time.perf_counter()
     start = machine(processes=args.processes, threads_per_process=1)
     jobs = [(k, v, args) for k, v in mols.items()]

@@ -101,3 +101,14 @@ def test_the_controller_strategy_is_the_products_decide_with_its_default_probes(
     assert bench.has_probes("controller", _args(probes=True)) and not bench.has_probes("controller", _args())
     assert not bench.has_probes("controller_gap_noprobes", _args(probes=True))
     assert bench.controller_prior("controller_gap_noprobes", _args()) == "gap"
+
+
+def test_dft_seconds_per_molecule(bench: ModuleType) -> None:
+    """``--dft-s-per-label`` takes one value for all molecules or NAME=SECONDS, and refuses what it cannot use."""
+    by = bench.dft_seconds_by_molecule
+    assert by([], ["ethanol"]) == {}
+    assert by(["6"], ["ethanol", "acetic_acid"]) == {"ethanol": 6.0, "acetic_acid": 6.0}
+    assert by(["ethanol=5.87", "acetic_acid=6.7"], ["ethanol", "acetic_acid"]) == {"ethanol": 5.87, "acetic_acid": 6.7}
+    for bad, why in (("water=5", "no --molecule named 'water'"), ("ethanol=-1", "positive"), ("fast", "not a number")):
+        with pytest.raises(ValueError, match=why):
+            by([bad], ["ethanol"])
