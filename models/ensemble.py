@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from ase import Atoms
 
+from sapis.keys import MAX_ENERGY_PER_ATOM
 from sapis.models.config import MaceConfig, ModelConfig, TrainConfig, model_config_for
 
 
@@ -100,6 +101,9 @@ def label_problem(energy: float | None, forces: np.ndarray | None, n_atoms: int)
         return "no reference energy and forces (REF_energy/REF_forces or energy/forces)"
     if not np.isfinite(energy):
         return f"reference energy is {energy} (not finite)"
+    if abs(energy) > MAX_ENERGY_PER_ATOM * max(n_atoms, 1):
+        limit = f"at most {MAX_ENERGY_PER_ATOM:g} eV per atom"
+        return f"reference energy {energy:.6g} eV is absurd for {n_atoms} atoms ({limit})"
     if np.shape(forces) != (n_atoms, 3):
         return f"reference forces have shape {np.shape(forces)}, expected ({n_atoms}, 3)"
     if not np.all(np.isfinite(forces)):

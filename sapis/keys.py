@@ -22,3 +22,6 @@ HELD_OUT: Final = "held_out"  # bool, a campaign export's held-out test label (e
 
 # Physical minimum distance between two atoms; anything closer is a broken structure.
 MIN_DISTANCE: Final = 0.5  # Å
+# Largest |reference energy| per atom: an all-electron Og atom is about -1.5e6 eV; beyond this a label is a unit or
+# file error, and its square overflows the training loss into NaN.
+MAX_ENERGY_PER_ATOM: Final = 1e7  # eV

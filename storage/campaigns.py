@@ -82,7 +82,7 @@ def _campaign(session: Session, id_or_name: int | str) -> Campaign:
         if abs(id_or_name) > configs.MAX_ID:
             raise NotFoundError(f"campaign {id_or_name!r} not found")
         cond = Campaign.id == id_or_name
-    elif str(id_or_name).isdecimal() and int(id_or_name) <= configs.MAX_ID:
+    elif configs.check_text("campaign", str(id_or_name)).isdecimal() and int(id_or_name) <= configs.MAX_ID:
         cond = (Campaign.id == int(id_or_name)) | (Campaign.name == str(id_or_name))
     else:
         cond = Campaign.name == str(id_or_name)

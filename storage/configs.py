@@ -50,7 +50,7 @@ def check_name(what: str, value: str) -> str:
     >>> check_name("pool name", " water ")
     'water'
     """
-    value = (value or "").strip()
+    value = check_text(what, (value or "").strip())
     if not value:
         raise InputError(what, "must not be empty")
     if len(value) > MAX_NAME:
@@ -58,6 +58,14 @@ def check_name(what: str, value: str) -> str:
     control = next((c for c in value if unicodedata.category(c) == "Cc"), None)
     if control is not None:
         raise InputError(what, f"{value!r} holds the control character U+{ord(control):04X}")
+    return value
+
+
+def check_text(what: str, value: str) -> str:
+    """``value`` unchanged; InputError if it holds bytes that are not UTF-8 text (a command-line argument's invalid
+    bytes arrive as lone surrogates, which no database driver can encode)."""
+    if any(unicodedata.category(c) == "Cs" for c in value):
+        raise InputError(what, f"{value!r} is not UTF-8 text")
     return value
 
 

@@ -306,7 +306,7 @@ def label_counts(
 def check_level(session: Session, fingerprint: str) -> None:
     """NotFoundError unless ``fingerprint`` names a level of theory in the store; the message lists the known
     levels (method/basis, pending labels) so a mistyped fingerprint is fixed at once, not waited on."""
-    if session.get(LevelRow, fingerprint) is not None:
+    if session.get(LevelRow, configs.check_text("fingerprint", fingerprint)) is not None:
         return
     pending: dict[str, int] = {
         str(fp): int(n)

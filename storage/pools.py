@@ -88,6 +88,24 @@ def read_sources(
     return frames
 
 
+def read_submission(
+    sources: Sequence[str | Path | Atoms],
+    name: str,
+    charge: int = 0,
+    multiplicity: int | None = None,
+    label_fingerprint: str | None = None,
+    allow_fragments: bool = False,
+) -> list[_Frame]:
+    """Check the pool name and read and validate every frame of ``sources``, as :func:`submit_pool` does, without
+    a database: a caller that reads first opens (and creates) a store only for a submission that can succeed."""
+    name = configs.check_name("pool name", name)
+    if not sources:
+        raise InputError(f"pool {name!r}", "no input files given")
+    if label_fingerprint is not None:
+        configs.check_name("--label-fingerprint", label_fingerprint)
+    return read_sources(sources, charge, multiplicity, label_fingerprint is not None, allow_fragments)
+
+
 def submit_pool(
     session: Session,
     sources: Sequence[str | Path | Atoms],
@@ -97,18 +115,17 @@ def submit_pool(
     label_fingerprint: str | None = None,
     label_spec: Mapping[str, Any] | None = None,
     allow_fragments: bool = False,
+    frames: Sequence[_Frame] | None = None,
 ) -> SubmitReport:
     """Validate all sources, then store pool, configurations and imported labels in the caller's transaction.
 
     Any bad frame raises InputError before anything is written. Re-submitting the same set under the same name
-    adds nothing; the same name for a different set is rejected.
+    adds nothing; the same name for a different set is rejected. ``frames``: what :func:`read_submission` read
+    from the same arguments, so the files are not read again.
     """
+    if frames is None:
+        frames = read_submission(sources, name, charge, multiplicity, label_fingerprint, allow_fragments)
     name = configs.check_name("pool name", name)
-    if not sources:
-        raise InputError(f"pool {name!r}", "no input files given")
-    if label_fingerprint is not None:
-        configs.check_name("--label-fingerprint", label_fingerprint)
-    frames = read_sources(sources, charge, multiplicity, label_fingerprint is not None, allow_fragments)
     hashes = [f.prepared.hash for f in frames]
 
     pool_id = session.execute(select(Pool.id).where(Pool.name == name)).scalar_one_or_none()
@@ -230,6 +247,7 @@ def pool_id(session: Session, pool: str | int) -> int:
     an id, so a pool literally named "1" is found by that name. NotFoundError if there is none."""
     found = None
     if isinstance(pool, str):
+        configs.check_text("pool name", pool)
         found = session.execute(select(Pool.id).where(Pool.name == pool)).scalar_one_or_none()
         if found is None and pool.strip().isdecimal() and int(pool) <= configs.MAX_ID:
             found = session.execute(select(Pool.id).where(Pool.id == int(pool))).scalar_one_or_none()

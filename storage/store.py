@@ -91,6 +91,7 @@ class Store:
         label_fingerprint: str | None = None,
         label_spec: dict[str, Any] | None = None,
         allow_fragments: bool = False,
+        frames: Sequence[pools._Frame] | None = None,
     ) -> SubmitReport:
         """Submit structures as pool ``name``, all-or-nothing (:func:`sapis.storage.pools.submit_pool`)."""
         from sqlalchemy.exc import IntegrityError
@@ -98,7 +99,7 @@ class Store:
         try:
             with self.session() as s:
                 report = pools.submit_pool(
-                    s, sources, name, charge, multiplicity, label_fingerprint, label_spec, allow_fragments
+                    s, sources, name, charge, multiplicity, label_fingerprint, label_spec, allow_fragments, frames
                 )
                 db.refresh_statistics(s, report.n_new + report.n_labels, ("configurations", "labels"))
                 return report
@@ -107,7 +108,7 @@ class Store:
             # finds the same set (adds nothing) or rejects a different set with a clear message
             with self.session() as s:
                 return pools.submit_pool(
-                    s, sources, name, charge, multiplicity, label_fingerprint, label_spec, allow_fragments
+                    s, sources, name, charge, multiplicity, label_fingerprint, label_spec, allow_fragments, frames
                 )
 
     def pools(self) -> list[PoolInfo]:

@@ -365,6 +365,10 @@ def label_problem(n_atoms: int, energy: float, forces: np.ndarray | None) -> str
     """What is wrong with a label (None if fine): non-finite energy, wrong shape or non-finite forces."""
     if not math.isfinite(energy):
         return f"energy is not finite ({energy})"
+    if abs(energy) > keys.MAX_ENERGY_PER_ATOM * max(n_atoms, 1):
+        return (
+            f"energy {energy:.6g} eV is absurd for {n_atoms} atoms (at most {keys.MAX_ENERGY_PER_ATOM:g} eV per atom)"
+        )
     if forces is None:
         return None
     f = np.asarray(forces)

@@ -90,7 +90,7 @@ def explain(
         formats = FigureCanvasBase.get_supported_filetypes()
         if plot.suffix and plot.suffix[1:].lower() not in formats:
             raise InputError(str(plot), f"cannot plot to a {plot.suffix} file; use one of .{', .'.join(formats)}")
-        check_output(plot)
+        check_output(plot, option="--plot")
     store = Store(database_url, create=False)
     info = store.campaign(_campaign_ref(campaign))
     rounds = store.rounds(info.id)

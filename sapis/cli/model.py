@@ -52,7 +52,10 @@ def _check_labelled(atoms: Any, source: str, frame: int, forces: bool = True) ->
     charge, multiplicity = charge_multiplicity(atoms, source, frame)  # integers; the spin keys (2S+1) agree
     if problem := spin_problem(atoms, charge, multiplicity):  # the store's rule: O2 at multiplicity 2 is no state
         raise InputError(source, problem, frame)
-    energy, f = reference_labels(atoms)
+    try:
+        energy, f = reference_labels(atoms)
+    except (TypeError, ValueError) as exc:  # e.g. REF_energy=abc: a string ASE could not read as a number
+        raise InputError(source, f"unreadable reference energy/forces: {exc}", frame) from exc
     if not forces:
         if energy is None:
             raise InputError(source, "no reference energy (REF_energy or energy)", frame)
@@ -181,8 +184,15 @@ def train(
     from sapis.runtime import resolve_device
 
     device = resolve_device(device)  # SAPIS_DEVICE for auto; no CUDA device for 'cuda' -> one line, before reading
+    from sapis.cli.paths import check_output_dir
+
+    check_output_dir(out, create=False)  # a file, or a path under one: refused before any data is read
     if warm_start is not None and not warm_start.exists():
         raise NotFoundError(f"{warm_start}: warm-start checkpoint not found")
+    if warm_start is not None:
+        from sapis.models.checkpoint import load_checkpoint
+
+        load_checkpoint(warm_start)  # a folder without members or a corrupt file: one line, before any warning
     if fresh_readout and warm_start is None:
         raise ConfigError("--fresh-readout starts the readouts of a --warm-start model fresh: give --warm-start")
     from sapis.models.xtb import BASELINE_METHODS

@@ -6,32 +6,36 @@ from pathlib import Path
 from typing import Any
 
 
-def check_output(out: Path, inputs: tuple[Path, ...] = ()) -> None:
+def check_output(out: Path, inputs: tuple[Path, ...] = (), option: str = "--out") -> None:
     """InputError unless ``out`` can be written as a file: not an input, not a directory, every existing parent
-    a directory, and the folder writable. Checked before any compute, so a bad path costs nothing."""
+    a directory, and the folder writable. Checked before any compute, so a bad path costs nothing. ``option``:
+    the command's name for the path, as the message shows it."""
     from sapis.errors import InputError
 
     for path in inputs:
         if out.resolve() == path.resolve():
-            raise InputError(str(out), "--out must differ from the input file")
+            raise InputError(str(out), f"{option} must differ from the input file")
     if out.is_dir():
-        raise InputError(str(out), "--out is a directory; give a file name")
+        raise InputError(str(out), f"{option} is a directory; give a file name")
     _check_writable(out, out.parent, out.with_name(f".{out.name}.probe"), "output")
 
 
-def check_output_dir(out: Path) -> None:
+def check_output_dir(out: Path, create: bool = True) -> None:
     """InputError unless ``out`` is a directory that can be made (if absent) and written: checked before an export
-    writes anything into it."""
+    writes anything into it. ``create=False`` only checks that it is not a file nor under one, and makes nothing
+    (for a command that creates it once its inputs have passed their checks)."""
     from sapis.errors import InputError
 
     if out.exists() and not out.is_dir():
         raise InputError(str(out), "--out is a file; give a directory")
-    _check_writable(out, out, out / ".sapis.probe", "output directory")
+    if create:
+        _check_writable(out, out, out / ".sapis.probe", "output directory")
+    else:
+        _check_parents(out, "output directory")
 
 
-def _check_writable(out: Path, folder: Path, probe: Path, what: str) -> None:
-    """InputError unless every existing parent of ``out`` is a directory and ``folder`` can be made and written
-    (a ``probe`` file is created there and removed)."""
+def _check_parents(out: Path, what: str) -> None:
+    """InputError unless the nearest existing parent of ``out`` is a directory."""
     from sapis.errors import InputError
 
     for parent in out.resolve().parents:
@@ -39,6 +43,14 @@ def _check_writable(out: Path, folder: Path, probe: Path, what: str) -> None:
             if not parent.is_dir():
                 raise InputError(str(out), f"cannot create the {what}: {parent} is a file, not a directory")
             break
+
+
+def _check_writable(out: Path, folder: Path, probe: Path, what: str) -> None:
+    """InputError unless every existing parent of ``out`` is a directory and ``folder`` can be made and written
+    (a ``probe`` file is created there and removed)."""
+    from sapis.errors import InputError
+
+    _check_parents(out, what)
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")

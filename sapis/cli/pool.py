@@ -57,14 +57,17 @@ def submit(
     from rich.console import Console
 
     from sapis.storage import Store
+    from sapis.storage.pools import read_submission
 
     console = Console(stderr=True)
     with console.status(f"validating and storing {len(paths)} file(s)..."):
+        # every frame is checked before the store is opened: a rejected submission creates no store
+        frames = read_submission(list(paths), name, charge, multiplicity, label_fingerprint, allow_fragments)
         store = Store(database_url)
         try:
             rep = store.submit_pool(
                 list(paths), name, charge=charge, multiplicity=multiplicity, label_fingerprint=label_fingerprint,
-                allow_fragments=allow_fragments,
+                allow_fragments=allow_fragments, frames=frames,
             )  # fmt: skip
         finally:
             store.dispose()

@@ -152,3 +152,15 @@ def test_controller_plot_in_a_format_matplotlib_lacks(
     assert msg.startswith(f"{plot}: cannot plot to a .db file; use one of ")
     assert ".png" in msg
     assert not plot.exists()
+
+
+def test_controller_plot_that_is_a_folder(
+    campaign_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The message names the option the user gave (--plot), not another command's --out."""
+    before = _digest(campaign_store)
+    msg = fails_cleanly(
+        capsys, ["controller", "explain", "1", "--plot", str(tmp_path), "--database-url", campaign_store]
+    )
+    assert msg == f"{tmp_path}: --plot is a directory; give a file name"
+    assert _digest(campaign_store) == before

@@ -141,3 +141,53 @@ def test_cuda_without_cuda(
     monkeypatch.setenv("SAPIS_DEVICE", "cuda")  # honoured by training: the same refusal, not a silent CPU run
     assert fails_cleanly(capsys, argv) == msg
     assert not out.exists()
+
+
+TRAIN = ["--members", "1", "--max-epochs", "1", *TINY, "--device", "cpu", "--no-progress"]
+
+
+@pytest.mark.parametrize(
+    ("energy", "message"),
+    [
+        ("abc", "unreadable reference energy/forces: could not convert string to float: 'abc'"),
+        ("1e300", "reference energy 1e+300 eV is absurd for 3 atoms (at most 1e+07 eV per atom)"),
+    ],
+)
+def test_unusable_reference_energy(
+    data: Path, ensemble: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], energy: str, message: str
+) -> None:
+    """A REF_energy that is not a number was a ValueError traceback; one of 1e300 eV trained a NaN model and
+    exited 0. Both are refused by train and eval, naming file and frame, before anything is written."""
+    bad = tmp_path / "bad.xyz"
+    bad.write_text(
+        f"3\nProperties=species:S:1:pos:R:3:REF_forces:R:3 REF_energy={energy}\n"
+        "O 0 0 0 0 0 0\nH 0 0.757 0.587 0 0 0\nH 0 -0.757 0.587 0 0 0\n"
+    )
+    out = tmp_path / "model"
+    msg = fails_cleanly(capsys, ["model", "train", "--train", str(bad), "--out", str(out), *TRAIN])
+    assert msg == f"{bad}, frame 0: {message}"
+    assert not out.exists()
+    assert fails_cleanly(capsys, _eval(ensemble, bad)) == f"{bad}, frame 0: {message}"
+
+
+def test_train_out_that_is_a_file(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--out naming a file (or a path under one) was a FileExistsError traceback after the data was read."""
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    argv = ["model", "train", "--train", str(data), *TRAIN]
+    assert fails_cleanly(capsys, [*argv, "--out", str(a_file)]) == f"{a_file}: --out is a file; give a directory"
+    under = a_file / "model"
+    assert fails_cleanly(capsys, [*argv, "--out", str(under)]) == (
+        f"{under}: cannot create the output directory: {a_file} is a file, not a directory"
+    )
+    assert a_file.read_text() == "x"
+
+
+def test_warm_start_without_members_is_one_line(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A --warm-start folder with no checkpoint is refused before the few-frames warning: one line on stderr."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = tmp_path / "model"
+    argv = ["model", "train", "--train", str(data), "--out", str(out), "--warm-start", str(empty), *TRAIN]
+    assert fails_cleanly(capsys, argv) == f"{empty}: no member_*.pt checkpoint in this directory"
+    assert not out.exists()

@@ -174,3 +174,66 @@ def test_pool_literally_named_by_digits(db_url: str, tmp_path: Path, capsys: pyt
     assert [a.info["REF_energy"] for a in ase.io.read(out, ":")] == [-3.0]
     msg = fails_cleanly(capsys, ["data", "export", "--out", str(out), "--pool", "7", "--database-url", db_url])
     assert msg == "pool '7' not found"
+
+
+def test_name_that_is_not_utf8_text(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A name given as bytes that are not UTF-8 reaches Python as lone surrogates, which no database driver can
+    encode: one line naming the field, not the driver's UnicodeEncodeError."""
+    path = write(tmp_path / "w.xyz", WATER.format(info=""))
+    bad = "w\udcffter"  # what `--name $'w\xffter'` becomes in sys.argv
+    msg = fails_cleanly(capsys, ["pool", "submit", str(path), "--name", bad, "--database-url", db_url])
+    assert msg == r"pool name: 'w\udcffter' is not UTF-8 text"
+    assert _counts(db_url) == (0, 0)
+    from sapis.cli import run
+
+    assert run(["pool", "submit", str(path), "--name", "water", "--database-url", db_url]) == 0
+    capsys.readouterr()
+    before = _counts(db_url)
+    out = tmp_path / "out.xyz"
+    for argv, field in [
+        (["data", "export", "--out", str(out), "--pool", bad], "pool name"),
+        (["label", "queue", "--pool", bad], "pool name"),
+        (["label", "work", "--fingerprint", bad, "--max-labels", "1"], "fingerprint"),
+        (["controller", "explain", bad], "campaign"),
+    ]:
+        assert fails_cleanly(capsys, [*argv, "--database-url", db_url]) == rf"{field}: 'w\udcffter' is not UTF-8 text"
+    assert _counts(db_url) == before
+    assert not out.exists()
+
+
+def test_rejected_submission_creates_no_store(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`pool submit` creates a store, but only for a submission it accepts: a mistyped file (or store path) with
+    a bad input leaves no new empty store behind."""
+    path = tmp_path / "new" / "sapis.db"
+    url = f"sqlite:///{path}"
+    empty = write(tmp_path / "empty.xyz", "")
+    assert fails_cleanly(capsys, ["pool", "submit", str(empty), "--name", "w", "--database-url", url]) == (
+        f"{empty}: file is empty"
+    )
+    missing = tmp_path / "missing.xyz"
+    assert fails_cleanly(capsys, ["pool", "submit", str(missing), "--name", "w", "--database-url", url]) == (
+        f"{missing}: file not found"
+    )
+    water = write(tmp_path / "w.xyz", WATER.format(info=""))
+    assert fails_cleanly(capsys, ["pool", "submit", str(water), "--name", " ", "--database-url", url]) == (
+        "pool name: must not be empty"
+    )
+    assert not (tmp_path / "new").exists()
+    from sapis.cli import run
+
+    assert run(["pool", "submit", str(water), "--name", "w", "--database-url", url]) == 0
+    assert _counts(url) == (1, 1)
+
+
+def test_absurd_imported_energy(db_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A label of 1e300 eV (a unit or file error) is refused on import, as `model train` refuses it."""
+    path = write(
+        tmp_path / "w.xyz",
+        "3\nProperties=species:S:1:pos:R:3:REF_forces:R:3 REF_energy=1e300\n"
+        "O 0 0 0 0 0 0\nH 0 0.757 0.587 0 0 0\nH 0 -0.757 0.587 0 0 0\n",
+    )
+    argv = ["pool", "submit", str(path), "--name", "w", "--label-fingerprint", "ref", "--database-url", db_url]
+    assert fails_cleanly(capsys, argv) == (
+        f"{path}, frame 0: energy 1e+300 eV is absurd for 3 atoms (at most 1e+07 eV per atom)"
+    )
+    assert _counts(db_url) == (0, 0)
