@@ -17,6 +17,7 @@ from sapis.flows.artifacts import publish_campaign
 from sapis.flows.config import CampaignConfig
 from sapis.flows.round import active_learning_round, store_for
 from sapis.storage import Store
+from sapis.tasks.explore import candidates_at_most
 from sapis.tasks.label_step import periodic_pool_problem
 
 if TYPE_CHECKING:
@@ -49,8 +50,10 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
         )
     elements: dict[str, set[str]] = {}
     kinds: dict[tuple[object, ...], tuple[str, int, Atoms]] = {}  # one structure per formula, charge and spin
+    sizes: list[int] = []  # atoms per structure
     for pool in cfg.pools:
         members = store.pool_atoms(pool)
+        sizes += [len(a) for a in members]
         problem = periodic_pool_problem(pool, members)
         if problem is not None:
             raise ConfigError(f"{source}: pools: {problem}")
@@ -60,6 +63,7 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
             key = (atoms.get_chemical_formula(), atoms.info.get("charge", 0), atoms.info.get("multiplicity"))
             kinds.setdefault(key, (pool, i, atoms))
     _check_one_state_per_formula(kinds, source)
+    _check_enough_candidates(cfg, sizes, source)
     try:
         cfg.level.check_elements(set(elements))
     except ConfigError as exc:
@@ -71,6 +75,37 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
         _check_pretrained(cfg, set(elements), source)
     if deployment and cfg.label.mode == "work-pool":
         _check_label_deployment(cfg, source)
+
+
+MIN_ROUND0_CANDIDATES = 3  # round 0 holds one out for the test set and needs two training labels for an ensemble
+
+
+def _check_enough_candidates(cfg: CampaignConfig, sizes: list[int], source: str) -> None:
+    """Round 0 can propose enough candidates to pick a test set and at least two training labels from.
+
+    Counted as an upper bound (the pools' structures times what round 0's explorers can propose from each, before
+    filtering), so only a campaign that cannot run is refused: pools of single atoms, or MD too short to keep a frame.
+    """
+    if sizes and max(sizes) < 2:
+        raise ConfigError(
+            f"{source}: pools: {', '.join(cfg.pools)} hold only single atoms: an interatomic potential learns from "
+            "structures of two or more atoms (give isolated-atom energies to `sapis model train --isolated-atoms`)"
+        )
+    # as the round: no model to run committee MD in round 0, where xTB MD stands in for a committee-only campaign
+    passes = [e for e in cfg.explore.explorers if e != "committee"] or ["xtb"]
+    most = sum(
+        candidates_at_most(cfg.explore.for_explorer(e, seed=0, round_index=0, trust_hi=None), n)
+        for e in passes
+        for n in sizes
+    )
+    most = min(most, cfg.explore.max_candidates)
+    if most < MIN_ROUND0_CANDIDATES:
+        raise ConfigError(
+            f"{source}: explore: round 0 can propose at most {most} candidate(s) from {len(sizes)} structure(s) "
+            f"with explorers {passes} (steps {cfg.explore.steps}, interval {cfg.explore.interval}, "
+            f"{len(cfg.explore.temperatures)} temperature(s)); it needs {MIN_ROUND0_CANDIDATES}: raise explore.steps, "
+            "lower explore.interval or add temperatures"
+        )
 
 
 # fields of a model config outside the trunk it learns: a pre-trained trunk fits whatever they are

@@ -363,6 +363,23 @@ def _build_mol(atoms: Atoms, level: LevelOfTheory, charge: int, mult: int, max_m
     return mol
 
 
+DENSE_MATRICES = 25  # (nao, nao) float64 matrices an SCF with gradients holds at once (S, H, F, D, C, DIIS, ...)
+
+
+def _check_memory(mol: Any, max_memory_mb: int, where: str, frame: int | None) -> None:
+    """Refuse, before any integral, a molecule whose SCF cannot fit ``max_memory_mb``: its dense AO matrices alone
+    (a lower bound on what PySCF holds) would exceed it, so the calculation would swap or be killed hours later."""
+    need_mb = DENSE_MATRICES * (2 if mol.spin else 1) * mol.nao**2 * 8 / 1e6
+    if need_mb > max_memory_mb:
+        raise InputError(
+            where,
+            f"{mol.natm} atoms with {mol.nao} basis functions need at least {need_mb:,.0f} MB for the SCF's dense "
+            f"matrices, more than the {max_memory_mb} MB allowed (label.max_memory_mb, SAPIS_DFT_MAX_MEMORY_MB): "
+            "label smaller structures or fragments, or allow more memory",
+            frame=frame,
+        )
+
+
 def _mf_factory(mol: Any, level: LevelOfTheory, device: str) -> Any:
     """A function returning a fresh SCF object; fitting tensors and grids are built once and shared."""
     from pyscf import dft, scf
@@ -435,6 +452,7 @@ def compute_label(
             mol = _build_mol(atoms, level, q, m, max_memory_mb)
         except (RuntimeError, ValueError, KeyError) as exc:
             raise ConfigError(f"{_where(atoms, source)}: PySCF rejects the molecule: {exc}") from None
+        _check_memory(mol, max_memory_mb, _where(atoms, source), frame)
         dm0 = _fit_guess(guess_dm, mol.nao, mol.spin != 0)
         guess = "reused" if dm0 is not None else "minao"
         mf, attempts = run_ladder(_mf_factory(mol, level, device), level.remedies, level.max_cycle, dm0, guess)

@@ -154,6 +154,22 @@ def explore(
     return result
 
 
+def candidates_at_most(cfg: ExploreConfig, n_atoms: int) -> int:
+    """The most candidates one pass of ``cfg.explorer`` can propose from one seed structure of ``n_atoms`` atoms
+    (before filtering): ``steps // interval`` MD frames, or ``n_perturb`` samples, per temperature. A single atom
+    has no internal coordinate, so every frame of it is the same structure: at most one.
+
+    >>> candidates_at_most(ExploreConfig(steps=200, interval=10, temperatures=[300, 600]), n_atoms=9)
+    40
+    """
+    if n_atoms < 2:
+        return 1
+    per_t = (
+        (cfg.n_perturb or max(1, cfg.steps // cfg.interval)) if cfg.explorer == "perturb" else cfg.steps // cfg.interval
+    )
+    return per_t * len(cfg.temperatures)
+
+
 def _committee_factory(model_dir: str | Path | None, cfg: ExploreConfig) -> CalculatorFactory:
     if model_dir is None:
         raise ConfigError("explorer 'committee' needs model_dir (a trained ensemble directory)")

@@ -189,3 +189,53 @@ def test_a_pretrained_model_must_fit_the_campaigns_model_and_elements(sqlite_url
         assert len(store.campaigns()) == 1
     finally:
         store.dispose()
+
+
+def test_a_campaign_round_0_cannot_run_is_refused_at_start(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Pools of single atoms, or MD too short to keep a frame, would fail round 0 after the campaign row was written
+    (no candidates to test and train on): `campaign start` refuses them in one line and writes nothing."""
+    from ase import Atoms
+
+    store = Store(sqlite_url)
+    try:
+        store.submit_pool([Atoms("Ar"), Atoms("Ne")], "noble")
+        store.submit_pool([molecule("H2O")], "water")
+    finally:
+        store.dispose()
+    level = 'method = "HF"\nbasis = "sto-3g"\ndensity_fit = false'
+    atoms_only = tmp_path / "atoms.toml"
+    atoms_only.write_text(f'name = "atoms"\npools = ["noble"]\n[level]\n{level}\n')
+    msg = fails_cleanly(capsys, ["campaign", "start", str(atoms_only), "--database-url", sqlite_url])
+    assert msg.startswith(f"{atoms_only}: pools: noble hold only single atoms: an interatomic potential learns")
+    short = tmp_path / "short.toml"
+    short.write_text(
+        f'name = "short"\npools = ["water"]\n[level]\n{level}\n'
+        "[explore]\nsteps = 10\ninterval = 10\ntemperatures = [300.0]\n"
+    )
+    msg = fails_cleanly(capsys, ["campaign", "start", str(short), "--database-url", sqlite_url])
+    assert msg == (
+        f"{short}: explore: round 0 can propose at most 2 candidate(s) from 1 structure(s) with explorers "
+        "['xtb', 'perturb'] (steps 10, interval 10, 1 temperature(s)); it needs 3: raise explore.steps, lower "
+        "explore.interval or add temperatures"
+    )
+    store = Store(sqlite_url)
+    try:
+        assert store.campaigns() == []
+    finally:
+        store.dispose()
+
+
+def test_the_round_0_bound_counts_what_round_0_runs() -> None:
+    """Committee MD needs a model, so a committee-only campaign's round 0 runs xTB MD (as the round does); the
+    per-round cap on stored candidates bounds it too."""
+    from sapis.errors import ConfigError
+    from sapis.flows.campaign import _check_enough_candidates
+    from sapis.flows.config import CampaignConfig
+
+    committee = CampaignConfig(name="c", pools=["p"], level=HF.spec, explore={"explorers": ["committee"]})
+    _check_enough_candidates(committee, [3], "c.toml")  # 20 frames x 3 temperatures of xTB MD
+    capped = CampaignConfig(name="c", pools=["p"], level=HF.spec, explore={"max_candidates": 2})
+    with pytest.raises(ConfigError, match="at most 2 candidate"):
+        _check_enough_candidates(capped, [3], "c.toml")

@@ -350,3 +350,20 @@ def test_exact_exchange_defaults_to_a_jk_fitting_basis() -> None:
     # a stored level keeps its auxiliary basis, hence its fingerprint
     assert LevelOfTheory.from_spec(explicit.spec).fingerprint == explicit.fingerprint
     assert LevelOfTheory(method="B3LYP", density_fit=False).auxbasis is None
+
+
+def test_a_structure_too_large_for_the_memory_is_refused_before_any_integral() -> None:
+    """64 waters in def2-SVP have 1536 basis functions: their dense SCF matrices alone need ~470 MB, so with 100 MB
+    allowed the label is refused in one line naming the frame before the SCF starts, instead of swapping for hours."""
+    grid = np.stack(np.meshgrid(*[np.arange(4.0)] * 3, indexing="ij"), -1).reshape(-1, 3) * 3.0
+    water = molecule("H2O")
+    atoms = Atoms()
+    for shift in grid:
+        atoms += Atoms(water.numbers, water.positions + shift)
+    level = LevelOfTheory(method="PBE", basis="def2-svp")
+    with pytest.raises(InputError) as err:
+        compute_label(atoms, level, max_memory_mb=100, source="box.xyz", frame=3, allow_fragments=True)
+    assert str(err.value).startswith(
+        "box.xyz, frame 3: 192 atoms with 1536 basis functions need at least 472 MB for the SCF's dense matrices, "
+        "more than the 100 MB allowed"
+    )
