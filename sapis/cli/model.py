@@ -189,6 +189,11 @@ def train(
     check_output_dir(out, create=False)  # a file, or a path under one: refused before any data is read
     if warm_start is not None and not warm_start.exists():
         raise NotFoundError(f"{warm_start}: warm-start checkpoint not found")
+    if warm_start is not None and out.resolve() == (warm_start if warm_start.is_dir() else warm_start.parent).resolve():
+        raise ConfigError(
+            f"--out {out} is where the --warm-start model is: training would overwrite the model it starts from; "
+            "give another --out"
+        )
     if warm_start is not None:
         from sapis.models.checkpoint import load_checkpoint
 

@@ -191,3 +191,22 @@ def test_warm_start_without_members_is_one_line(data: Path, tmp_path: Path, caps
     argv = ["model", "train", "--train", str(data), "--out", str(out), "--warm-start", str(empty), *TRAIN]
     assert fails_cleanly(capsys, argv) == f"{empty}: no member_*.pt checkpoint in this directory"
     assert not out.exists()
+
+
+def test_out_that_is_the_warm_start_model_is_refused(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Training into the folder of the model it starts from would overwrite that model: refused, the folder (or the
+    folder of a member file given as --warm-start) left as it was."""
+    model = tmp_path / "model"
+    model.mkdir()
+    member = model / "member_0.pt"
+    member.write_bytes(b"the model to keep")
+    for warm in (model, member):
+        argv = ["model", "train", "--train", str(data), "--out", str(model), "--warm-start", str(warm), *TRAIN]
+        assert fails_cleanly(capsys, argv) == (
+            f"--out {model} is where the --warm-start model is: training would overwrite the model it starts from; "
+            "give another --out"
+        )
+    assert sorted(p.name for p in model.iterdir()) == ["member_0.pt"]
+    assert member.read_bytes() == b"the model to keep"
