@@ -434,7 +434,11 @@ def compute_label(
     spec with gpu4pyscf (imported only then). Raises :class:`LabelFailed` when no ladder step converges.
     """
     q, m = check_molecule(atoms, charge, multiplicity, source, frame, allow_fragments)
-    level.check_elements(set(atoms.get_chemical_symbols()))
+    try:
+        level.check_elements(set(atoms.get_chemical_symbols()))
+    except ConfigError as exc:  # say which structure holds the element
+        where = _where(atoms, source) if frame is None else f"{_where(atoms, source)}, frame {frame}"
+        raise ConfigError(f"{where}: {exc}") from None
     if level.is_xtb:
         return _xtb_label(atoms, level, q, m)
     if device == "gpu":

@@ -215,8 +215,10 @@ def test_impossible_charge_or_multiplicity(water: Atoms, charge: int, mult: int 
 @pytest.mark.usefixtures("no_compute")
 def test_basis_missing_an_element_is_rejected_before_compute() -> None:
     atoms = Atoms("UH", positions=[[0, 0, 0], [0, 0, 2.0]])
-    with pytest.raises(ConfigError, match="basis 'sto-3g' has no functions for U"):
+    with pytest.raises(ConfigError, match=r"^structure: basis 'sto-3g' has no functions for U"):
         compute_label(atoms, HF_STO3G, multiplicity=1 + (92 + 1) % 2)
+    with pytest.raises(ConfigError, match=r"^uh\.xyz, frame 2: basis 'sto-3g' has no functions for U"):
+        compute_label(atoms, HF_STO3G, multiplicity=1 + (92 + 1) % 2, source="uh.xyz", frame=2)
 
 
 @pytest.mark.usefixtures("no_compute")
@@ -326,7 +328,7 @@ def test_xtb_rejects_elements_beyond_radon() -> None:
     gfn2 = LevelOfTheory(method="GFN2-xTB")
     gfn2.check_elements({"H", "Rn"})
     atoms = Atoms("UO", positions=[[0, 0, 0], [0, 0, 1.8]])
-    with pytest.raises(ConfigError, match=r"^GFN2-xTB has no parameters beyond Rn \(Z > 86\): U$"):
+    with pytest.raises(ConfigError, match=r"^structure: GFN2-xTB has no parameters beyond Rn \(Z > 86\): U$"):
         compute_label(atoms, gfn2)
 
 
