@@ -33,14 +33,17 @@ def create_campaign(store: Store, cfg: CampaignConfig, source: str | None = None
     return cid
 
 
-def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign config", deployment: bool = True) -> None:
+def check_campaign(
+    store: Store, cfg: CampaignConfig, source: str = "campaign config", deployment: bool = True, new: bool = True
+) -> None:
     """Everything a campaign can know before it starts, checked before any row is written.
 
     Pools exist, hold no periodic structures (labels are molecular PySCF calculations), give each chemical
     formula one charge and spin (the model has no charge or spin input), and every element they contain has
-    functions in the basis (and auxiliary basis); a ``work-pool`` label mode needs its deployment registered
-    (``sapis deploy``; skipped with ``deployment=False``). A problem raises ConfigError: one line naming
-    ``source`` and the field.
+    functions in the basis (and auxiliary basis); a new campaign's label budget covers round 0 (skipped with
+    ``new=False``: a campaign already started has its round 0 behind or under way); a ``work-pool`` label mode
+    needs its deployment registered (``sapis deploy``; skipped with ``deployment=False``). A problem raises
+    ConfigError: one line naming ``source`` and the field.
     """
     known = {p.name for p in store.pools()}
     missing = [p for p in cfg.pools if p not in known]
@@ -63,6 +66,8 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
             key = (atoms.get_chemical_formula(), atoms.info.get("charge", 0), atoms.info.get("multiplicity"))
             kinds.setdefault(key, (pool, i, atoms))
     _check_one_state_per_formula(kinds, source)
+    if new:
+        _check_round0_budget(cfg, source)
     _check_enough_candidates(cfg, sizes, source)
     try:
         cfg.level.check_elements(set(elements))
@@ -75,6 +80,18 @@ def check_campaign(store: Store, cfg: CampaignConfig, source: str = "campaign co
         _check_pretrained(cfg, set(elements), source)
     if deployment and cfg.label.mode == "work-pool":
         _check_label_deployment(cfg, source)
+
+
+def _check_round0_budget(cfg: CampaignConfig, source: str) -> None:
+    """Round 0 labels its seed set and its test set whatever ``targets.max_labels`` says (the budget caps the
+    later rounds only), so a budget below both would be overspent before the first model."""
+    need = cfg.select.seed_size + cfg.select.test_size
+    if cfg.targets.max_labels < need:
+        raise ConfigError(
+            f"{source}: targets.max_labels: {cfg.targets.max_labels} is below the {need} labels round 0 takes "
+            f"(select.seed_size {cfg.select.seed_size} + select.test_size {cfg.select.test_size}): raise "
+            "targets.max_labels or lower select.seed_size / select.test_size"
+        )
 
 
 MIN_ROUND0_CANDIDATES = 3  # round 0 holds one out for the test set and needs two training labels for an ensemble

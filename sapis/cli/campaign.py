@@ -76,7 +76,7 @@ def add_pool(campaign_id: int, pool: str, database_url: DbOpt = None) -> None:
         cfg = CampaignConfig.parse(info.config, source=f"campaign {campaign_id}")
         pools = [p.name for p in store.campaign_pools(campaign_id)]
         grown = cfg.model_copy(update={"pools": [*pools, *([pool] if pool not in pools else [])]})
-        check_campaign(store, grown, source=f"campaign {campaign_id} with pool {pool!r}", deployment=False)
+        check_campaign(store, grown, source=f"campaign {campaign_id} with pool {pool!r}", deployment=False, new=False)
         store.attach_pool(campaign_id, pool)
     finally:
         store.dispose()

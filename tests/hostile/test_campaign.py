@@ -239,3 +239,38 @@ def test_the_round_0_bound_counts_what_round_0_runs() -> None:
     capped = CampaignConfig(name="c", pools=["p"], level=HF.spec, explore={"max_candidates": 2})
     with pytest.raises(ConfigError, match="at most 2 candidate"):
         _check_enough_candidates(capped, [3], "c.toml")
+
+
+def test_a_label_budget_below_round_0_is_refused_at_start(
+    sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Round 0 labels select.seed_size + select.test_size structures whatever targets.max_labels says (a campaign
+    with max_labels = 5, seed 4 and test 3 used to stop with 'labels budget spent (7 of 5)'): `campaign start`
+    refuses such a budget in one line and writes nothing; `add-pool` on a running campaign does not re-check it."""
+    store = Store(sqlite_url)
+    try:
+        store.submit_pool([molecule("H2O")], "water")
+        store.submit_pool([molecule("NH3")], "ammonia")
+        budget = {"select": {"seed_size": 4, "test_size": 3}, "targets": {"max_labels": 5}}
+        cid = store.create_campaign("old", {"name": "old", "pools": ["water"], "level": HF.spec, **budget})
+        store.attach_pool(cid, "water")  # a campaign stored before the check: add-pool still works on it
+    finally:
+        store.dispose()
+    level = 'method = "HF"\nbasis = "sto-3g"\ndensity_fit = false'
+    small = tmp_path / "small.toml"
+    small.write_text(
+        f'name = "small"\npools = ["water"]\n[level]\n{level}\n'
+        "[select]\nseed_size = 4\ntest_size = 3\n[targets]\nmax_labels = 5\n"
+    )
+    msg = fails_cleanly(capsys, ["campaign", "start", str(small), "--database-url", sqlite_url])
+    assert msg == (
+        f"{small}: targets.max_labels: 5 is below the 7 labels round 0 takes (select.seed_size 4 + "
+        "select.test_size 3): raise targets.max_labels or lower select.seed_size / select.test_size"
+    )
+    assert run(["campaign", "add-pool", str(cid), "ammonia", "--database-url", sqlite_url]) == 0
+    store = Store(sqlite_url)
+    try:
+        assert [c.name for c in store.campaigns()] == ["old"]
+        assert [p.name for p in store.campaign_pools(cid)] == ["water", "ammonia"]
+    finally:
+        store.dispose()
