@@ -5,6 +5,9 @@ Kept free of torch so that command-line paths that only need xTB start fast.
 
 from __future__ import annotations
 
+import functools
+import math
+import os
 import threading
 from collections import OrderedDict
 from typing import Any, Final
@@ -37,13 +40,47 @@ def periodicity_problem(atoms: Atoms) -> str | None:
     return f"xTB (tblite) computes molecules and 3D-periodic cells only; this structure is periodic along {axes} only"
 
 
+XTB_DENSE_MATRICES = (
+    30  # (nao, nao) float64 arrays tblite holds at once: 5184 atoms of water (~1e4 functions) passed 23 GB
+)
+
+
+@functools.cache
+def _memory_bytes() -> float:
+    """This machine's physical memory in bytes (infinite where the OS does not say)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+def size_problem(atoms: Atoms) -> str | None:
+    """Why tblite cannot compute ``atoms`` on this machine, or None: its dense matrices in the valence basis
+    (counted as 1 function for H and He, 4 to Ne, 9 beyond: an upper bound for GFN1/GFN2) would not fit in 80 % of
+    the physical memory, so the calculation would swap or be killed instead of failing in a line.
+
+    >>> from ase.build import molecule
+    >>> size_problem(molecule("CH3CH2OH")) is None
+    True
+    """
+    z = np.asarray(atoms.numbers)
+    nao = int(np.where(z <= 2, 1, np.where(z <= 10, 4, 9)).sum())
+    need, have = XTB_DENSE_MATRICES * 8.0 * nao**2, _memory_bytes()
+    if need <= 0.8 * have:
+        return None
+    return (
+        f"xTB (tblite) on {len(atoms)} atoms ({nao} basis functions) needs about {need / 1e9:.3g} GB, more than the "
+        f"{0.8 * have / 1e9:.3g} GB it may use (80 % of this machine's {have / 1e9:.3g} GB): use a smaller structure"
+    )
+
+
 def xtb_calculator(atoms: Atoms, method: str = "GFN2-xTB") -> Calculator:
     """An xTB calculator (GFN2 by default; GFN1-xTB, IPEA1-xTB) for ``atoms``, with the charge and multiplicity
     of ``atoms.info`` read as the store reads them (:func:`sapis.chem.charge_multiplicity`: fairchem's ``spin``
     too; no multiplicity: tblite's default), silent."""
     from tblite.ase import TBLite
 
-    problem = periodicity_problem(atoms)
+    problem = periodicity_problem(atoms) or size_problem(atoms)
     if problem is not None:
         raise ValueError(problem)
     charge, mult = charge_multiplicity(atoms)
@@ -83,7 +120,7 @@ def xtb_energy_forces(atoms: Atoms, method: str = "GFN2-xTB", reuse: bool = True
         a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=dict(atoms.info))
         a.calc = xtb_calculator(a, method)
         return float(a.get_potential_energy()), np.asarray(a.get_forces(), dtype=np.float64)
-    problem = periodicity_problem(atoms)
+    problem = periodicity_problem(atoms) or size_problem(atoms)
     if problem is not None:
         raise ValueError(problem)
     charge, mult = charge_multiplicity(atoms)
