@@ -110,11 +110,8 @@ def _check_enough_candidates(cfg: CampaignConfig, sizes: list[int], source: str)
         )
     # as the round: no model to run committee MD in round 0, where xTB MD stands in for a committee-only campaign
     passes = [e for e in cfg.explore.explorers if e != "committee"] or ["xtb"]
-    most = sum(
-        candidates_at_most(cfg.explore.for_explorer(e, seed=0, round_index=0, trust_hi=None), n)
-        for e in passes
-        for n in sizes
-    )
+    configs = [cfg.explore.for_explorer(e, seed=0, round_index=0, trust_hi=None) for e in passes]  # once per pass
+    most = sum(candidates_at_most(c, n) for c in configs for n in sizes)
     most = min(most, cfg.explore.max_candidates)
     if most < MIN_ROUND0_CANDIDATES:
         raise ConfigError(

@@ -169,7 +169,7 @@ def active_learning_round(
     plan = plan_round(store, campaign_id, index, cfg)
     done = {r.index: r for r in store.rounds(campaign_id)}.get(index)
     metrics = RoundMetrics.from_row(done.metrics if done else None)
-    if plan.previous_model is None:  # round 0 labels its seed and test sets (select.k starts with round 1)
+    if index == 0:  # round 0 labels its seed and test sets (select.k starts with round 1)
         n_pick, why = cfg.select.seed_size + cfg.select.test_size, " (round 0: seed and test sets)"
     else:
         n_pick, why = plan.k, f" (all that {plan.k_capped_by} leaves)" if plan.k_capped_by else ""

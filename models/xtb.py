@@ -40,9 +40,8 @@ def periodicity_problem(atoms: Atoms) -> str | None:
     return f"xTB (tblite) computes molecules and 3D-periodic cells only; this structure is periodic along {axes} only"
 
 
-XTB_DENSE_MATRICES = (
-    30  # (nao, nao) float64 arrays tblite holds at once: 5184 atoms of water (~1e4 functions) passed 23 GB
-)
+# (nao, nao) float64 arrays tblite holds at once: 5184 atoms of water (~1e4 functions) went past 23 GB
+XTB_DENSE_MATRICES = 30
 
 
 @functools.cache
@@ -120,7 +119,7 @@ def xtb_energy_forces(atoms: Atoms, method: str = "GFN2-xTB", reuse: bool = True
         a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc, info=dict(atoms.info))
         a.calc = xtb_calculator(a, method)
         return float(a.get_potential_energy()), np.asarray(a.get_forces(), dtype=np.float64)
-    problem = periodicity_problem(atoms) or size_problem(atoms)
+    problem = periodicity_problem(atoms)
     if problem is not None:
         raise ValueError(problem)
     charge, mult = charge_multiplicity(atoms)
@@ -129,7 +128,9 @@ def xtb_energy_forces(atoms: Atoms, method: str = "GFN2-xTB", reuse: bool = True
     key = (method, numbers.tobytes(), charge, uhf, atoms.pbc.tobytes(), atoms.cell.array.tobytes())
     cache: OrderedDict[tuple, Any] = _local.__dict__.setdefault("cache", OrderedDict())
     calc = cache.pop(key, None)  # if this call fails, the calculator is not put back: no state survives it
-    if calc is None:
+    if calc is None:  # the size is checked once per calculator, not at every step of a trajectory
+        if (problem := size_problem(atoms)) is not None:
+            raise ValueError(problem)
         calc = _api_calculator(atoms, method, charge, uhf)
     else:
         calc.update(positions=atoms.positions / Bohr)

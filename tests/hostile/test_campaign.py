@@ -16,6 +16,7 @@ from sapis.tasks.dft import LevelOfTheory
 from .conftest import fails_cleanly
 
 HF = LevelOfTheory(method="HF", basis="sto-3g", density_fit=False)
+_HF_TOML = 'method = "HF"\nbasis = "sto-3g"\ndensity_fit = false'  # HF as a campaign config's [level]
 
 
 def _labelled(n: int, energy: float, shift: float) -> list:
@@ -191,6 +192,14 @@ def test_a_pretrained_model_must_fit_the_campaigns_model_and_elements(sqlite_url
         store.dispose()
 
 
+def _start_refused(capsys: pytest.CaptureFixture[str], url: str, path: Path, pool: str, extra: str = "") -> str:
+    """Write an HF/STO-3G campaign config on ``pool`` (plus ``extra`` TOML sections) to ``path``; `campaign start`
+    must refuse it in one line. Returns that line."""
+    name = path.stem
+    path.write_text(f'name = "{name}"\npools = ["{pool}"]\n[level]\n{_HF_TOML}\n{extra}')
+    return fails_cleanly(capsys, ["campaign", "start", str(path), "--database-url", url])
+
+
 def test_a_campaign_round_0_cannot_run_is_refused_at_start(
     sqlite_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -204,17 +213,13 @@ def test_a_campaign_round_0_cannot_run_is_refused_at_start(
         store.submit_pool([molecule("H2O")], "water")
     finally:
         store.dispose()
-    level = 'method = "HF"\nbasis = "sto-3g"\ndensity_fit = false'
     atoms_only = tmp_path / "atoms.toml"
-    atoms_only.write_text(f'name = "atoms"\npools = ["noble"]\n[level]\n{level}\n')
-    msg = fails_cleanly(capsys, ["campaign", "start", str(atoms_only), "--database-url", sqlite_url])
+    msg = _start_refused(capsys, sqlite_url, atoms_only, "noble")
     assert msg.startswith(f"{atoms_only}: pools: noble hold only single atoms: an interatomic potential learns")
     short = tmp_path / "short.toml"
-    short.write_text(
-        f'name = "short"\npools = ["water"]\n[level]\n{level}\n'
-        "[explore]\nsteps = 10\ninterval = 10\ntemperatures = [300.0]\n"
+    msg = _start_refused(
+        capsys, sqlite_url, short, "water", "[explore]\nsteps = 10\ninterval = 10\ntemperatures = [300.0]\n"
     )
-    msg = fails_cleanly(capsys, ["campaign", "start", str(short), "--database-url", sqlite_url])
     assert msg == (
         f"{short}: explore: round 0 can propose at most 2 candidate(s) from 1 structure(s) with explorers "
         "['xtb', 'perturb'] (steps 10, interval 10, 1 temperature(s)); it needs 3: raise explore.steps, lower "
@@ -256,13 +261,10 @@ def test_a_label_budget_below_round_0_is_refused_at_start(
         store.attach_pool(cid, "water")  # a campaign stored before the check: add-pool still works on it
     finally:
         store.dispose()
-    level = 'method = "HF"\nbasis = "sto-3g"\ndensity_fit = false'
     small = tmp_path / "small.toml"
-    small.write_text(
-        f'name = "small"\npools = ["water"]\n[level]\n{level}\n'
-        "[select]\nseed_size = 4\ntest_size = 3\n[targets]\nmax_labels = 5\n"
+    msg = _start_refused(
+        capsys, sqlite_url, small, "water", "[select]\nseed_size = 4\ntest_size = 3\n[targets]\nmax_labels = 5\n"
     )
-    msg = fails_cleanly(capsys, ["campaign", "start", str(small), "--database-url", sqlite_url])
     assert msg == (
         f"{small}: targets.max_labels: 5 is below the 7 labels round 0 takes (select.seed_size 4 + "
         "select.test_size 3): raise targets.max_labels or lower select.seed_size / select.test_size"
