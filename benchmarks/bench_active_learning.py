@@ -62,6 +62,10 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
     # the default rule choosing among xTB MD and the arm's own committee MD (Langevin on the ensemble mean,
     # stopped at the trust ceiling, as in DP-GEN): exploration by the model, against random over xTB MD only
     "active-committee-md": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
+    # the same with the committee MD hotter than the xTB pool (explore.committee_temperatures =
+    # --committee-temperatures), cut at the trust ceiling: the issue's "higher-temperature committee MD with a
+    # trust window"
+    "active-committee-hot": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
     # the same with the uncertainty-driven bias on the committee MD (explore.bias_strength = --bias-strength)
     "active-udd": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
     # ... with the bias on the members' force variance (explore.bias_on = "forces"), what selection ranks
@@ -82,6 +86,7 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
 BASELINES: dict[str, str] = {
     "active-mdonly": "random-mdonly",
     "active-committee-md": "random-mdonly",
+    "active-committee-hot": "random-mdonly",
     "active-udd": "random-mdonly",
     "active-udd-forces": "random-mdonly",
     "active-udd-forces-mix": "random-mdonly",
@@ -132,6 +137,13 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         "--explorers", nargs="+", choices=("xtb", "perturb", "committee"), help="override every arm's explorers"
     )
     p.add_argument("--explore-temperatures", type=float, nargs="+", default=[300.0, 600.0, 1000.0])
+    p.add_argument(
+        "--committee-temperatures",
+        type=float,
+        nargs="+",
+        default=[600.0, 1200.0],
+        help="active-committee-hot: the committee MD's temperatures, K (the xTB MD keeps --explore-temperatures)",
+    )
     p.add_argument("--explore-steps", type=int, default=400, help="MD steps per (structure, temperature)")
     p.add_argument("--perturbations", type=int, default=8)
     p.add_argument("--window-hi", type=float, default=2.0, help="trust window ceiling, eV/Å (campaign default)")
@@ -243,6 +255,7 @@ def _config(a: argparse.Namespace, name: str, pool: str, seed: int, arm: str, ro
                 "steps": a.explore_steps,
                 "interval": 10,
                 "n_perturb": a.perturbations,
+                **({"committee_temperatures": a.committee_temperatures} if arm == "active-committee-hot" else {}),
                 **(
                     {"bias_strength": a.bias_strength, "bias_width": a.bias_width, "bias_on": BIASED_ARMS[arm]}
                     if arm in BIASED_ARMS

@@ -13,6 +13,7 @@ the round's steps receive.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -61,6 +62,11 @@ class ExploreSection(ExploreConfig):
         description="Explorers used; 'committee' runs from the first promoted model on.",
     )
     max_candidates: int = Field(default=2000, ge=1, description="Cap on candidates stored per round.")
+    committee_temperatures: list[float] | None = Field(
+        default=None,
+        description="K: the committee explorer's own MD temperatures (None: `temperatures`). Hotter committee MD, "
+        "stopped at the trust ceiling select.window_hi, reaches what a room-temperature pool rarely visits",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -71,9 +77,18 @@ class ExploreSection(ExploreConfig):
             "set by the round (use explore.explorers, the campaign seed and select.window_hi)",
         )
 
+    @field_validator("committee_temperatures")
+    @classmethod
+    def _positive_kelvin(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (not v or any(not math.isfinite(t) or t <= 0 for t in v)):
+            raise ValueError("committee_temperatures must be a non-empty list of positive kelvin values")
+        return v
+
     def for_explorer(self, explorer: Explorer, *, seed: int, round_index: int, trust_hi: float | None) -> ExploreConfig:
         """The validated ExploreConfig of one pass of ``explorer`` in a round."""
-        shared = self.model_dump(exclude={"explorers", "max_candidates"})
+        shared = self.model_dump(exclude={"explorers", "max_candidates", "committee_temperatures"})
+        if explorer == "committee" and self.committee_temperatures is not None:
+            shared["temperatures"] = list(self.committee_temperatures)
         return ExploreConfig.model_validate(
             {**shared, "explorer": explorer, "seed": seed, "round_index": round_index, "trust_hi": trust_hi}
         )

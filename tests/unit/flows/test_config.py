@@ -26,6 +26,7 @@ def test_defaults_and_roundtrip(tmp_path: Path) -> None:
         ('name = "x"\npools = ["p"]\n[level]\nmethod = "NOT-A-FUNCTIONAL"\nbasis = "sto-3g"\n', "level"),
         ('name = "x"\npools = ["p"\n', "not valid TOML"),
         ('name = "x"\npools = ["p"]\n[train]\nwarm_start_readout = false\n', "ensemble.pretrained"),
+        ('name = "x"\npools = ["p"]\n[explore]\ncommittee_temperatures = [1200.0, -5.0]\n', "committee_temperatures"),
     ],
 )
 def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, needle: str) -> None:
@@ -35,6 +36,17 @@ def test_bad_config_is_one_clear_error(tmp_path: Path, text: str, needle: str) -
         CampaignConfig.load(path)
     msg = str(err.value)
     assert msg.startswith(str(path)) and needle in msg and "\n" not in msg
+
+
+def test_committee_md_runs_at_its_own_temperatures() -> None:
+    cfg = CampaignConfig.parse(
+        {"name": "x", "pools": ["p"], "explore": {"temperatures": [300.0], "committee_temperatures": [600.0, 1200.0]}}
+    )
+    kw = {"seed": 1, "round_index": 2, "trust_hi": 2.0}
+    assert cfg.explore.for_explorer("committee", **kw).temperatures == [600.0, 1200.0]
+    assert cfg.explore.for_explorer("xtb", **kw).temperatures == [300.0]
+    plain = CampaignConfig.parse({"name": "x", "pools": ["p"], "explore": {"temperatures": [300.0]}})
+    assert plain.explore.for_explorer("committee", **kw).temperatures == [300.0]
 
 
 def test_demo_config_is_valid() -> None:
