@@ -66,6 +66,10 @@ ARMS: dict[str, tuple[dict[str, Any], list[str]]] = {
     # --committee-temperatures), cut at the trust ceiling: the issue's "higher-temperature committee MD with a
     # trust window"
     "active-committee-hot": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
+    # its control: the same hot temperatures run by the xTB explorer (explore.temperatures = --explore-temperatures
+    # + --committee-temperatures), at random and by the default rule: is it the heat or the committee?
+    "random-xtb-hot": ({"strategy": "random"}, ["xtb"]),
+    "active-xtb-hot": ({"strategy": "uncertainty"}, ["xtb"]),
     # the same with the uncertainty-driven bias on the committee MD (explore.bias_strength = --bias-strength)
     "active-udd": ({"strategy": "uncertainty"}, ["xtb", "committee"]),
     # ... with the bias on the members' force variance (explore.bias_on = "forces"), what selection ranks
@@ -87,6 +91,7 @@ BASELINES: dict[str, str] = {
     "active-mdonly": "random-mdonly",
     "active-committee-md": "random-mdonly",
     "active-committee-hot": "random-mdonly",
+    "active-xtb-hot": "random-xtb-hot",
     "active-udd": "random-mdonly",
     "active-udd-forces": "random-mdonly",
     "active-udd-forces-mix": "random-mdonly",
@@ -142,7 +147,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         nargs="+",
         default=[600.0, 1200.0],
-        help="active-committee-hot: the committee MD's temperatures, K (the xTB MD keeps --explore-temperatures)",
+        help="active-committee-hot: the committee MD's temperatures, K (the xTB MD keeps --explore-temperatures); "
+        "random-xtb-hot, active-xtb-hot: added to the xTB MD's temperatures",
     )
     p.add_argument("--explore-steps", type=int, default=400, help="MD steps per (structure, temperature)")
     p.add_argument("--perturbations", type=int, default=8)
@@ -251,7 +257,8 @@ def _config(a: argparse.Namespace, name: str, pool: str, seed: int, arm: str, ro
             "explore": {
                 "explorers": a.explorers or ARMS[arm][1],
                 "xtb_method": "GFN1-xTB" if a.oracle == "xtb" else "GFN2-xTB",
-                "temperatures": a.explore_temperatures,
+                "temperatures": a.explore_temperatures
+                + (a.committee_temperatures if arm in ("random-xtb-hot", "active-xtb-hot") else []),
                 "steps": a.explore_steps,
                 "interval": 10,
                 "n_perturb": a.perturbations,
