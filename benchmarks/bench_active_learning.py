@@ -106,6 +106,10 @@ BIASED_ARMS = {
     "active-udd-forces-mixrand": "forces",
 }
 
+# arms that also run --committee-temperatures -> the explorer that runs them: the committee (its own
+# explore.committee_temperatures) or the xTB MD (added to explore.temperatures); the others run none
+HOT_ARMS = {"active-committee-hot": "committee", "random-xtb-hot": "xtb", "active-xtb-hot": "xtb"}
+
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -258,11 +262,11 @@ def _config(a: argparse.Namespace, name: str, pool: str, seed: int, arm: str, ro
                 "explorers": a.explorers or ARMS[arm][1],
                 "xtb_method": "GFN1-xTB" if a.oracle == "xtb" else "GFN2-xTB",
                 "temperatures": a.explore_temperatures
-                + (a.committee_temperatures if arm in ("random-xtb-hot", "active-xtb-hot") else []),
+                + (a.committee_temperatures if HOT_ARMS.get(arm) == "xtb" else []),
                 "steps": a.explore_steps,
                 "interval": 10,
                 "n_perturb": a.perturbations,
-                **({"committee_temperatures": a.committee_temperatures} if arm == "active-committee-hot" else {}),
+                **({"committee_temperatures": a.committee_temperatures} if HOT_ARMS.get(arm) == "committee" else {}),
                 **(
                     {"bias_strength": a.bias_strength, "bias_width": a.bias_width, "bias_on": BIASED_ARMS[arm]}
                     if arm in BIASED_ARMS

@@ -13,7 +13,6 @@ the round's steps receive.
 
 from __future__ import annotations
 
-import math
 import tomllib
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -24,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from sapis.errors import ConfigError, config_error
 from sapis.models.config import ARCHITECTURES, AnyModelConfig, MaceConfig, ModelConfig, TrainConfig
 from sapis.tasks.dft import XTB_METHODS, LevelOfTheory
-from sapis.tasks.explore import ExploreConfig, Explorer
+from sapis.tasks.explore import ExploreConfig, Explorer, positive_kelvins
 from sapis.tasks.scaling import ControllerConfig
 
 # Campaigns learn labels minus GFN2-xTB (Δ-learning) unless the config says `baseline = "none"`: at 50 rMD17
@@ -80,9 +79,7 @@ class ExploreSection(ExploreConfig):
     @field_validator("committee_temperatures")
     @classmethod
     def _positive_kelvin(cls, v: list[float] | None) -> list[float] | None:
-        if v is not None and (not v or any(not math.isfinite(t) or t <= 0 for t in v)):
-            raise ValueError("committee_temperatures must be a non-empty list of positive kelvin values")
-        return v
+        return None if v is None else positive_kelvins(v, "committee_temperatures")
 
     def for_explorer(self, explorer: Explorer, *, seed: int, round_index: int, trust_hi: float | None) -> ExploreConfig:
         """The validated ExploreConfig of one pass of ``explorer`` in a round."""

@@ -87,9 +87,14 @@ class ExploreConfig(BaseModel):
     @field_validator("temperatures")
     @classmethod
     def _positive(cls, v: list[float]) -> list[float]:
-        if not v or any(not np.isfinite(t) or t <= 0 for t in v):
-            raise ValueError("temperatures must be a non-empty list of positive kelvin values")
-        return v
+        return positive_kelvins(v, "temperatures")
+
+
+def positive_kelvins(v: list[float], field: str) -> list[float]:
+    """``v`` if it is a non-empty list of finite, positive temperatures in K; else a ValueError naming ``field``."""
+    if not v or any(not np.isfinite(t) or t <= 0 for t in v):
+        raise ValueError(f"{field} must be a non-empty list of positive kelvin values")
+    return v
 
 
 @dataclass
